@@ -1,0 +1,182 @@
+//! The 8250 UART at port 0x3f8, IRQ 4: the guest console.
+//!
+//! Output goes to any writer (stdout or a file). Input is pushed in by the VMM's event loop,
+//! which stops reading its source while the receive FIFO is full and resumes when the guest has
+//! drained it, so no byte is dropped.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use vm_superio::serial::SerialEvents;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::EventFdTrigger;
+use crate::BusDevice;
+
+/// Tells the input side when the guest has emptied the receive FIFO.
+#[derive(Debug)]
+struct InputWakeup {
+    drained: EventFd,
+    waiting: AtomicBool,
+}
+
+impl SerialEvents for InputWakeup {
+    fn buffer_read(&self) {}
+    fn out_byte(&self) {}
+    fn tx_lost_byte(&self) {}
+    fn in_buffer_empty(&self) {
+        if self.waiting.swap(false, Ordering::AcqRel) {
+            if let Err(e) = self.drained.write(1) {
+                log::error!("Failed to signal that the serial input drained: {e}");
+            }
+        }
+    }
+}
+
+type Uart = vm_superio::Serial<EventFdTrigger, Arc<InputWakeup>, Box<dyn Write + Send>>;
+
+/// The UART on the port I/O bus.
+pub struct Serial {
+    uart: Uart,
+    wakeup: Arc<InputWakeup>,
+}
+
+impl std::fmt::Debug for Serial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Serial").finish_non_exhaustive()
+    }
+}
+
+/// What happened to bytes offered to the guest.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SerialInput {
+    /// This many bytes were queued; the FIFO may have room for more.
+    Queued(usize),
+    /// The FIFO is full: nothing was queued, and `drained` fires once the guest empties it.
+    Full,
+}
+
+impl Serial {
+    /// A UART that raises `irq` and writes guest output to `out`. `drained` fires when the
+    /// guest empties a receive FIFO that was full.
+    pub fn new(irq: EventFdTrigger, out: Box<dyn Write + Send>, drained: EventFd) -> Self {
+        let wakeup = Arc::new(InputWakeup {
+            drained,
+            waiting: AtomicBool::new(false),
+        });
+        Self {
+            uart: vm_superio::Serial::with_events(irq, wakeup.clone(), out),
+            wakeup,
+        }
+    }
+
+    /// Offers host input to the guest.
+    pub fn enqueue(&mut self, bytes: &[u8]) -> std::io::Result<SerialInput> {
+        if bytes.is_empty() {
+            return Ok(SerialInput::Queued(0));
+        }
+        if self.uart.fifo_capacity() == 0 {
+            self.wakeup.waiting.store(true, Ordering::Release);
+            return Ok(SerialInput::Full);
+        }
+        self.uart
+            .enqueue_raw_bytes(bytes)
+            .map(SerialInput::Queued)
+            .map_err(|e| std::io::Error::other(format!("{e:?}")))
+    }
+
+    /// Free room in the receive FIFO.
+    pub fn input_capacity(&self) -> usize {
+        self.uart.fifo_capacity()
+    }
+}
+
+impl BusDevice for Serial {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        if let (Some(first), Ok(offset)) = (data.first_mut(), u8::try_from(offset)) {
+            *first = self.uart.read(offset);
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if let (&[value], Ok(offset)) = (data, u8::try_from(offset)) {
+            if let Err(e) = self.uart.write(offset, value) {
+                log::warn!("Serial output failed: {e}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use vmm_sys_util::eventfd::EFD_NONBLOCK;
+
+    #[derive(Clone, Default)]
+    struct SharedBuf(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for SharedBuf {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn serial() -> (Serial, SharedBuf, EventFd, EventFd) {
+        let out = SharedBuf::default();
+        let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+        let drained = EventFd::new(EFD_NONBLOCK).unwrap();
+        let serial = Serial::new(
+            EventFdTrigger::new(irq.try_clone().unwrap()),
+            Box::new(out.clone()),
+            drained.try_clone().unwrap(),
+        );
+        (serial, out, irq, drained)
+    }
+
+    #[test]
+    fn guest_output_reaches_the_writer() {
+        let (mut serial, out, _irq, _drained) = serial();
+        for b in b"hi\n" {
+            serial.write(0, &[*b]);
+        }
+        assert_eq!(out.0.lock().unwrap().as_slice(), b"hi\n");
+    }
+
+    #[test]
+    fn full_fifo_defers_input_until_the_guest_drains_it() {
+        let (mut serial, _out, _irq, drained) = serial();
+        let capacity = serial.input_capacity();
+        let input = vec![b'x'; capacity + 10];
+        assert_eq!(
+            serial.enqueue(&input).unwrap(),
+            SerialInput::Queued(capacity)
+        );
+        assert_eq!(serial.enqueue(&input).unwrap(), SerialInput::Full);
+        assert!(drained.read().is_err());
+        let mut byte = [0u8; 1];
+        for _ in 0..capacity {
+            serial.read(0, &mut byte);
+            assert_eq!(byte, [b'x']);
+        }
+        assert_eq!(drained.read().unwrap(), 1);
+        assert_eq!(serial.input_capacity(), capacity);
+    }
+
+    #[test]
+    fn odd_sized_accesses_are_ignored_safely() {
+        let (mut serial, out, _irq, _drained) = serial();
+        serial.write(0, &[b'a', b'b']);
+        serial.write(u64::MAX, &[b'a']);
+        let mut data = [0xffu8; 2];
+        serial.read(u64::MAX, &mut data);
+        assert_eq!(data, [0, 0]);
+        assert!(out.0.lock().unwrap().is_empty());
+    }
+}

@@ -1,0 +1,12 @@
+//! What the guest sees: the buses that route port and MMIO accesses, and the emulated devices
+//! behind them.
+//!
+//! This crate owns device models only. It knows nothing of KVM or of the VMM's configuration:
+//! interrupts leave a device through an [`EventFd`](vmm_sys_util::eventfd::EventFd) that the VMM
+//! wires to an irqfd, and guest accesses arrive through [`BusDevice`].
+
+pub mod boot_timer;
+pub mod bus;
+pub mod legacy;
+
+pub use bus::{Bus, BusDevice, BusError};

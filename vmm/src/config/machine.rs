@@ -1,0 +1,105 @@
+//! `machine-config`: vCPUs, memory size and the memory options.
+
+use serde::{Deserialize, Serialize};
+
+/// The most vCPUs a VM can have, as in Firecracker.
+pub const MAX_VCPUS: u8 = 32;
+
+/// Errors in `machine-config`.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MachineConfigError {
+    /// vcpu_count is out of range.
+    #[error("vcpu_count must be between 1 and {MAX_VCPUS}, not {0}.")]
+    VcpuCount(u8),
+    /// With SMT, vCPUs come in pairs.
+    #[error("vcpu_count must be 1 or even when smt is enabled, not {0}.")]
+    SmtVcpuCount(u8),
+    /// mem_size_mib is zero.
+    #[error("mem_size_mib must be greater than 0.")]
+    MemSizeZero,
+    /// mem_size_mib does not fit the address space.
+    #[error("mem_size_mib {0} is too large.")]
+    MemSizeTooLarge(usize),
+    /// A setting Kiln does not implement yet.
+    #[error("{0} is not supported yet.")]
+    Unsupported(&'static str),
+}
+
+/// Backing page size for guest memory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub enum HugePages {
+    /// Ordinary 4 KiB pages.
+    #[default]
+    None,
+    /// 2 MiB huge pages.
+    #[serde(rename = "2M")]
+    Hugetlbfs2M,
+}
+
+/// The `machine-config` section.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineConfig {
+    /// Number of vCPUs, 1 to 32.
+    pub vcpu_count: u8,
+    /// Guest memory in MiB.
+    pub mem_size_mib: usize,
+    /// Whether vCPUs are presented as hyperthread pairs.
+    #[serde(default)]
+    pub smt: bool,
+    /// Whether KVM tracks the pages the guest dirties (for snapshots).
+    #[serde(default)]
+    pub track_dirty_pages: bool,
+    /// A named CPU template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_template: Option<String>,
+    /// Backing page size.
+    #[serde(default)]
+    pub huge_pages: HugePages,
+}
+
+impl Default for MachineConfig {
+    fn default() -> Self {
+        Self {
+            vcpu_count: 1,
+            mem_size_mib: 128,
+            smt: false,
+            track_dirty_pages: false,
+            cpu_template: None,
+            huge_pages: HugePages::None,
+        }
+    }
+}
+
+impl MachineConfig {
+    /// Checks the ranges and the combinations of settings.
+    pub fn validate(&self) -> Result<(), MachineConfigError> {
+        if self.vcpu_count == 0 || self.vcpu_count > MAX_VCPUS {
+            return Err(MachineConfigError::VcpuCount(self.vcpu_count));
+        }
+        if self.smt && self.vcpu_count > 1 && self.vcpu_count % 2 == 1 {
+            return Err(MachineConfigError::SmtVcpuCount(self.vcpu_count));
+        }
+        if self.mem_size_mib == 0 {
+            return Err(MachineConfigError::MemSizeZero);
+        }
+        if self.mem_size_bytes().is_none() {
+            return Err(MachineConfigError::MemSizeTooLarge(self.mem_size_mib));
+        }
+        if matches!(self.cpu_template.as_deref(), Some(t) if t != "None") {
+            return Err(MachineConfigError::Unsupported("cpu_template"));
+        }
+        if self.huge_pages != HugePages::None {
+            return Err(MachineConfigError::Unsupported("huge_pages"));
+        }
+        Ok(())
+    }
+
+    /// Guest memory in bytes, if it fits in 48 bits of guest physical address.
+    pub fn mem_size_bytes(&self) -> Option<u64> {
+        let bytes = u64::try_from(self.mem_size_mib)
+            .ok()?
+            .checked_mul(1 << 20)?;
+        (bytes < 1 << 46).then_some(bytes)
+    }
+}

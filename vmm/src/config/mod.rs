@@ -1,0 +1,259 @@
+//! The VM configuration in Firecracker's format: the JSON a `--config-file` holds, and the
+//! typed, validated structures the builder consumes.
+//!
+//! Every section of Firecracker's file is recognised, so a Firecracker config parses here. The
+//! sections that Kiln does not implement yet are refused with an error that names them, rather
+//! than silently ignored.
+
+mod boot_source;
+mod machine;
+
+pub use boot_source::BootSourceConfig;
+pub use machine::{HugePages, MachineConfig, MAX_VCPUS};
+
+use serde::Deserialize;
+
+/// Errors in a VM configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file is not valid JSON, or does not match the schema.
+    #[error("Invalid configuration file: {0}")]
+    Json(#[from] serde_json::Error),
+    /// A section that Kiln does not implement yet is present.
+    #[error("The '{0}' section is not supported yet.")]
+    Unsupported(&'static str),
+    /// The boot source is invalid.
+    #[error("Invalid boot-source: {0}")]
+    BootSource(#[from] boot_source::BootSourceError),
+    /// The machine configuration is invalid.
+    #[error("Invalid machine-config: {0}")]
+    Machine(#[from] machine::MachineConfigError),
+}
+
+/// The whole VM configuration, as in a Firecracker config file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmConfig {
+    /// The kernel, initrd and command line.
+    pub boot_source: BootSourceConfig,
+    /// vCPUs and memory.
+    pub machine: MachineConfig,
+}
+
+/// The file as written. Sections Kiln does not implement are kept as raw JSON so that an empty
+/// or null section (which Firecracker's own tooling writes) is accepted.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    #[serde(rename = "boot-source")]
+    boot_source: BootSourceConfig,
+    #[serde(rename = "machine-config", default)]
+    machine: Option<MachineConfig>,
+    #[serde(default)]
+    drives: serde_json::Value,
+    #[serde(rename = "network-interfaces", default)]
+    network_interfaces: serde_json::Value,
+    #[serde(rename = "cpu-config", default)]
+    cpu_config: serde_json::Value,
+    #[serde(default)]
+    balloon: serde_json::Value,
+    #[serde(default)]
+    vsock: serde_json::Value,
+    #[serde(default)]
+    logger: serde_json::Value,
+    #[serde(default)]
+    metrics: serde_json::Value,
+    #[serde(rename = "mmds-config", default)]
+    mmds_config: serde_json::Value,
+    #[serde(default)]
+    entropy: serde_json::Value,
+    #[serde(rename = "memory-hotplug", default)]
+    memory_hotplug: serde_json::Value,
+}
+
+/// A section is absent when it is missing, null, or an empty list.
+fn is_absent(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::Null => true,
+        serde_json::Value::Array(items) => items.is_empty(),
+        _ => false,
+    }
+}
+
+impl VmConfig {
+    /// Parses and validates the JSON of a Firecracker config file.
+    pub fn from_json(json: &str) -> Result<Self, ConfigError> {
+        let file: ConfigFile = serde_json::from_str(json)?;
+        let unimplemented = [
+            ("drives", &file.drives),
+            ("network-interfaces", &file.network_interfaces),
+            ("cpu-config", &file.cpu_config),
+            ("balloon", &file.balloon),
+            ("vsock", &file.vsock),
+            ("logger", &file.logger),
+            ("metrics", &file.metrics),
+            ("mmds-config", &file.mmds_config),
+            ("entropy", &file.entropy),
+            ("memory-hotplug", &file.memory_hotplug),
+        ];
+        if let Some((name, _)) = unimplemented.iter().find(|(_, v)| !is_absent(v)) {
+            return Err(ConfigError::Unsupported(name));
+        }
+        let machine = file.machine.unwrap_or_default();
+        machine.validate()?;
+        file.boot_source.validate()?;
+        Ok(Self {
+            boot_source: file.boot_source,
+            machine,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kernel() -> tempfile_path::TempKernel {
+        tempfile_path::TempKernel::new()
+    }
+
+    /// A real file to name as the kernel, removed on drop.
+    mod tempfile_path {
+        pub struct TempKernel(pub std::path::PathBuf);
+        impl TempKernel {
+            pub fn new() -> Self {
+                let path = std::env::temp_dir().join(format!(
+                    "kiln-config-test-{}-{:?}",
+                    std::process::id(),
+                    std::thread::current().id()
+                ));
+                std::fs::write(&path, b"kernel").unwrap();
+                Self(path)
+            }
+        }
+        impl Drop for TempKernel {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+    }
+
+    fn config(kernel: &std::path::Path, machine: &str) -> String {
+        format!(
+            r#"{{"boot-source": {{"kernel_image_path": "{}", "boot_args": "console=ttyS0"}},
+                "machine-config": {machine}}}"#,
+            kernel.display()
+        )
+    }
+
+    #[test]
+    fn parses_a_firecracker_config() {
+        let k = kernel();
+        let json = format!(
+            r#"{{
+              "boot-source": {{"kernel_image_path": "{}", "boot_args": "console=ttyS0 reboot=k", "initrd_path": null}},
+              "drives": [],
+              "machine-config": {{"vcpu_count": 2, "mem_size_mib": 1024, "smt": false, "track_dirty_pages": false, "huge_pages": "None"}},
+              "cpu-config": null, "balloon": null, "network-interfaces": [], "vsock": null,
+              "logger": null, "metrics": null, "mmds-config": null, "entropy": null
+            }}"#,
+            k.0.display()
+        );
+        let cfg = VmConfig::from_json(&json).unwrap();
+        assert_eq!(cfg.machine.vcpu_count, 2);
+        assert_eq!(cfg.machine.mem_size_mib, 1024);
+        assert_eq!(
+            cfg.boot_source.boot_args.as_deref(),
+            Some("console=ttyS0 reboot=k")
+        );
+        assert_eq!(cfg.boot_source.kernel_image_path, k.0);
+        assert_eq!(cfg.boot_source.initrd_path, None);
+    }
+
+    #[test]
+    fn machine_config_defaults_to_firecrackers() {
+        let k = kernel();
+        let json = format!(
+            r#"{{"boot-source": {{"kernel_image_path": "{}"}}}}"#,
+            k.0.display()
+        );
+        let cfg = VmConfig::from_json(&json).unwrap();
+        assert_eq!(cfg.machine, MachineConfig::default());
+        assert_eq!(cfg.machine.vcpu_count, 1);
+        assert_eq!(cfg.machine.mem_size_mib, 128);
+    }
+
+    fn error_of(json: &str) -> String {
+        VmConfig::from_json(json).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn names_the_bad_field() {
+        let k = kernel();
+        let p = &k.0;
+        let cases = [
+            (
+                r#"{"vcpu_count": 0, "mem_size_mib": 128}"#,
+                "vcpu_count must be between 1 and 32",
+            ),
+            (
+                r#"{"vcpu_count": 33, "mem_size_mib": 128}"#,
+                "vcpu_count must be between 1 and 32",
+            ),
+            (
+                r#"{"vcpu_count": 1, "mem_size_mib": 0}"#,
+                "mem_size_mib must be greater than 0",
+            ),
+            (
+                r#"{"vcpu_count": 3, "mem_size_mib": 128, "smt": true}"#,
+                "vcpu_count must be 1 or even when smt is enabled",
+            ),
+            (
+                r#"{"vcpu_count": 1, "mem_size_mib": 128, "cpus": 2}"#,
+                "unknown field `cpus`",
+            ),
+            (
+                r#"{"vcpu_count": 1, "mem_size_mib": 128, "huge_pages": "2M"}"#,
+                "huge_pages",
+            ),
+            (
+                r#"{"vcpu_count": "two", "mem_size_mib": 128}"#,
+                "invalid type",
+            ),
+        ];
+        for (machine, expected) in cases {
+            let err = error_of(&config(p, machine));
+            assert!(err.contains(expected), "{machine}: {err}");
+        }
+    }
+
+    #[test]
+    fn rejects_bad_files() {
+        assert!(error_of("{").contains("Invalid configuration file"));
+        assert!(error_of("{}").contains("missing field `boot-source`"));
+        assert!(
+            error_of(r#"{"boot-source": {"kernel_image_path": "/k"}, "extra": 1}"#)
+                .contains("unknown field `extra`")
+        );
+        let missing = error_of(r#"{"boot-source": {"kernel_image_path": "/nonexistent/kernel"}}"#);
+        assert!(missing.contains("kernel_image_path"), "{missing}");
+        assert!(missing.contains("/nonexistent/kernel"), "{missing}");
+    }
+
+    #[test]
+    fn refuses_unimplemented_sections_by_name() {
+        let k = kernel();
+        let json = format!(
+            r#"{{"boot-source": {{"kernel_image_path": "{}"}}, "drives": [{{"drive_id": "root"}}]}}"#,
+            k.0.display()
+        );
+        assert_eq!(
+            error_of(&json),
+            "The 'drives' section is not supported yet."
+        );
+        let json = format!(
+            r#"{{"boot-source": {{"kernel_image_path": "{}"}}, "vsock": {{"guest_cid": 3}}}}"#,
+            k.0.display()
+        );
+        assert_eq!(error_of(&json), "The 'vsock' section is not supported yet.");
+    }
+}

@@ -1,0 +1,8 @@
+//! The Kiln VMM core: configuration, KVM VM and vCPUs, guest memory, kernel loading, the
+//! device manager and the event loop.
+//!
+//! Only this crate touches KVM. `devices` provides the device models it wires up; the binary and
+//! `api-server` drive it through [`config::VmConfig`] and [`run`].
+
+pub mod arch;
+pub mod config;
