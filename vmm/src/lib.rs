@@ -6,3 +6,10 @@
 
 pub mod arch;
 pub mod config;
+pub mod vstate;
+pub mod loader;
+pub mod builder;
+pub mod console;
+pub mod device_manager;
+pub mod runtime;
+pub mod logger;

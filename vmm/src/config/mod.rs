@@ -7,9 +7,11 @@
 
 mod boot_source;
 mod machine;
+mod serial;
 
 pub use boot_source::BootSourceConfig;
 pub use machine::{HugePages, MachineConfig, MAX_VCPUS};
+pub use serial::SerialConfig;
 
 use serde::Deserialize;
 
@@ -37,6 +39,8 @@ pub struct VmConfig {
     pub boot_source: BootSourceConfig,
     /// vCPUs and memory.
     pub machine: MachineConfig,
+    /// Where the guest console goes; stdout when absent.
+    pub serial: Option<SerialConfig>,
 }
 
 /// The file as written. Sections Kiln does not implement are kept as raw JSON so that an empty
@@ -68,6 +72,8 @@ struct ConfigFile {
     entropy: serde_json::Value,
     #[serde(rename = "memory-hotplug", default)]
     memory_hotplug: serde_json::Value,
+    #[serde(default)]
+    serial: Option<SerialConfig>,
 }
 
 /// A section is absent when it is missing, null, or an empty list.
@@ -104,6 +110,7 @@ impl VmConfig {
         Ok(Self {
             boot_source: file.boot_source,
             machine,
+            serial: file.serial,
         })
     }
 }
@@ -167,6 +174,26 @@ mod tests {
         );
         assert_eq!(cfg.boot_source.kernel_image_path, k.0);
         assert_eq!(cfg.boot_source.initrd_path, None);
+        assert_eq!(cfg.serial, None);
+    }
+
+    #[test]
+    fn serial_output_can_go_to_a_file() {
+        let k = kernel();
+        let json = format!(
+            r#"{{"boot-source": {{"kernel_image_path": "{}"}}, "serial": {{"serial_out_path": "/tmp/console.log"}}}}"#,
+            k.0.display()
+        );
+        let cfg = VmConfig::from_json(&json).unwrap();
+        assert_eq!(
+            cfg.serial.unwrap().serial_out_path,
+            std::path::PathBuf::from("/tmp/console.log")
+        );
+        let json = format!(
+            r#"{{"boot-source": {{"kernel_image_path": "{}"}}, "serial": {{"path": "/x"}}}}"#,
+            k.0.display()
+        );
+        assert!(error_of(&json).contains("unknown field `path`"));
     }
 
     #[test]

@@ -1,0 +1,89 @@
+//! Helpers shared by the integration tests: running the `kiln` binary, temporary files, and a
+//! tiny hand-assembled guest kernel.
+
+#![allow(dead_code)]
+
+pub mod tiny_kernel;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+/// A directory removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("kiln-test-{}-{tag}-{n}", std::process::id()));
+        std::fs::create_dir_all(&path).unwrap();
+        Self(path)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    pub fn write(&self, name: &str, bytes: impl AsRef<[u8]>) -> PathBuf {
+        let path = self.path(name);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The kiln binary cargo built for these tests.
+pub fn kiln_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_kiln")
+}
+
+/// Runs kiln with `args` and no stdin, killing it after `timeout`.
+pub fn run_kiln(args: &[&str], timeout: Duration) -> Output {
+    let mut child = Command::new(kiln_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + timeout;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "kiln {args:?} timed out after {timeout:?}\nstdout: {}\nstderr: {}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// A Firecracker config file with the given boot source and machine config.
+pub fn vm_config(kernel: &Path, boot_args: &str, vcpus: u8, mem_mib: u32) -> String {
+    format!(
+        r#"{{
+  "boot-source": {{"kernel_image_path": "{}", "boot_args": "{boot_args}"}},
+  "machine-config": {{"vcpu_count": {vcpus}, "mem_size_mib": {mem_mib}, "smt": false}}
+}}"#,
+        kernel.display()
+    )
+}
+
+/// Whether /dev/kvm is usable here.
+pub fn have_kvm() -> bool {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok()
+}

@@ -1,0 +1,70 @@
+//! Boots the tiny hand-assembled guest on the host's /dev/kvm: the real KVM path from config
+//! file to the guest's serial output and its end, without a Linux guest.
+
+mod common;
+
+use std::time::Duration;
+
+use common::tiny_kernel::{self, Ending};
+use common::{have_kvm, run_kiln, vm_config, TempDir};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+fn boot(pvh: bool, end: Ending, extra_args: &[&str]) -> std::process::Output {
+    let dir = TempDir::new("tiny");
+    let kernel = dir.write("vmlinux", tiny_kernel::build(pvh, end));
+    let config = dir.write("vm.json", vm_config(&kernel, "console=ttyS0", 1, 64));
+    let mut args = vec!["--no-api", "--config-file", config.to_str().unwrap()];
+    args.extend_from_slice(extra_args);
+    run_kiln(&args, TIMEOUT)
+}
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn linux64_entry_prints_and_i8042_reset_exits_zero() {
+    assert!(have_kvm(), "/dev/kvm is required");
+    let out = boot(false, Ending::I8042Reset, &[]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(stdout(&out), "KILN-TINY entry=LINUX64\nTINY-DONE\n");
+}
+
+#[test]
+fn triple_fault_exits_zero() {
+    let out = boot(false, Ending::TripleFault, &[]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert!(stdout(&out).ends_with("TINY-DONE\n"));
+    assert!(stderr(&out).contains("KVM_EXIT_SHUTDOWN"), "{}", stderr(&out));
+}
+
+#[test]
+fn pvh_note_selects_the_pvh_entry_and_boot_timer_logs() {
+    let out = boot(true, Ending::I8042Reset, &["--boot-timer"]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(stdout(&out), "KILN-TINY entry=PVH\nTINY-DONE\n");
+    let err = stderr(&out);
+    let line = err
+        .lines()
+        .find(|l| l.contains("Guest-boot-time ="))
+        .unwrap_or_else(|| panic!("no boot time logged: {err}"));
+    let us: u64 = line
+        .split("Guest-boot-time =")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(us > 0, "{line}");
+}
+
+#[test]
+fn boot_timer_is_absent_without_the_flag() {
+    let out = boot(true, Ending::I8042Reset, &[]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert!(!stderr(&out).contains("Guest-boot-time"));
+}

@@ -1,0 +1,158 @@
+//! From a validated configuration to a VM whose vCPUs are ready to run: memory, kernel, devices,
+//! boot tables, vCPUs, in that order.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use devices::boot_timer::Timestamp;
+use devices::{Bus, BusError};
+use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::arch::x86_64::boot_params::{write_boot_params, BootData, BootParamsError};
+use crate::arch::x86_64::mptable::{setup_mptable, MptableError};
+use crate::config::VmConfig;
+use crate::device_manager::{legacy, mmio};
+use crate::loader::{self, LoaderError};
+use crate::runtime::Vmm;
+use crate::vstate::memory::{create_guest_memory, MemoryError};
+use crate::vstate::vcpu::{install_kick_handler, Vcpu, VcpuConfig, VcpuError};
+use crate::vstate::vm::{Vm, VmError};
+
+/// Errors building the VM.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// Creating or setting up the KVM VM failed.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// Guest memory could not be created.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// The kernel, initrd or command line could not be loaded.
+    #[error(transparent)]
+    Loader(#[from] LoaderError),
+    /// The MP table could not be written.
+    #[error(transparent)]
+    Mptable(#[from] MptableError),
+    /// The zero page or PVH start info could not be written.
+    #[error(transparent)]
+    BootParams(#[from] BootParamsError),
+    /// The legacy devices could not be attached.
+    #[error(transparent)]
+    Legacy(#[from] legacy::LegacyError),
+    /// A device could not be placed on a bus.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    /// A vCPU could not be created or configured.
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    /// The stop eventfd could not be created.
+    #[error("Failed to create the VM stop eventfd: {0}")]
+    EventFd(std::io::Error),
+    /// The event loop could not be created.
+    #[error("Failed to create the event loop: {0:?}")]
+    EventManager(event_manager::Error),
+}
+
+/// How the VM meets the host, beyond its configuration.
+pub struct HostOptions {
+    /// Where guest serial output goes.
+    pub serial_out: Box<dyn Write + Send>,
+    /// Whether host stdin feeds the guest's serial input.
+    pub console_input: bool,
+    /// Whether the boot-timer device is present.
+    pub boot_timer: bool,
+    /// When the VMM started building the VM, for the boot timer.
+    pub start: Timestamp,
+}
+
+impl std::fmt::Debug for HostOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostOptions")
+            .field("console_input", &self.console_input)
+            .field("boot_timer", &self.boot_timer)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds the VM described by `config`, with its vCPUs created, configured and paused.
+pub fn build(config: &VmConfig, host: HostOptions) -> Result<Vmm, BuildError> {
+    let machine = &config.machine;
+    // Validation guarantees the size fits; `mem_size_bytes` re-checks rather than trusting it.
+    let mem_size = machine
+        .mem_size_bytes()
+        .ok_or(MemoryError::TooLarge(u64::MAX))?;
+
+    let vm = Vm::new()?;
+    let mem = create_guest_memory(mem_size)?;
+    vm.register_memory(&mem, machine.track_dirty_pages)?;
+
+    let boot = &config.boot_source;
+    let kernel = loader::load_kernel(&mem, &boot.kernel_image_path)?;
+    let initrd = boot
+        .initrd_path
+        .as_deref()
+        .map(|path| loader::load_initrd(&mem, mem_size, kernel.end, path))
+        .transpose()?;
+    let cmdline = loader::build_cmdline(boot.boot_args(), &[])?;
+    let cmdline_len = loader::write_cmdline(&mem, &cmdline)?;
+    log::info!(
+        "Loaded the kernel, entering at {:#x} via {:?}",
+        kernel.entry.addr.0,
+        kernel.entry.protocol
+    );
+
+    let stop_evt = EventFd::new(EFD_NONBLOCK).map_err(BuildError::EventFd)?;
+    let mut io_bus = Bus::new();
+    let mut mmio_bus = Bus::new();
+    let legacy = legacy::attach(vm.fd(), &mut io_bus, host.serial_out, &stop_evt)?;
+    if host.boot_timer {
+        mmio::attach_boot_timer(&mut mmio_bus, host.start)?;
+    }
+
+    setup_mptable(&mem, machine.vcpu_count)?;
+    write_boot_params(
+        &mem,
+        mem_size,
+        kernel.entry.protocol,
+        &BootData {
+            setup_header: kernel.setup_header,
+            cmdline_len,
+            initrd,
+        },
+    )?;
+
+    install_kick_handler()?;
+    let supported_cpuid = vm
+        .kvm()
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(|source| VmError::Ioctl {
+            what: "get the supported CPUID",
+            source,
+        })?;
+    let vcpu_config = VcpuConfig {
+        supported_cpuid: &supported_cpuid,
+        count: machine.vcpu_count,
+        smt: machine.smt,
+        entry: kernel.entry,
+    };
+    let io_bus = Arc::new(io_bus);
+    let mmio_bus = Arc::new(mmio_bus);
+    let mut vcpus = Vec::with_capacity(usize::from(machine.vcpu_count));
+    for index in 0..machine.vcpu_count {
+        let fd = vm
+            .fd()
+            .create_vcpu(u64::from(index))
+            .map_err(|source| VcpuError::Ioctl {
+                what: "create the vCPU",
+                index,
+                source,
+            })?;
+        let stop = stop_evt.try_clone().map_err(BuildError::EventFd)?;
+        let vcpu = Vcpu::new(fd, index, io_bus.clone(), mmio_bus.clone(), stop);
+        vcpu.configure(&mem, &vcpu_config)?;
+        vcpus.push(vcpu);
+    }
+
+    Vmm::new(vm, mem, vcpus, stop_evt, host.console_input.then_some(legacy))
+}

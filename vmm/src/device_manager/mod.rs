@@ -1,0 +1,4 @@
+//! Puts devices on the buses and wires their interrupts to KVM.
+
+pub mod legacy;
+pub mod mmio;

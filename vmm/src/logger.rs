@@ -1,0 +1,214 @@
+//! The VMM's logger: the `log` facade, writing lines in Firecracker's format
+//! (`TIMESTAMP [INSTANCE:THREAD:LEVEL:FILE:LINE] message`, level and origin optional) to stderr
+//! or to a file or FIFO.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use log::{LevelFilter, Log, Metadata, Record};
+
+/// Errors installing the logger.
+#[derive(Debug, thiserror::Error)]
+pub enum LoggerError {
+    /// The log file could not be opened.
+    #[error("Failed to open the log file '{path}': {source}")]
+    Open {
+        path: String,
+        source: std::io::Error,
+    },
+    /// The level is not one Firecracker accepts.
+    #[error("Invalid log level '{0}': expected Off, Error, Warning, Info, Debug or Trace.")]
+    Level(String),
+    /// A logger is already installed.
+    #[error("The logger is already installed.")]
+    AlreadyInstalled,
+}
+
+/// Parses a level as Firecracker spells it (case-insensitive; `Warn` also accepted).
+pub fn parse_level(level: &str) -> Result<LevelFilter, LoggerError> {
+    match level.to_ascii_lowercase().as_str() {
+        "off" => Ok(LevelFilter::Off),
+        "error" => Ok(LevelFilter::Error),
+        "warning" | "warn" => Ok(LevelFilter::Warn),
+        "info" => Ok(LevelFilter::Info),
+        "debug" => Ok(LevelFilter::Debug),
+        "trace" => Ok(LevelFilter::Trace),
+        _ => Err(LoggerError::Level(level.to_string())),
+    }
+}
+
+/// How log lines look and where they go.
+#[derive(Debug, Clone)]
+pub struct LoggerConfig<'a> {
+    /// The instance ID every line carries.
+    pub instance_id: &'a str,
+    /// The most verbose level written.
+    pub level: LevelFilter,
+    /// Whether lines show their level.
+    pub show_level: bool,
+    /// Whether lines show the source file and line.
+    pub show_log_origin: bool,
+    /// A file or FIFO; stderr when absent.
+    pub path: Option<&'a Path>,
+}
+
+struct Logger {
+    instance_id: String,
+    show_level: bool,
+    show_log_origin: bool,
+    out: Mutex<Box<dyn Write + Send>>,
+}
+
+/// Formats a Unix time as `YYYY-MM-DDTHH:MM:SS.nnnnnnnnn` in UTC.
+fn format_timestamp(secs: u64, nanos: u32) -> String {
+    // Civil-from-days, after Howard Hinnant's algorithm.
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{nanos:09}",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60
+    )
+}
+
+impl Logger {
+    fn line(&self, record: &Record) -> String {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let thread = std::thread::current();
+        let mut prefix = format!(
+            "{}:{}",
+            self.instance_id,
+            thread.name().unwrap_or("unnamed")
+        );
+        if self.show_level {
+            prefix.push(':');
+            prefix.push_str(record.level().as_str());
+        }
+        if self.show_log_origin {
+            prefix.push_str(&format!(
+                ":{}:{}",
+                record.file().unwrap_or("?"),
+                record.line().unwrap_or(0)
+            ));
+        }
+        format!(
+            "{} [{prefix}] {}\n",
+            format_timestamp(now.as_secs(), now.subsec_nanos()),
+            record.args()
+        )
+    }
+}
+
+impl Log for Logger {
+    fn enabled(&self, metadata: &Metadata) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let line = self.line(record);
+        let mut out = self.out.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // A logger has nowhere to report its own write failures.
+        let _ = out.write_all(line.as_bytes());
+        let _ = out.flush();
+    }
+
+    fn flush(&self) {
+        let _ = self
+            .out
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .flush();
+    }
+}
+
+/// Installs the process-wide logger.
+pub fn init(config: &LoggerConfig) -> Result<(), LoggerError> {
+    let out: Box<dyn Write + Send> = match config.path {
+        Some(path) => Box::new(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|source| LoggerError::Open {
+                    path: path.display().to_string(),
+                    source,
+                })?,
+        ),
+        None => Box::new(std::io::stderr()),
+    };
+    let logger = Logger {
+        instance_id: config.instance_id.to_string(),
+        show_level: config.show_level,
+        show_log_origin: config.show_log_origin,
+        out: Mutex::new(out),
+    };
+    log::set_boxed_logger(Box::new(logger)).map_err(|_| LoggerError::AlreadyInstalled)?;
+    log::set_max_level(config.level);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_utc_civil_time() {
+        assert_eq!(format_timestamp(0, 0), "1970-01-01T00:00:00.000000000");
+        assert_eq!(
+            format_timestamp(951_782_400, 5),
+            "2000-02-29T00:00:00.000000005"
+        );
+        assert_eq!(
+            format_timestamp(1_795_000_000, 123_456_789),
+            "2026-11-18T11:06:40.123456789"
+        );
+    }
+
+    #[test]
+    fn levels_parse_as_firecracker_spells_them() {
+        assert_eq!(parse_level("Warning").unwrap(), LevelFilter::Warn);
+        assert_eq!(parse_level("info").unwrap(), LevelFilter::Info);
+        assert_eq!(parse_level("TRACE").unwrap(), LevelFilter::Trace);
+        assert!(parse_level("loud").is_err());
+    }
+
+    #[test]
+    fn lines_carry_instance_thread_and_optional_level_and_origin() {
+        let logger = Logger {
+            instance_id: "vm-1".into(),
+            show_level: true,
+            show_log_origin: true,
+            out: Mutex::new(Box::new(std::io::sink())),
+        };
+        let args = format_args!("hello");
+        let record = Record::builder()
+            .args(args)
+            .level(log::Level::Warn)
+            .file(Some("src/x.rs"))
+            .line(Some(7))
+            .build();
+        let line = logger.line(&record);
+        let thread = std::thread::current();
+        let expected = format!("[vm-1:{}:WARN:src/x.rs:7] hello\n", thread.name().unwrap());
+        assert!(line.ends_with(&expected), "{line}");
+        assert_eq!(line.find(" ["), Some(29));
+    }
+}

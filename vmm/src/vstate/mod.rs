@@ -1,0 +1,6 @@
+//! KVM state: the VM file descriptor with its memory and interrupt controllers, and the vCPUs
+//! with the threads that run them.
+
+pub mod memory;
+pub mod vcpu;
+pub mod vm;

@@ -1,0 +1,425 @@
+//! vCPUs: set-up before the first instruction, and the thread that runs each one.
+//!
+//! Each vCPU thread is an explicit state machine driven by the VMM thread:
+//!
+//! ```text
+//!            Resume                   Pause
+//!   Paused ----------> Running -----------------> Paused
+//!     |                   |  guest reset/shutdown
+//!     | Finish            |  or a KVM error: report, then wait
+//!     v                   v
+//!   Exited <---------- Finish
+//! ```
+//!
+//! The VMM sends an event on the vCPU's channel and then kicks the thread with a signal, which
+//! makes a blocked `KVM_RUN` return `EINTR`. A kick can land just before the thread enters
+//! `KVM_RUN`, so the VMM repeats it until the thread acknowledges.
+
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use devices::Bus;
+use kvm_bindings::CpuId;
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use crate::arch::x86_64::cpuid::{self, CpuidError, VcpuTopology};
+use crate::arch::x86_64::interrupts::set_lint;
+use crate::arch::x86_64::msr::{boot_msrs, MsrError};
+use crate::arch::x86_64::regs::{self, EntryPoint, RegsError};
+
+/// Errors setting up or running vCPUs.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    /// A KVM ioctl on a vCPU failed.
+    #[error("Failed to {what} for vCPU {index}: {source}")]
+    Ioctl {
+        what: &'static str,
+        index: u8,
+        source: kvm_ioctls::Error,
+    },
+    /// KVM accepted fewer MSRs than given.
+    #[error("KVM set {set} of {wanted} boot MSRs on vCPU {index}.")]
+    PartialMsrs { index: u8, set: usize, wanted: usize },
+    /// CPUID normalisation failed.
+    #[error(transparent)]
+    Cpuid(#[from] CpuidError),
+    /// The boot MSR list could not be built.
+    #[error(transparent)]
+    Msrs(#[from] MsrError),
+    /// Boot registers or tables could not be written.
+    #[error(transparent)]
+    Regs(#[from] RegsError),
+    /// The kick signal handler could not be installed.
+    #[error("Failed to install the vCPU kick signal handler: {0}")]
+    SignalHandler(vmm_sys_util::errno::Error),
+    /// The vCPU thread could not be spawned.
+    #[error("Failed to spawn the thread for vCPU {index}: {source}")]
+    Spawn { index: u8, source: std::io::Error },
+    /// The vCPU thread is gone.
+    #[error("vCPU {0} stopped responding.")]
+    Gone(u8),
+}
+
+/// What the VMM asks of a vCPU thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VcpuEvent {
+    /// Start or continue running guest code.
+    Resume,
+    /// Stop running guest code until resumed.
+    Pause,
+    /// Leave the thread.
+    Finish,
+}
+
+/// What a vCPU thread tells the VMM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VcpuResponse {
+    /// The vCPU now runs guest code.
+    Resumed,
+    /// The vCPU no longer runs guest code.
+    Paused,
+    /// The guest stopped the VM, or running it failed; the thread waits for `Finish`.
+    Stopped(VmStop),
+}
+
+/// Why the VM stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmStop {
+    /// The guest rebooted or shut down: a normal end.
+    Guest(&'static str),
+    /// Running the vCPU failed.
+    Error(String),
+}
+
+/// The signal that kicks a vCPU out of `KVM_RUN`.
+fn kick_signal() -> i32 {
+    SIGRTMIN()
+}
+
+extern "C" fn handle_kick(_: i32, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// Installs the kick handler. The handler does nothing: its only job is to make `KVM_RUN`
+/// return `EINTR` instead of the signal's default action killing the process.
+pub fn install_kick_handler() -> Result<(), VcpuError> {
+    register_signal_handler(kick_signal(), handle_kick).map_err(VcpuError::SignalHandler)
+}
+
+/// A vCPU before its thread starts.
+#[derive(Debug)]
+pub struct Vcpu {
+    fd: VcpuFd,
+    index: u8,
+    io_bus: Arc<Bus>,
+    mmio_bus: Arc<Bus>,
+    /// Written when the VM must stop; the VMM's event loop watches it.
+    stop_evt: EventFd,
+}
+
+/// Per-VM inputs for configuring each vCPU.
+#[derive(Debug)]
+pub struct VcpuConfig<'a> {
+    /// KVM's supported CPUID, before per-vCPU normalisation.
+    pub supported_cpuid: &'a CpuId,
+    /// Number of vCPUs.
+    pub count: u8,
+    /// Whether vCPUs come as hyperthread pairs.
+    pub smt: bool,
+    /// Where the kernel starts.
+    pub entry: EntryPoint,
+}
+
+impl Vcpu {
+    /// Wraps a created vCPU with the buses it forwards exits to.
+    pub fn new(fd: VcpuFd, index: u8, io_bus: Arc<Bus>, mmio_bus: Arc<Bus>, stop_evt: EventFd) -> Self {
+        Self {
+            fd,
+            index,
+            io_bus,
+            mmio_bus,
+            stop_evt,
+        }
+    }
+
+    fn ioctl(&self, what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VcpuError + '_ {
+        move |source| VcpuError::Ioctl {
+            what,
+            index: self.index,
+            source,
+        }
+    }
+
+    /// Sets CPUID, MSRs, registers, FPU and LAPIC so the vCPU starts at the kernel's entry.
+    pub fn configure(&self, mem: &GuestMemoryMmap, cfg: &VcpuConfig) -> Result<(), VcpuError> {
+        let mut cpuid = cfg.supported_cpuid.clone();
+        let topo = VcpuTopology {
+            index: self.index,
+            count: cfg.count,
+            smt: cfg.smt,
+        };
+        cpuid::normalize(&mut cpuid, topo)?;
+        self.fd.set_cpuid2(&cpuid).map_err(self.ioctl("set CPUID"))?;
+
+        let msrs = boot_msrs()?;
+        let set = self.fd.set_msrs(&msrs).map_err(self.ioctl("set MSRs"))?;
+        let wanted = msrs.as_slice().len();
+        if set != wanted {
+            return Err(VcpuError::PartialMsrs {
+                index: self.index,
+                set,
+                wanted,
+            });
+        }
+
+        self.fd
+            .set_regs(&regs::boot_regs(cfg.entry))
+            .map_err(self.ioctl("set registers"))?;
+        let mut sregs = self.fd.get_sregs().map_err(self.ioctl("get sregs"))?;
+        regs::setup_sregs(mem, cfg.entry.protocol, &mut sregs)?;
+        self.fd.set_sregs(&sregs).map_err(self.ioctl("set sregs"))?;
+        self.fd
+            .set_fpu(&regs::boot_fpu())
+            .map_err(self.ioctl("set the FPU"))?;
+
+        let mut lapic = self.fd.get_lapic().map_err(self.ioctl("get the LAPIC"))?;
+        set_lint(&mut lapic);
+        self.fd.set_lapic(&lapic).map_err(self.ioctl("set the LAPIC"))?;
+        Ok(())
+    }
+
+    /// Starts the vCPU's thread, paused.
+    pub fn start(self) -> Result<VcpuHandle, VcpuError> {
+        let index = self.index;
+        let (event_tx, event_rx) = channel();
+        let (response_tx, response_rx) = channel();
+        let thread = std::thread::Builder::new()
+            .name(format!("kiln_vcpu{index}"))
+            .spawn(move || VcpuThread::new(self, event_rx, response_tx).run())
+            .map_err(|source| VcpuError::Spawn { index, source })?;
+        Ok(VcpuHandle {
+            index,
+            thread: Some(thread),
+            events: event_tx,
+            responses: response_rx,
+        })
+    }
+}
+
+/// What one `KVM_RUN` came back with.
+enum RunOutcome {
+    /// Keep running.
+    Continue,
+    /// A signal interrupted the run: look at the event channel.
+    Interrupted,
+    /// The VM must stop.
+    Stop(VmStop),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Paused,
+    Running,
+    /// Stopped by the guest or an error; only `Finish` is left to do.
+    Stopped,
+    Exited,
+}
+
+struct VcpuThread {
+    vcpu: Vcpu,
+    events: Receiver<VcpuEvent>,
+    responses: Sender<VcpuResponse>,
+}
+
+impl VcpuThread {
+    fn new(vcpu: Vcpu, events: Receiver<VcpuEvent>, responses: Sender<VcpuResponse>) -> Self {
+        Self {
+            vcpu,
+            events,
+            responses,
+        }
+    }
+
+    fn respond(&self, response: VcpuResponse) {
+        // The VMM dropping its receiver means it is tearing down; nothing left to tell it.
+        let _ = self.responses.send(response);
+    }
+
+    /// The state an event leads to from a state where guest code is not running.
+    fn on_event(&self, event: VcpuEvent, idle: State) -> State {
+        match event {
+            VcpuEvent::Resume if idle == State::Paused => {
+                self.respond(VcpuResponse::Resumed);
+                State::Running
+            }
+            VcpuEvent::Pause if idle == State::Paused => {
+                self.respond(VcpuResponse::Paused);
+                State::Paused
+            }
+            VcpuEvent::Finish => State::Exited,
+            // A stopped vCPU cannot resume; it only waits to finish.
+            VcpuEvent::Resume | VcpuEvent::Pause => idle,
+        }
+    }
+
+    fn run(mut self) {
+        let mut state = State::Paused;
+        loop {
+            state = match state {
+                State::Paused | State::Stopped => match self.events.recv() {
+                    Ok(event) => self.on_event(event, state),
+                    Err(_) => State::Exited,
+                },
+                State::Running => self.running(),
+                State::Exited => return,
+            };
+        }
+    }
+
+    fn running(&mut self) -> State {
+        match self.events.try_recv() {
+            Ok(VcpuEvent::Pause) => {
+                self.respond(VcpuResponse::Paused);
+                return State::Paused;
+            }
+            Ok(VcpuEvent::Finish) | Err(TryRecvError::Disconnected) => return State::Exited,
+            Ok(VcpuEvent::Resume) => self.respond(VcpuResponse::Resumed),
+            Err(TryRecvError::Empty) => {}
+        }
+        match self.run_once() {
+            RunOutcome::Continue | RunOutcome::Interrupted => State::Running,
+            RunOutcome::Stop(stop) => {
+                self.respond(VcpuResponse::Stopped(stop));
+                if let Err(e) = self.vcpu.stop_evt.write(1) {
+                    log::error!("vCPU {} failed to signal the VM stop: {e}", self.vcpu.index);
+                }
+                State::Stopped
+            }
+        }
+    }
+
+    fn run_once(&mut self) -> RunOutcome {
+        let index = self.vcpu.index;
+        match self.vcpu.fd.run() {
+            Ok(VcpuExit::IoIn(port, data)) => {
+                if !self.vcpu.io_bus.read(u64::from(port), data) {
+                    // Unclaimed ports read as all ones, as on real hardware.
+                    data.fill(0xff);
+                }
+                RunOutcome::Continue
+            }
+            Ok(VcpuExit::IoOut(port, data)) => {
+                self.vcpu.io_bus.write(u64::from(port), data);
+                RunOutcome::Continue
+            }
+            Ok(VcpuExit::MmioRead(addr, data)) => {
+                if !self.vcpu.mmio_bus.read(addr, data) {
+                    data.fill(0);
+                }
+                RunOutcome::Continue
+            }
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                self.vcpu.mmio_bus.write(addr, data);
+                RunOutcome::Continue
+            }
+            Ok(VcpuExit::Hlt) => RunOutcome::Stop(VmStop::Guest("halted")),
+            Ok(VcpuExit::Shutdown) => RunOutcome::Stop(VmStop::Guest("triple fault (KVM_EXIT_SHUTDOWN)")),
+            Ok(VcpuExit::SystemEvent(kind, _)) => {
+                RunOutcome::Stop(VmStop::Guest(match kind {
+                    kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => "system event: shutdown",
+                    kvm_bindings::KVM_SYSTEM_EVENT_RESET => "system event: reset",
+                    _ => "system event",
+                }))
+            }
+            Ok(VcpuExit::Intr) => RunOutcome::Interrupted,
+            Ok(VcpuExit::FailEntry(reason, cpu)) => RunOutcome::Stop(VmStop::Error(format!(
+                "vCPU {index} failed to enter the guest (hardware reason {reason:#x}, cpu {cpu})"
+            ))),
+            Ok(VcpuExit::InternalError) => {
+                let rip = self.vcpu.fd.get_regs().map(|r| r.rip).unwrap_or_default();
+                RunOutcome::Stop(VmStop::Error(format!(
+                    "vCPU {index} stopped with KVM_EXIT_INTERNAL_ERROR at rip {rip:#x}"
+                )))
+            }
+            Ok(other) => RunOutcome::Stop(VmStop::Error(format!(
+                "vCPU {index} got an unexpected exit: {other:?}"
+            ))),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                RunOutcome::Interrupted
+            }
+            Err(e) => RunOutcome::Stop(VmStop::Error(format!("vCPU {index} KVM_RUN failed: {e}"))),
+        }
+    }
+}
+
+/// The VMM's end of a running vCPU thread.
+#[derive(Debug)]
+pub struct VcpuHandle {
+    index: u8,
+    thread: Option<JoinHandle<()>>,
+    events: Sender<VcpuEvent>,
+    responses: Receiver<VcpuResponse>,
+}
+
+/// How often an unacknowledged kick is repeated.
+const KICK_RETRY: Duration = Duration::from_millis(5);
+
+impl VcpuHandle {
+    fn kick(&self) {
+        if let Some(thread) = &self.thread {
+            if let Err(e) = thread.kill(kick_signal()) {
+                log::warn!("Failed to kick vCPU {}: {e}", self.index);
+            }
+        }
+    }
+
+    /// Sends `event` and waits for the answer, kicking the thread until it comes. A vCPU that
+    /// stopped the VM answers with `Stopped`, which is returned as is.
+    pub fn request(&self, event: VcpuEvent) -> Result<VcpuResponse, VcpuError> {
+        self.events
+            .send(event)
+            .map_err(|_| VcpuError::Gone(self.index))?;
+        loop {
+            self.kick();
+            match self.responses.recv_timeout(KICK_RETRY) {
+                Ok(response) => return Ok(response),
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => return Err(VcpuError::Gone(self.index)),
+            }
+        }
+    }
+
+    /// Why this vCPU stopped the VM, if it did.
+    pub fn stop_reason(&self) -> Option<VmStop> {
+        self.responses.try_iter().find_map(|r| match r {
+            VcpuResponse::Stopped(stop) => Some(stop),
+            _ => None,
+        })
+    }
+
+    /// Ends the thread and waits for it.
+    pub fn finish(&mut self) {
+        // A thread that already left has dropped its receiver; that is fine.
+        let _ = self.events.send(VcpuEvent::Finish);
+        if let Some(thread) = self.thread.take() {
+            while !thread.is_finished() {
+                if let Err(e) = thread.kill(kick_signal()) {
+                    log::warn!("Failed to kick vCPU {}: {e}", self.index);
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if thread.join().is_err() {
+                log::error!("vCPU {} thread panicked", self.index);
+            }
+        }
+    }
+}
+
+impl Drop for VcpuHandle {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
