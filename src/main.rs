@@ -203,11 +203,11 @@ fn main() -> ExitCode {
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            log::error!("{e}");
-            // The one-line message goes to stderr even when the log goes to a file.
+            // The one-line message always reaches stderr; a log file gets it too.
             if cli.log_path.is_some() {
-                eprintln!("Error: {e}");
+                log::error!("{e}");
             }
+            eprintln!("Error: {e}");
             ExitCode::from(e.exit_code())
         }
     }

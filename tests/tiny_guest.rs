@@ -1,6 +1,14 @@
 //! Boots the tiny hand-assembled guest on the host's /dev/kvm: the real KVM path from config
 //! file to the guest's serial output and its end, without a Linux guest.
 
+// Test code reports failures by panicking.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 mod common;
 
 use std::time::Duration;
@@ -40,7 +48,11 @@ fn triple_fault_exits_zero() {
     let out = boot(false, Ending::TripleFault, &[]);
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
     assert!(stdout(&out).ends_with("TINY-DONE\n"));
-    assert!(stderr(&out).contains("KVM_EXIT_SHUTDOWN"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("KVM_EXIT_SHUTDOWN"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]

@@ -1,7 +1,14 @@
 //! Helpers shared by the integration tests: running the `kiln` binary, temporary files, and a
 //! tiny hand-assembled guest kernel.
 
-#![allow(dead_code)]
+// Test helpers panic on failure: that is how a test reports it.
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 pub mod tiny_kernel;
 

@@ -154,5 +154,11 @@ pub fn build(config: &VmConfig, host: HostOptions) -> Result<Vmm, BuildError> {
         vcpus.push(vcpu);
     }
 
-    Vmm::new(vm, mem, vcpus, stop_evt, host.console_input.then_some(legacy))
+    Vmm::new(
+        vm,
+        mem,
+        vcpus,
+        stop_evt,
+        host.console_input.then_some(legacy),
+    )
 }

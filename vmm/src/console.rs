@@ -40,7 +40,10 @@ impl ConsoleInput {
 
     /// Offers pending bytes to the UART; true when all of them went in.
     fn flush_pending(&mut self) -> bool {
-        let mut serial = self.serial.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut serial = self
+            .serial
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         while !self.pending.is_empty() {
             match serial.enqueue(&self.pending) {
                 Ok(SerialInput::Queued(n)) if n > 0 => {
@@ -64,7 +67,8 @@ impl ConsoleInput {
                 self.remove_stdin(ops);
             }
             Ok(n) => {
-                self.pending.extend_from_slice(buf.get(..n).unwrap_or_default());
+                self.pending
+                    .extend_from_slice(buf.get(..n).unwrap_or_default());
                 if !self.flush_pending() {
                     self.remove_stdin(ops);
                 }
@@ -101,7 +105,10 @@ impl MutEventSubscriber for ConsoleInput {
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        for event in [Self::stdin_event(), Events::new(&self.drained, EventSet::IN)] {
+        for event in [
+            Self::stdin_event(),
+            Events::new(&self.drained, EventSet::IN),
+        ] {
             if let Err(e) = ops.add(event) {
                 log::error!("Failed to register the console input: {e:?}");
             }

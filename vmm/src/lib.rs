@@ -5,11 +5,11 @@
 //! `api-server` drive it through [`config::VmConfig`] and [`run`].
 
 pub mod arch;
-pub mod config;
-pub mod vstate;
-pub mod loader;
 pub mod builder;
+pub mod config;
 pub mod console;
 pub mod device_manager;
-pub mod runtime;
+pub mod loader;
 pub mod logger;
+pub mod runtime;
+pub mod vstate;

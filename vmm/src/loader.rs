@@ -32,7 +32,9 @@ pub enum LoaderError {
         source: linux_loader::loader::Error,
     },
     /// A bzImage that cannot be entered in 64-bit mode.
-    #[error("The bzImage '{0}' has no 64-bit entry point (boot protocol 2.12+ with XLF_KERNEL_64).")]
+    #[error(
+        "The bzImage '{0}' has no 64-bit entry point (boot protocol 2.12+ with XLF_KERNEL_64)."
+    )]
     NotKernel64(PathBuf),
     /// The initrd does not fit between the kernel and the end of low memory.
     #[error("The initrd of {size} bytes does not fit in guest memory above the kernel.")]
@@ -108,9 +110,9 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, L
     }
 
     let result = BzImage::load(mem, None, &mut file, himem).map_err(|e| match e {
-        linux_loader::loader::Error::Bzimage(linux_loader::loader::bzimage::Error::InvalidBzImage) => {
-            LoaderError::UnknownFormat(path.to_owned())
-        }
+        linux_loader::loader::Error::Bzimage(
+            linux_loader::loader::bzimage::Error::InvalidBzImage,
+        ) => LoaderError::UnknownFormat(path.to_owned()),
         other => kernel_err(other),
     })?;
     let header = result
@@ -187,7 +189,8 @@ mod tests {
 
     fn read_cmdline(mem: &GuestMemoryMmap, len: usize) -> String {
         let mut buf = vec![0u8; len];
-        mem.read_slice(&mut buf, GuestAddress(CMDLINE_START)).unwrap();
+        mem.read_slice(&mut buf, GuestAddress(CMDLINE_START))
+            .unwrap();
         String::from_utf8(buf).unwrap()
     }
 
@@ -210,15 +213,23 @@ mod tests {
             read_cmdline(&mem, len),
             "console=ttyS0 reboot=k virtio_mmio.device=4K@0xc0001000:5"
         );
-        let nul: u8 = mem.read_obj(GuestAddress(CMDLINE_START + len as u64)).unwrap();
+        let nul: u8 = mem
+            .read_obj(GuestAddress(CMDLINE_START + len as u64))
+            .unwrap();
         assert_eq!(nul, 0);
     }
 
     #[test]
     fn cmdline_over_the_limit_is_rejected() {
         let long = "a".repeat(CMDLINE_MAX_SIZE);
-        assert!(matches!(build_cmdline(&long, &[]), Err(LoaderError::Cmdline(_))));
-        assert!(matches!(build_cmdline("bad\narg", &[]), Err(LoaderError::Cmdline(_))));
+        assert!(matches!(
+            build_cmdline(&long, &[]),
+            Err(LoaderError::Cmdline(_))
+        ));
+        assert!(matches!(
+            build_cmdline("bad\narg", &[]),
+            Err(LoaderError::Cmdline(_))
+        ));
     }
 
     #[test]
@@ -234,7 +245,10 @@ mod tests {
         let byte: u8 = mem.read_obj(addr.unchecked_add(4999)).unwrap();
         assert_eq!(byte, 0xab);
         let too_high = load_initrd(&mem, size as u64, size as u64 - 4096, &path);
-        assert!(matches!(too_high, Err(LoaderError::InitrdTooBig { size: 5000 })));
+        assert!(matches!(
+            too_high,
+            Err(LoaderError::InitrdTooBig { size: 5000 })
+        ));
         std::fs::remove_file(path).unwrap();
     }
 
@@ -242,11 +256,20 @@ mod tests {
     fn garbage_is_not_a_kernel() {
         let mem = mem(32 << 20);
         let path = temp_file("garbage", &[0x5a; 8192]);
-        assert!(matches!(load_kernel(&mem, &path), Err(LoaderError::UnknownFormat(_))));
+        assert!(matches!(
+            load_kernel(&mem, &path),
+            Err(LoaderError::UnknownFormat(_))
+        ));
         let short = temp_file("short", b"MZ");
-        assert!(matches!(load_kernel(&mem, &short), Err(LoaderError::Io { .. })));
+        assert!(matches!(
+            load_kernel(&mem, &short),
+            Err(LoaderError::Io { .. })
+        ));
         let truncated_elf = temp_file("elf", b"\x7fELF\x02\x01\x01");
-        assert!(matches!(load_kernel(&mem, &truncated_elf), Err(LoaderError::Kernel { .. })));
+        assert!(matches!(
+            load_kernel(&mem, &truncated_elf),
+            Err(LoaderError::Kernel { .. })
+        ));
         for p in [path, short, truncated_elf] {
             std::fs::remove_file(p).unwrap();
         }

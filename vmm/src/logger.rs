@@ -124,7 +124,10 @@ impl Log for Logger {
             return;
         }
         let line = self.line(record);
-        let mut out = self.out.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut out = self
+            .out
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         // A logger has nowhere to report its own write failures.
         let _ = out.write_all(line.as_bytes());
         let _ = out.flush();

@@ -21,7 +21,10 @@ pub enum RuntimeError {
     Vcpu(#[from] VcpuError),
     /// A vCPU did not start running.
     #[error("vCPU {index} did not start: {response:?}")]
-    Start { index: usize, response: VcpuResponse },
+    Start {
+        index: usize,
+        response: VcpuResponse,
+    },
     /// The event loop failed.
     #[error("The event loop failed: {0:?}")]
     EventLoop(event_manager::Error),
@@ -117,9 +120,7 @@ impl Vmm {
         }
         log::info!("Started {} vCPUs", handles.len());
         while !self.stopped() {
-            self.event_manager
-                .run()
-                .map_err(RuntimeError::EventLoop)?;
+            self.event_manager.run().map_err(RuntimeError::EventLoop)?;
         }
         // An error on any vCPU outranks a guest-initiated stop seen on another one.
         let mut stop = VmStop::Guest("i8042 reset");

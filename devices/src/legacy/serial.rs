@@ -172,8 +172,8 @@ mod tests {
     #[test]
     fn odd_sized_accesses_are_ignored_safely() {
         let (mut serial, out, _irq, _drained) = serial();
-        serial.write(0, &[b'a', b'b']);
-        serial.write(u64::MAX, &[b'a']);
+        serial.write(0, b"ab");
+        serial.write(u64::MAX, b"a");
         let mut data = [0xffu8; 2];
         serial.read(u64::MAX, &mut data);
         assert_eq!(data, [0, 0]);

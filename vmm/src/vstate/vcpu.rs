@@ -44,7 +44,11 @@ pub enum VcpuError {
     },
     /// KVM accepted fewer MSRs than given.
     #[error("KVM set {set} of {wanted} boot MSRs on vCPU {index}.")]
-    PartialMsrs { index: u8, set: usize, wanted: usize },
+    PartialMsrs {
+        index: u8,
+        set: usize,
+        wanted: usize,
+    },
     /// CPUID normalisation failed.
     #[error(transparent)]
     Cpuid(#[from] CpuidError),
@@ -135,7 +139,13 @@ pub struct VcpuConfig<'a> {
 
 impl Vcpu {
     /// Wraps a created vCPU with the buses it forwards exits to.
-    pub fn new(fd: VcpuFd, index: u8, io_bus: Arc<Bus>, mmio_bus: Arc<Bus>, stop_evt: EventFd) -> Self {
+    pub fn new(
+        fd: VcpuFd,
+        index: u8,
+        io_bus: Arc<Bus>,
+        mmio_bus: Arc<Bus>,
+        stop_evt: EventFd,
+    ) -> Self {
         Self {
             fd,
             index,
@@ -162,7 +172,9 @@ impl Vcpu {
             smt: cfg.smt,
         };
         cpuid::normalize(&mut cpuid, topo)?;
-        self.fd.set_cpuid2(&cpuid).map_err(self.ioctl("set CPUID"))?;
+        self.fd
+            .set_cpuid2(&cpuid)
+            .map_err(self.ioctl("set CPUID"))?;
 
         let msrs = boot_msrs()?;
         let set = self.fd.set_msrs(&msrs).map_err(self.ioctl("set MSRs"))?;
@@ -187,7 +199,9 @@ impl Vcpu {
 
         let mut lapic = self.fd.get_lapic().map_err(self.ioctl("get the LAPIC"))?;
         set_lint(&mut lapic);
-        self.fd.set_lapic(&lapic).map_err(self.ioctl("set the LAPIC"))?;
+        self.fd
+            .set_lapic(&lapic)
+            .map_err(self.ioctl("set the LAPIC"))?;
         Ok(())
     }
 
@@ -326,14 +340,14 @@ impl VcpuThread {
                 RunOutcome::Continue
             }
             Ok(VcpuExit::Hlt) => RunOutcome::Stop(VmStop::Guest("halted")),
-            Ok(VcpuExit::Shutdown) => RunOutcome::Stop(VmStop::Guest("triple fault (KVM_EXIT_SHUTDOWN)")),
-            Ok(VcpuExit::SystemEvent(kind, _)) => {
-                RunOutcome::Stop(VmStop::Guest(match kind {
-                    kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => "system event: shutdown",
-                    kvm_bindings::KVM_SYSTEM_EVENT_RESET => "system event: reset",
-                    _ => "system event",
-                }))
+            Ok(VcpuExit::Shutdown) => {
+                RunOutcome::Stop(VmStop::Guest("triple fault (KVM_EXIT_SHUTDOWN)"))
             }
+            Ok(VcpuExit::SystemEvent(kind, _)) => RunOutcome::Stop(VmStop::Guest(match kind {
+                kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => "system event: shutdown",
+                kvm_bindings::KVM_SYSTEM_EVENT_RESET => "system event: reset",
+                _ => "system event",
+            })),
             Ok(VcpuExit::Intr) => RunOutcome::Interrupted,
             Ok(VcpuExit::FailEntry(reason, cpu)) => RunOutcome::Stop(VmStop::Error(format!(
                 "vCPU {index} failed to enter the guest (hardware reason {reason:#x}, cpu {cpu})"

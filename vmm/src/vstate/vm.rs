@@ -1,7 +1,9 @@
 //! The KVM VM: its file descriptor, the in-kernel interrupt controllers and PIT, and the guest
 //! memory registered with it.
 
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY,
+};
 use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
@@ -74,12 +76,17 @@ impl Vm {
             flags: KVM_PIT_SPEAKER_DUMMY,
             ..Default::default()
         };
-        fd.create_pit2(pit).map_err(ioctl("create the in-kernel PIT"))?;
+        fd.create_pit2(pit)
+            .map_err(ioctl("create the in-kernel PIT"))?;
         Ok(Self { kvm, fd })
     }
 
     /// Registers every region of `mem` as a KVM memory slot.
-    pub fn register_memory(&self, mem: &GuestMemoryMmap, track_dirty_pages: bool) -> Result<(), VmError> {
+    pub fn register_memory(
+        &self,
+        mem: &GuestMemoryMmap,
+        track_dirty_pages: bool,
+    ) -> Result<(), VmError> {
         let flags = if track_dirty_pages {
             KVM_MEM_LOG_DIRTY_PAGES
         } else {

@@ -240,7 +240,10 @@ mod tests {
         let sig = find(&cpuid, LEAF_KVM_SIGNATURE, 0);
         assert_eq!(sig.eax, LEAF_KVM_FEATURES);
         assert_eq!([sig.ebx, sig.ecx, sig.edx], KVM_SIGNATURE);
-        assert!(cpuid.as_slice().iter().any(|e| e.function == LEAF_KVM_FEATURES));
+        assert!(cpuid
+            .as_slice()
+            .iter()
+            .any(|e| e.function == LEAF_KVM_FEATURES));
         assert_eq!(find(&cpuid, LEAF_FEATURES, 0).edx & EDX_HTT, 0);
     }
 

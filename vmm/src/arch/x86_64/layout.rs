@@ -99,9 +99,11 @@ mod tests {
                 );
             }
         }
-        assert!(BOOT_STACK_POINTER < PML4_START && BOOT_STACK_POINTER > ZERO_PAGE_START + 0xfff);
-        assert!(CMDLINE_START + (CMDLINE_MAX_SIZE as u64) < EBDA_START);
-        assert!(KVM_IDENTITY_MAP_ADDRESS + 0x1000 == KVM_TSS_ADDRESS);
-        assert!(KVM_TSS_ADDRESS > APIC_START);
+        const {
+            assert!(BOOT_STACK_POINTER < PML4_START && BOOT_STACK_POINTER > ZERO_PAGE_START + 0xfff)
+        };
+        const { assert!(CMDLINE_START + (CMDLINE_MAX_SIZE as u64) < EBDA_START) };
+        const { assert!(KVM_IDENTITY_MAP_ADDRESS + 0x1000 == KVM_TSS_ADDRESS) };
+        const { assert!(KVM_TSS_ADDRESS > APIC_START) };
     }
 }

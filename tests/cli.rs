@@ -1,0 +1,246 @@
+//! The command line and configuration errors: each bad input gets a one-line error naming the
+//! field, and Firecracker's exit status, before any VM is created.
+
+// Test code reports failures by panicking.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{run_kiln, vm_config, TempDir};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+const EXIT_BAD_CONFIGURATION: i32 = 152;
+const EXIT_ARG_PARSING: i32 = 153;
+
+/// Runs kiln on `config` and returns (exit code, the `Error:` line of stderr).
+fn run_config(config: &str) -> (Option<i32>, String) {
+    let dir = TempDir::new("cli");
+    let path = dir.write("vm.json", config);
+    let out = run_kiln(
+        &["--no-api", "--config-file", path.to_str().unwrap()],
+        TIMEOUT,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("Error: "))
+        .collect();
+    assert_eq!(errors.len(), 1, "expected one error line in: {stderr}");
+    assert!(out.stdout.is_empty(), "no guest output expected");
+    (out.status.code(), errors[0].to_string())
+}
+
+fn kernel(dir: &TempDir) -> std::path::PathBuf {
+    dir.write(
+        "vmlinux",
+        common::tiny_kernel::build(false, common::tiny_kernel::Ending::I8042Reset),
+    )
+}
+
+#[test]
+fn missing_kernel_file_is_named() {
+    let config = vm_config(
+        std::path::Path::new("/nonexistent/vmlinux"),
+        "console=ttyS0",
+        1,
+        128,
+    );
+    let (code, line) = run_config(&config);
+    assert_eq!(code, Some(EXIT_BAD_CONFIGURATION));
+    assert!(
+        line.contains("kernel_image_path '/nonexistent/vmlinux' cannot be opened"),
+        "{line}"
+    );
+}
+
+#[test]
+fn missing_initrd_file_is_named() {
+    let dir = TempDir::new("cli");
+    let k = kernel(&dir);
+    let config = format!(
+        r#"{{"boot-source": {{"kernel_image_path": "{}", "initrd_path": "/nonexistent/initrd"}}}}"#,
+        k.display()
+    );
+    let (code, line) = run_config(&config);
+    assert_eq!(code, Some(EXIT_BAD_CONFIGURATION));
+    assert!(line.contains("initrd_path '/nonexistent/initrd'"), "{line}");
+}
+
+#[test]
+fn zero_memory_is_refused() {
+    let dir = TempDir::new("cli");
+    let (code, line) = run_config(&vm_config(&kernel(&dir), "", 1, 0));
+    assert_eq!(code, Some(EXIT_BAD_CONFIGURATION));
+    assert_eq!(
+        line,
+        "Error: Invalid machine-config: mem_size_mib must be greater than 0."
+    );
+}
+
+#[test]
+fn vcpu_count_must_be_1_to_32() {
+    let dir = TempDir::new("cli");
+    for vcpus in [0, 33] {
+        let (code, line) = run_config(&vm_config(&kernel(&dir), "", vcpus, 128));
+        assert_eq!(code, Some(EXIT_BAD_CONFIGURATION));
+        assert_eq!(
+            line,
+            format!(
+                "Error: Invalid machine-config: vcpu_count must be between 1 and 32, not {vcpus}."
+            )
+        );
+    }
+}
+
+#[test]
+fn malformed_json_is_located() {
+    let (code, line) = run_config(r#"{"boot-source": {"kernel_image_path": "/k""#);
+    assert_eq!(code, Some(EXIT_BAD_CONFIGURATION));
+    assert!(
+        line.starts_with("Error: Invalid configuration file: "),
+        "{line}"
+    );
+    assert!(line.contains("line 1 column"), "{line}");
+}
+
+#[test]
+fn unknown_fields_are_named() {
+    let dir = TempDir::new("cli");
+    let k = kernel(&dir);
+    let in_section = format!(
+        r#"{{"boot-source": {{"kernel_image_path": "{}", "kernel_args": "x"}}}}"#,
+        k.display()
+    );
+    let (code, line) = run_config(&in_section);
+    assert_eq!(code, Some(EXIT_BAD_CONFIGURATION));
+    assert!(line.contains("unknown field `kernel_args`"), "{line}");
+
+    let top_level = format!(
+        r#"{{"boot-source": {{"kernel_image_path": "{}"}}, "machine_config": {{}}}}"#,
+        k.display()
+    );
+    let (code, line) = run_config(&top_level);
+    assert_eq!(code, Some(EXIT_BAD_CONFIGURATION));
+    assert!(line.contains("unknown field `machine_config`"), "{line}");
+}
+
+#[test]
+fn wrong_types_are_named() {
+    let dir = TempDir::new("cli");
+    let config = format!(
+        r#"{{"boot-source": {{"kernel_image_path": "{}"}}, "machine-config": {{"vcpu_count": 1, "mem_size_mib": "lots"}}}}"#,
+        kernel(&dir).display()
+    );
+    let (code, line) = run_config(&config);
+    assert_eq!(code, Some(EXIT_BAD_CONFIGURATION));
+    assert!(line.contains("invalid type: string \"lots\""), "{line}");
+}
+
+#[test]
+fn unimplemented_sections_are_refused_by_name() {
+    let dir = TempDir::new("cli");
+    let config = format!(
+        r#"{{"boot-source": {{"kernel_image_path": "{}"}}, "network-interfaces": [{{"iface_id": "eth0"}}]}}"#,
+        kernel(&dir).display()
+    );
+    let (code, line) = run_config(&config);
+    assert_eq!(code, Some(EXIT_BAD_CONFIGURATION));
+    assert_eq!(
+        line,
+        "Error: The 'network-interfaces' section is not supported yet."
+    );
+}
+
+#[test]
+fn unreadable_config_file_is_named() {
+    let out = run_kiln(
+        &["--no-api", "--config-file", "/nonexistent/vm.json"],
+        TIMEOUT,
+    );
+    assert_eq!(out.status.code(), Some(EXIT_BAD_CONFIGURATION));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Failed to read the config file '/nonexistent/vm.json'"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn bad_arguments_exit_153() {
+    for args in [
+        &["--no-api"][..],
+        &["--id", "a/b", "--no-api", "--config-file", "x"],
+        &["--frobnicate"],
+        &["--level", "loud", "--no-api", "--config-file", "x"],
+    ] {
+        let out = run_kiln(args, TIMEOUT);
+        assert_eq!(out.status.code(), Some(EXIT_ARG_PARSING), "{args:?}");
+        assert!(!out.stderr.is_empty());
+    }
+}
+
+#[test]
+fn version_and_help_exit_zero() {
+    let out = run_kiln(&["--version"], TIMEOUT);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("kiln {}", env!("CARGO_PKG_VERSION"))
+    );
+    let out = run_kiln(&["--help"], TIMEOUT);
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--id",
+        "--config-file",
+        "--no-api",
+        "--boot-timer",
+        "--log-path",
+        "--level",
+        "--version",
+        "--help",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from --help");
+    }
+}
+
+#[test]
+fn log_path_receives_the_log() {
+    let dir = TempDir::new("cli");
+    let log = dir.path("kiln.log");
+    let config = dir.write("vm.json", vm_config(&kernel(&dir), "console=ttyS0", 1, 64));
+    let out = run_kiln(
+        &[
+            "--no-api",
+            "--config-file",
+            config.to_str().unwrap(),
+            "--id",
+            "vm-42",
+            "--log-path",
+            log.to_str().unwrap(),
+            "--level",
+            "Debug",
+            "--show-level",
+        ],
+        TIMEOUT,
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("[vm-42:main:INFO] Running Kiln v"), "{text}");
+    assert!(
+        out.stderr.is_empty(),
+        "the log went to the file, not stderr"
+    );
+}
