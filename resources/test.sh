@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it (.ci/run calls this script):
+#   formatting, clippy, unit tests, and the integration tests, which boot the tiny guest on the
+#   host's /dev/kvm and the real Linux guest directly (hardware KVM) or in the nested QEMU/SVM
+#   rig (kvm_pvm). Installs what it needs from Debian packages on first use.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+step() { printf '\n=== %s\n' "$*" >&2; }
+
+if ! command -v cargo >/dev/null; then
+    echo "kiln: cargo is required (a Rust toolchain installed with rustup)." >&2
+    exit 1
+fi
+
+step "Formatting"
+cargo fmt --all -- --check
+
+step "Clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "Guest kernel and root filesystems (cached under ~/.cache/kiln)"
+bash resources/guest/build.sh >/dev/null
+
+step "Test rig"
+bash resources/rig/setup.sh >/dev/null
+
+step "Unit and integration tests"
+cargo test --workspace

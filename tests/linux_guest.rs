@@ -1,0 +1,210 @@
+//! End-to-end: kiln boots the real Linux guest (resources/guest) to its marker, in every kernel
+//! form and with 1 and 2 vCPUs, and ends with status 0 when the guest reboots.
+//!
+//! All scenarios run in one payload: on a host with hardware KVM directly, otherwise inside the
+//! nested QEMU/SVM rig (one rig boot for all of them). Each test asserts on its own scenario.
+
+// Test code reports failures by panicking.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use common::linux::{parse_outcomes, run_scenarios, Outcome, Scenario};
+
+/// Firecracker's recommended arguments for a serial-console guest, with reboot=k.
+const BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.dumbkbd";
+
+fn config(kernel: &str, vcpus: u8, boot_args: &str) -> String {
+    format!(
+        r#"{{
+  "boot-source": {{"kernel_image_path": "{kernel}", "initrd_path": "initramfs.cpio.gz", "boot_args": "{boot_args}"}},
+  "machine-config": {{"vcpu_count": {vcpus}, "mem_size_mib": 256, "smt": false}}
+}}"#
+    )
+}
+
+fn scenarios() -> Vec<Scenario> {
+    let reboot_t = BOOT_ARGS.replace("reboot=k", "reboot=t");
+    let demo = format!("{BOOT_ARGS} kiln.run=demo");
+    vec![
+        Scenario {
+            name: "pvh-1",
+            config: config("vmlinux", 1, BOOT_ARGS),
+            args: &[],
+        },
+        Scenario {
+            name: "pvh-2",
+            config: config("vmlinux", 2, BOOT_ARGS),
+            args: &[],
+        },
+        Scenario {
+            name: "linux64-1",
+            config: config("vmlinux-nopvh", 1, BOOT_ARGS),
+            args: &[],
+        },
+        Scenario {
+            name: "linux64-2",
+            config: config("vmlinux-nopvh", 2, BOOT_ARGS),
+            args: &[],
+        },
+        Scenario {
+            name: "bzimage-1",
+            config: config("bzImage", 1, BOOT_ARGS),
+            args: &[],
+        },
+        Scenario {
+            name: "bzimage-2",
+            config: config("bzImage", 2, BOOT_ARGS),
+            args: &[],
+        },
+        Scenario {
+            name: "reboot-t",
+            config: config("vmlinux", 1, &reboot_t),
+            args: &[],
+        },
+        Scenario {
+            name: "boot-timer",
+            config: config("vmlinux", 1, BOOT_ARGS),
+            args: &["--boot-timer"],
+        },
+        Scenario {
+            name: "demo",
+            config: config("bzImage", 2, &demo),
+            args: &[],
+        },
+    ]
+}
+
+fn outcomes() -> &'static BTreeMap<String, Outcome> {
+    static OUTCOMES: OnceLock<(BTreeMap<String, Outcome>, String)> = OnceLock::new();
+    let (outcomes, log) = OUTCOMES.get_or_init(|| run_scenarios(&scenarios()));
+    if outcomes.len() != scenarios().len() {
+        panic!("not every scenario finished; the run printed:\n{log}");
+    }
+    outcomes
+}
+
+fn outcome(name: &str) -> &'static Outcome {
+    &outcomes()[name]
+}
+
+/// Checks a scenario booted to the marker and ended cleanly with `cpus` CPUs online.
+fn assert_booted(name: &str, cpus: u8) -> &'static Outcome {
+    let o = outcome(name);
+    assert!(
+        o.has_line("KILN-GUEST-READY"),
+        "{name}: no marker:\n{}",
+        o.output
+    );
+    assert_eq!(o.rc, 0, "{name}: kiln exited {}:\n{}", o.rc, o.output);
+    let online = if cpus == 1 {
+        "0".to_string()
+    } else {
+        format!("0-{}", cpus - 1)
+    };
+    assert_eq!(
+        o.guest_value("cpus-online"),
+        Some(online),
+        "{name}:\n{}",
+        o.output
+    );
+    assert_eq!(o.guest_value("nproc"), Some(cpus.to_string()), "{name}");
+    assert_eq!(
+        o.guest_value("clocksource").as_deref(),
+        Some("kvm-clock"),
+        "{name}"
+    );
+    o
+}
+
+fn assert_protocol(o: &Outcome, protocol: &str) {
+    assert!(
+        o.has_line(&format!("via {protocol}")),
+        "expected a {protocol} entry:\n{}",
+        o.output
+    );
+}
+
+#[test]
+fn vmlinux_boots_through_pvh() {
+    assert_protocol(assert_booted("pvh-1", 1), "Pvh");
+    assert_protocol(assert_booted("pvh-2", 2), "Pvh");
+}
+
+#[test]
+fn vmlinux_without_pvh_note_boots_through_the_64bit_entry() {
+    assert_protocol(assert_booted("linux64-1", 1), "Linux64");
+    assert_protocol(assert_booted("linux64-2", 2), "Linux64");
+}
+
+#[test]
+fn bzimage_boots() {
+    assert_protocol(assert_booted("bzimage-1", 1), "Linux64");
+    assert_protocol(assert_booted("bzimage-2", 2), "Linux64");
+}
+
+#[test]
+fn reboot_k_ends_through_the_i8042() {
+    let o = assert_booted("pvh-1", 1);
+    assert!(
+        o.has_line("The guest stopped the VM (i8042 reset)"),
+        "{}",
+        o.output
+    );
+}
+
+#[test]
+fn reboot_t_ends_through_a_triple_fault() {
+    let o = assert_booted("reboot-t", 1);
+    assert!(
+        o.has_line("triple fault (KVM_EXIT_SHUTDOWN)"),
+        "{}",
+        o.output
+    );
+}
+
+#[test]
+fn boot_timer_logs_the_guest_boot_time() {
+    let o = assert_booted("boot-timer", 1);
+    let us: u64 = o
+        .output
+        .lines()
+        .find_map(|l| l.split("Guest-boot-time =").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no Guest-boot-time line:\n{}", o.output));
+    assert!(us > 0);
+    assert!(
+        !outcome("pvh-1").has_line("Guest-boot-time"),
+        "the timer is off by default"
+    );
+}
+
+#[test]
+fn demo_session_runs_its_commands() {
+    let o = assert_booted("demo", 2);
+    assert!(o.has_line("kiln# uname -a"), "{}", o.output);
+    assert!(o.output.contains("Linux"), "{}", o.output);
+    assert!(o.has_line("kiln# free -m"), "{}", o.output);
+}
+
+#[test]
+fn scenario_output_is_split_between_markers() {
+    let text = "noise\r\n=== KILN-SCENARIO-BEGIN a\r\nKILN-GUEST nproc=2 cpus-online=0-1\r\nhi\n\
+                === KILN-SCENARIO-END a rc=0\n=== KILN-SCENARIO-BEGIN b\ncut short\n";
+    let outcomes = parse_outcomes(text);
+    assert_eq!(outcomes.len(), 1, "an unfinished scenario has no outcome");
+    let a = &outcomes["a"];
+    assert_eq!(a.rc, 0);
+    assert_eq!(a.guest_value("nproc").as_deref(), Some("2"));
+    assert_eq!(a.guest_value("cpus-online").as_deref(), Some("0-1"));
+    assert!(a.has_line("hi"));
+}
