@@ -26,4 +26,5 @@ step "Test rig"
 bash resources/rig/setup.sh >/dev/null
 
 step "Unit and integration tests"
-cargo test --workspace
+cargo test --workspace --doc
+cargo test --workspace --all-targets
