@@ -51,6 +51,7 @@ const LEAF_KVM_SIGNATURE: u32 = 0x4000_0000;
 const LEAF_KVM_FEATURES: u32 = 0x4000_0001;
 const LEAF_AMD_EXT_FEATURES: u32 = 0x8000_0001;
 const LEAF_AMD_SIZES: u32 = 0x8000_0008;
+const LEAVES_BRAND_STRING: std::ops::RangeInclusive<u32> = 0x8000_0002..=0x8000_0004;
 
 const ECX_HYPERVISOR: u32 = 1 << 31;
 const EDX_HTT: u32 = 1 << 28;
@@ -125,6 +126,13 @@ fn normalize_entry(entry: &mut kvm_cpuid_entry2, topo: VcpuTopology, intel: bool
     }
 }
 
+/// The host CPU's brand string leaves, which KVM leaves empty; the guest shows the host's
+/// model name, as under Firecracker.
+fn host_brand_leaf(function: u32) -> (u32, u32, u32, u32) {
+    let leaf = std::arch::x86_64::__cpuid(function);
+    (leaf.eax, leaf.ebx, leaf.ecx, leaf.edx)
+}
+
 /// Normalises KVM's supported CPUID for one vCPU. KVM lists its paravirtual leaves when it
 /// supports them; if it does not, empty ones are added so the guest still finds the signature.
 pub fn normalize(cpuid: &mut CpuId, topo: VcpuTopology) -> Result<(), CpuidError> {
@@ -151,6 +159,10 @@ pub fn normalize(cpuid: &mut CpuId, topo: VcpuTopology) -> Result<(), CpuidError
             entry.flags |= KVM_CPUID_FLAG_SIGNIFCANT_INDEX;
         }
         normalize_entry(entry, topo, intel);
+        let empty = (entry.eax, entry.ebx, entry.ecx, entry.edx) == (0, 0, 0, 0);
+        if LEAVES_BRAND_STRING.contains(&entry.function) && empty {
+            (entry.eax, entry.ebx, entry.ecx, entry.edx) = host_brand_leaf(entry.function);
+        }
     }
     Ok(())
 }
@@ -245,6 +257,19 @@ mod tests {
             .iter()
             .any(|e| e.function == LEAF_KVM_FEATURES));
         assert_eq!(find(&cpuid, LEAF_FEATURES, 0).edx & EDX_HTT, 0);
+    }
+
+    #[test]
+    fn empty_brand_string_comes_from_the_host() {
+        let mut cpuid = CpuId::from_entries(&[leaf(0x8000_0002, 0), leaf(0x8000_0003, 0)]).unwrap();
+        let topo = VcpuTopology {
+            index: 0,
+            count: 1,
+            smt: false,
+        };
+        normalize(&mut cpuid, topo).unwrap();
+        let e = find(&cpuid, 0x8000_0002, 0);
+        assert_eq!((e.eax, e.ebx, e.ecx, e.edx), host_brand_leaf(0x8000_0002));
     }
 
     #[test]
