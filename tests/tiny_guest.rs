@@ -80,3 +80,48 @@ fn boot_timer_is_absent_without_the_flag() {
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
     assert!(!stderr(&out).contains("Guest-boot-time"));
 }
+
+#[test]
+fn serial_output_can_go_to_a_file() {
+    let dir = TempDir::new("tiny");
+    let kernel = dir.write("vmlinux", tiny_kernel::build(false, Ending::I8042Reset));
+    let console = dir.path("console.log");
+    let config = format!(
+        r#"{{"boot-source": {{"kernel_image_path": "{}"}},
+            "machine-config": {{"vcpu_count": 1, "mem_size_mib": 64}},
+            "serial": {{"serial_out_path": "{}"}}}}"#,
+        kernel.display(),
+        console.display()
+    );
+    let config = dir.write("vm.json", config);
+    let out = run_kiln(
+        &["--no-api", "--config-file", config.to_str().unwrap()],
+        TIMEOUT,
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert!(out.stdout.is_empty());
+    assert_eq!(
+        std::fs::read_to_string(&console).unwrap(),
+        "KILN-TINY entry=LINUX64\nTINY-DONE\n"
+    );
+}
+
+#[test]
+fn terminal_input_reaches_the_guest_serial_port() {
+    let dir = TempDir::new("tiny");
+    let kernel = dir.write("vmlinux", tiny_kernel::build(false, Ending::EchoThenReset));
+    let config = dir.write("vm.json", vm_config(&kernel, "console=ttyS0", 1, 64));
+    let pty = common::Pty::open();
+    let child = std::process::Command::new(common::kiln_bin())
+        .args(["--no-api", "--config-file", config.to_str().unwrap()])
+        .stdin(pty.slave())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The guest polls until the byte arrives, so writing before it runs is fine too.
+    pty.write(b"k");
+    let out = common::wait_with_timeout(child, TIMEOUT);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert!(stdout(&out).contains("GOT:k\n"), "{}", stdout(&out));
+}

@@ -53,20 +53,25 @@ pub fn kiln_bin() -> &'static str {
 
 /// Runs kiln with `args` and no stdin, killing it after `timeout`.
 pub fn run_kiln(args: &[&str], timeout: Duration) -> Output {
-    let mut child = Command::new(kiln_bin())
+    let child = Command::new(kiln_bin())
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    wait_with_timeout(child, timeout)
+}
+
+/// Waits for `child`, killing it and failing the test after `timeout`.
+pub fn wait_with_timeout(mut child: std::process::Child, timeout: Duration) -> Output {
     let deadline = std::time::Instant::now() + timeout;
     while child.try_wait().unwrap().is_none() {
         if std::time::Instant::now() > deadline {
             child.kill().unwrap();
             let out = child.wait_with_output().unwrap();
             panic!(
-                "kiln {args:?} timed out after {timeout:?}\nstdout: {}\nstderr: {}",
+                "kiln timed out after {timeout:?}\nstdout: {}\nstderr: {}",
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
             );
@@ -94,4 +99,47 @@ pub fn have_kvm() -> bool {
         .write(true)
         .open("/dev/kvm")
         .is_ok()
+}
+
+/// A pseudo-terminal, so kiln sees a terminal on stdin.
+pub struct Pty {
+    master: std::fs::File,
+    slave: std::fs::File,
+}
+
+impl Pty {
+    pub fn open() -> Self {
+        use std::os::fd::FromRawFd;
+        let (mut master, mut slave) = (0, 0);
+        // SAFETY: openpty writes two new file descriptors into the two integers; name, termios
+        // and window size are optional and passed as null.
+        let rc = unsafe {
+            libc::openpty(
+                &mut master,
+                &mut slave,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(rc, 0, "openpty failed");
+        // SAFETY: both descriptors were just created by openpty and are owned by nobody else.
+        unsafe {
+            Self {
+                master: std::fs::File::from_raw_fd(master),
+                slave: std::fs::File::from_raw_fd(slave),
+            }
+        }
+    }
+
+    /// The terminal end, for a child's stdin.
+    pub fn slave(&self) -> Stdio {
+        Stdio::from(self.slave.try_clone().unwrap())
+    }
+
+    /// Types `bytes` on the terminal.
+    pub fn write(&self, bytes: &[u8]) {
+        use std::io::Write;
+        (&self.master).write_all(bytes).unwrap();
+    }
 }

@@ -14,6 +14,8 @@ const PVH_ENTRY_OFFSET: u64 = 0x800;
 /// How the tiny guest ends.
 #[derive(Debug, Clone, Copy)]
 pub enum Ending {
+    /// Waits for one byte on COM1, prints `GOT:<byte>`, then resets through the i8042.
+    EchoThenReset,
     /// Writes 0xFE to the i8042 command port, as Linux's `reboot=k`.
     I8042Reset,
     /// Executes ud2 with an empty IDT: a triple fault, as Linux's `reboot=t`.
@@ -29,9 +31,31 @@ fn print(text: &str) -> Vec<u8> {
     code
 }
 
+/// Code that polls the line status register until a byte arrives and leaves it in BL.
+fn read_byte() -> Vec<u8> {
+    vec![
+        0x66, 0xba, 0xfd, 0x03, // mov dx, 0x3fd (line status)
+        0xec, // 1: in al, dx
+        0xa8, 0x01, // test al, 1 (data ready)
+        0x74, 0xfb, // jz 1b
+        0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+        0xec, // in al, dx
+        0x88, 0xc3, // mov bl, al
+    ]
+}
+
 fn ending(ending: Ending) -> Vec<u8> {
+    const RESET: [u8; 7] = [0x66, 0xba, 0x64, 0x00, 0xb0, 0xfe, 0xee];
     let mut code = match ending {
-        Ending::I8042Reset => vec![0x66, 0xba, 0x64, 0x00, 0xb0, 0xfe, 0xee],
+        Ending::EchoThenReset => {
+            let mut code = read_byte();
+            code.extend(print("GOT:"));
+            code.extend_from_slice(&[0x88, 0xd8, 0xee]); // mov al, bl; out dx, al
+            code.extend(print("\n"));
+            code.extend_from_slice(&RESET);
+            code
+        }
+        Ending::I8042Reset => RESET.to_vec(),
         Ending::TripleFault => vec![0x0f, 0x0b],
     };
     code.extend_from_slice(&[0xf4, 0xeb, 0xfd]); // 1: hlt; jmp 1b
