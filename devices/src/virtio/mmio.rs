@@ -1,0 +1,341 @@
+//! The virtio-mmio transport, version 2 (virtio 1.x): the register window the guest driver uses
+//! to discover a device, negotiate features, set up queues and drive the device status.
+//!
+//! Queue notifications normally never reach this code: the VMM registers each queue's eventfd
+//! as an ioeventfd on the QueueNotify register, so KVM signals the device directly. A notify
+//! that does arrive here (no ioeventfd) is forwarded to the same eventfd.
+
+use std::sync::{Arc, Mutex};
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+
+use super::{Interrupt, VirtioDevice, INTERRUPT_CONFIG};
+use crate::BusDevice;
+
+/// Offset of the QueueNotify register, for the VMM's ioeventfds.
+pub const NOTIFY_REG_OFFSET: u64 = 0x50;
+/// Size of the register window, config space included.
+pub const MMIO_WINDOW_SIZE: u64 = 0x1000;
+
+const MAGIC: u32 = 0x7472_6976; // "virt"
+const VERSION: u32 = 2;
+const VENDOR_ID: u32 = 0;
+const CONFIG_SPACE_OFFSET: u64 = 0x100;
+
+/// Device status bits, in the order the driver sets them.
+pub mod status {
+    /// The guest found the device.
+    pub const ACKNOWLEDGE: u32 = 1;
+    /// The guest has a driver for it.
+    pub const DRIVER: u32 = 2;
+    /// The driver is ready: the device may run.
+    pub const DRIVER_OK: u32 = 4;
+    /// Feature negotiation is complete.
+    pub const FEATURES_OK: u32 = 8;
+    /// The device hit an error it cannot recover from without a reset.
+    pub const DEVICE_NEEDS_RESET: u32 = 0x40;
+    /// The driver gave up on the device.
+    pub const FAILED: u32 = 0x80;
+}
+
+/// One queue as the driver configures it.
+struct QueueSlot {
+    queue: Queue,
+    /// The driver wrote a size the queue cannot take (zero, too big, not a power of two).
+    bad_size: bool,
+}
+
+/// A virtio device behind its MMIO register window.
+pub struct MmioTransport {
+    device: Arc<Mutex<dyn VirtioDevice>>,
+    mem: GuestMemoryMmap,
+    interrupt: Arc<Interrupt>,
+    queues: Vec<QueueSlot>,
+    queue_select: u32,
+    device_features_select: u32,
+    driver_features_select: u32,
+    driver_features: u64,
+    status: u32,
+    config_generation: u32,
+}
+
+impl std::fmt::Debug for MmioTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MmioTransport")
+            .field("status", &self.status)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Replaces the 32-bit half `high` (or low) of `value`.
+fn set_half(value: u64, high: bool, half: u32) -> u64 {
+    if high {
+        (value & 0xffff_ffff) | (u64::from(half) << 32)
+    } else {
+        (value & !0xffff_ffff) | u64::from(half)
+    }
+}
+
+impl MmioTransport {
+    /// Puts `device` behind a register window; it raises `interrupt` and uses `mem`.
+    pub fn new(
+        device: Arc<Mutex<dyn VirtioDevice>>,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<Interrupt>,
+    ) -> Self {
+        let queues = lock(&device)
+            .queue_max_sizes()
+            .iter()
+            .filter_map(|max| Queue::new(*max).ok())
+            .map(|queue| QueueSlot {
+                queue,
+                bad_size: false,
+            })
+            .collect();
+        Self {
+            device,
+            mem,
+            interrupt,
+            queues,
+            queue_select: 0,
+            device_features_select: 0,
+            driver_features_select: 0,
+            driver_features: 0,
+            status: 0,
+            config_generation: 0,
+        }
+    }
+
+    /// The device status register.
+    pub fn status(&self) -> u32 {
+        self.status
+    }
+
+    /// Marks a config change for the driver: bumps the generation and raises the config
+    /// interrupt.
+    pub fn notify_config_change(&mut self) -> std::io::Result<()> {
+        self.config_generation = self.config_generation.wrapping_add(1);
+        self.interrupt.trigger(INTERRUPT_CONFIG)
+    }
+
+    fn selected_queue(&mut self) -> Option<&mut QueueSlot> {
+        self.queues.get_mut(self.queue_select as usize)
+    }
+
+    /// Queue registers may change only between FEATURES_OK and DRIVER_OK.
+    fn queue_config_allowed(&self) -> bool {
+        self.status & (status::FEATURES_OK | status::DRIVER_OK | status::FAILED)
+            == status::FEATURES_OK
+    }
+
+    fn read_register(&self, offset: u64) -> u32 {
+        let queue = self.queues.get(self.queue_select as usize);
+        match offset {
+            0x00 => MAGIC,
+            0x04 => VERSION,
+            0x08 => lock(&self.device).device_type(),
+            0x0c => VENDOR_ID,
+            0x10 => {
+                let features = lock(&self.device).avail_features();
+                match self.device_features_select {
+                    0 => features as u32,
+                    1 => (features >> 32) as u32,
+                    _ => 0,
+                }
+            }
+            0x34 => queue.map_or(0, |q| u32::from(q.queue.max_size())),
+            0x44 => queue.map_or(0, |q| u32::from(q.queue.ready())),
+            0x60 => self.interrupt.status(),
+            0x70 => self.status,
+            0xfc => self.config_generation,
+            _ => {
+                log::debug!("virtio-mmio: read of unknown register {offset:#x}");
+                0
+            }
+        }
+    }
+
+    fn write_register(&mut self, offset: u64, value: u32) {
+        match offset {
+            0x14 => self.device_features_select = value,
+            0x20 => {
+                let writable =
+                    self.status & (status::DRIVER | status::FEATURES_OK) == status::DRIVER;
+                if writable && self.driver_features_select < 2 {
+                    let high = self.driver_features_select == 1;
+                    self.driver_features = set_half(self.driver_features, high, value);
+                } else {
+                    log::warn!("virtio-mmio: driver features written out of order; ignored");
+                }
+            }
+            0x24 => self.driver_features_select = value,
+            0x30 => self.queue_select = value,
+            0x38 | 0x44 | 0x80 | 0x84 | 0x90 | 0x94 | 0xa0 | 0xa4 => {
+                self.write_queue_register(offset, value)
+            }
+            0x50 => self.forward_notify(value),
+            0x64 => self.interrupt.ack(value),
+            0x70 => self.write_status(value),
+            _ => log::debug!("virtio-mmio: write of unknown register {offset:#x}"),
+        }
+    }
+
+    fn write_queue_register(&mut self, offset: u64, value: u32) {
+        if !self.queue_config_allowed() {
+            log::warn!("virtio-mmio: queue register {offset:#x} written out of order; ignored");
+            return;
+        }
+        let Some(slot) = self.selected_queue() else {
+            log::warn!("virtio-mmio: queue register written for a queue that does not exist");
+            return;
+        };
+        let q = &mut slot.queue;
+        match offset {
+            0x38 => {
+                let size = u16::try_from(value).ok();
+                slot.bad_size = match size {
+                    Some(size) => q.try_set_size(size).is_err(),
+                    None => true,
+                };
+            }
+            0x44 => q.set_ready(value == 1),
+            0x80 => q.set_desc_table_address(Some(value), None),
+            0x84 => q.set_desc_table_address(None, Some(value)),
+            0x90 => q.set_avail_ring_address(Some(value), None),
+            0x94 => q.set_avail_ring_address(None, Some(value)),
+            0xa0 => q.set_used_ring_address(Some(value), None),
+            0xa4 => q.set_used_ring_address(None, Some(value)),
+            _ => {}
+        }
+    }
+
+    fn forward_notify(&self, queue: u32) {
+        let device = lock(&self.device);
+        if let Some(evt) = device.queue_events().get(queue as usize) {
+            if let Err(e) = evt.write(1) {
+                log::error!("virtio-mmio: failed to forward a queue notification: {e}");
+            }
+        }
+    }
+
+    fn write_status(&mut self, value: u32) {
+        if value == 0 {
+            self.reset();
+            return;
+        }
+        // The driver only ever adds bits; anything else is a protocol error we refuse.
+        if value & self.status != self.status {
+            log::warn!(
+                "virtio-mmio: status {value:#x} clears bits of {:#x}; ignored",
+                self.status
+            );
+            return;
+        }
+        let added = value & !self.status;
+        if added & status::FEATURES_OK != 0 {
+            let offered = lock(&self.device).avail_features();
+            if self.driver_features & !offered != 0 {
+                log::warn!("virtio-mmio: the driver accepted features the device did not offer");
+                self.status = value & !status::FEATURES_OK;
+                return;
+            }
+            lock(&self.device).set_acked_features(self.driver_features);
+        }
+        self.status = value;
+        if added & status::DRIVER_OK != 0 {
+            self.activate();
+        }
+    }
+
+    fn activate(&mut self) {
+        if self.status & status::FEATURES_OK == 0 {
+            return self.needs_reset("DRIVER_OK before FEATURES_OK");
+        }
+        if self.queues.iter().any(|q| q.bad_size) {
+            return self.needs_reset("a queue size is zero, too large or not a power of two");
+        }
+        if let Some(i) = self
+            .queues
+            .iter()
+            .position(|q| !q.queue.is_valid(&self.mem))
+        {
+            let reason = format!("queue {i} is not ready or lies outside guest memory");
+            return self.needs_reset(&reason);
+        }
+        let event_idx = self.driver_features & super::FEATURE_EVENT_IDX != 0;
+        // The device gets its own copies; the transport keeps the registers the driver wrote.
+        let queues: Result<Vec<Queue>, _> = self
+            .queues
+            .iter()
+            .map(|slot| {
+                let mut queue = Queue::try_from(slot.queue.state())?;
+                queue.set_event_idx(event_idx);
+                Ok::<_, virtio_queue::Error>(queue)
+            })
+            .collect();
+        let queues = match queues {
+            Ok(queues) => queues,
+            Err(e) => return self.needs_reset(&format!("invalid queue state: {e}")),
+        };
+        let result = lock(&self.device).activate(self.mem.clone(), queues, self.interrupt.clone());
+        if let Err(e) = result {
+            self.needs_reset(&e.to_string());
+        }
+    }
+
+    fn needs_reset(&mut self, reason: &str) {
+        log::warn!("virtio-mmio: device needs reset: {reason}");
+        self.status |= status::DEVICE_NEEDS_RESET;
+        if let Err(e) = self.interrupt.trigger(INTERRUPT_CONFIG) {
+            log::error!("virtio-mmio: failed to raise the config interrupt: {e}");
+        }
+    }
+
+    fn reset(&mut self) {
+        lock(&self.device).reset();
+        for slot in &mut self.queues {
+            slot.queue.reset();
+            slot.bad_size = false;
+        }
+        self.interrupt.ack(u32::MAX);
+        self.queue_select = 0;
+        self.device_features_select = 0;
+        self.driver_features_select = 0;
+        self.driver_features = 0;
+        self.status = 0;
+    }
+}
+
+impl BusDevice for MmioTransport {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        if offset >= CONFIG_SPACE_OFFSET {
+            lock(&self.device).read_config(offset - CONFIG_SPACE_OFFSET, data);
+        } else if let Ok(bytes) = <&mut [u8; 4]>::try_from(&mut *data) {
+            *bytes = self.read_register(offset).to_le_bytes();
+        } else {
+            log::warn!(
+                "virtio-mmio: {}-byte register read at {offset:#x}; registers are 32-bit",
+                data.len()
+            );
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset >= CONFIG_SPACE_OFFSET {
+            lock(&self.device).write_config(offset - CONFIG_SPACE_OFFSET, data);
+        } else if let Ok(bytes) = <[u8; 4]>::try_from(data) {
+            self.write_register(offset, u32::from_le_bytes(bytes));
+        } else {
+            log::warn!(
+                "virtio-mmio: {}-byte register write at {offset:#x}; registers are 32-bit",
+                data.len()
+            );
+        }
+    }
+}
