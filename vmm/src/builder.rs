@@ -160,5 +160,6 @@ pub fn build(config: &VmConfig, host: HostOptions) -> Result<Vmm, BuildError> {
         vcpus,
         stop_evt,
         host.console_input.then_some(legacy),
+        Vec::new(),
     )
 }

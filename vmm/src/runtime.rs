@@ -30,7 +30,8 @@ pub enum RuntimeError {
     EventLoop(event_manager::Error),
 }
 
-type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+/// A device (or other event source) served by the VMM thread's event loop.
+pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 
 /// Notices the VM stop eventfd.
 #[derive(Debug)]
@@ -78,6 +79,7 @@ impl Vmm {
         vcpus: Vec<Vcpu>,
         stop_evt: EventFd,
         console: Option<LegacyDevices>,
+        devices: Vec<Subscriber>,
     ) -> Result<Self, BuildError> {
         let mut event_manager =
             EventManager::<Subscriber>::new().map_err(BuildError::EventManager)?;
@@ -89,6 +91,9 @@ impl Vmm {
         if let Some(legacy) = console {
             let input = ConsoleInput::new(legacy.serial, legacy.serial_drained);
             event_manager.add_subscriber(Arc::new(Mutex::new(input)));
+        }
+        for device in devices {
+            event_manager.add_subscriber(device);
         }
         Ok(Self {
             vcpus,

@@ -6,10 +6,12 @@
 //! than silently ignored.
 
 mod boot_source;
+mod drive;
 mod machine;
 mod serial;
 
 pub use boot_source::BootSourceConfig;
+pub use drive::{guest_order, root_cmdline, CacheType, DriveConfig, IoEngine};
 pub use machine::{HugePages, MachineConfig, MAX_VCPUS};
 pub use serial::SerialConfig;
 
@@ -30,6 +32,9 @@ pub enum ConfigError {
     /// The machine configuration is invalid.
     #[error("Invalid machine-config: {0}")]
     Machine(#[from] machine::MachineConfigError),
+    /// A drive, or the set of drives, is invalid.
+    #[error("Invalid drives: {0}")]
+    Drive(#[from] drive::DriveError),
 }
 
 /// The whole VM configuration, as in a Firecracker config file.
@@ -41,6 +46,8 @@ pub struct VmConfig {
     pub machine: MachineConfig,
     /// Where the guest console goes; stdout when absent.
     pub serial: Option<SerialConfig>,
+    /// Block devices, in configuration order.
+    pub drives: Vec<DriveConfig>,
 }
 
 /// The file as written. Sections Kiln does not implement are kept as raw JSON so that an empty
@@ -53,7 +60,7 @@ struct ConfigFile {
     #[serde(rename = "machine-config", default)]
     machine: Option<MachineConfig>,
     #[serde(default)]
-    drives: serde_json::Value,
+    drives: Vec<DriveConfig>,
     #[serde(rename = "network-interfaces", default)]
     network_interfaces: serde_json::Value,
     #[serde(rename = "cpu-config", default)]
@@ -90,7 +97,6 @@ impl VmConfig {
     pub fn from_json(json: &str) -> Result<Self, ConfigError> {
         let file: ConfigFile = serde_json::from_str(json)?;
         let unimplemented = [
-            ("drives", &file.drives),
             ("network-interfaces", &file.network_interfaces),
             ("cpu-config", &file.cpu_config),
             ("balloon", &file.balloon),
@@ -107,10 +113,12 @@ impl VmConfig {
         let machine = file.machine.unwrap_or_default();
         machine.validate()?;
         file.boot_source.validate()?;
+        drive::validate_drives(&file.drives)?;
         Ok(Self {
             boot_source: file.boot_source,
             machine,
             serial: file.serial,
+            drives: file.drives,
         })
     }
 }
@@ -267,16 +275,33 @@ mod tests {
     }
 
     #[test]
+    fn drives_are_validated_as_a_set() {
+        let k = kernel();
+        let drive = |id: &str, root: bool| {
+            format!(
+                r#"{{"drive_id": "{id}", "path_on_host": "{}", "is_root_device": {root}}}"#,
+                k.0.display()
+            )
+        };
+        let json = |drives: &[String]| {
+            format!(
+                r#"{{"boot-source": {{"kernel_image_path": "{}"}}, "drives": [{}]}}"#,
+                k.0.display(),
+                drives.join(",")
+            )
+        };
+        let cfg = VmConfig::from_json(&json(&[drive("root", true), drive("data", false)])).unwrap();
+        assert_eq!(cfg.drives.len(), 2);
+        assert_eq!(
+            error_of(&json(&[drive("a", true), drive("a", false)])),
+            "Invalid drives: drive_id 'a' is used by more than one drive."
+        );
+        assert!(error_of(&json(&[r#"{"drive_id": "x"}"#.to_string()])).contains("missing field"));
+    }
+
+    #[test]
     fn refuses_unimplemented_sections_by_name() {
         let k = kernel();
-        let json = format!(
-            r#"{{"boot-source": {{"kernel_image_path": "{}"}}, "drives": [{{"drive_id": "root"}}]}}"#,
-            k.0.display()
-        );
-        assert_eq!(
-            error_of(&json),
-            "The 'drives' section is not supported yet."
-        );
         let json = format!(
             r#"{{"boot-source": {{"kernel_image_path": "{}"}}, "vsock": {{"guest_cid": 3}}}}"#,
             k.0.display()
