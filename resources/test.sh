@@ -13,6 +13,16 @@ if ! command -v cargo >/dev/null; then
     exit 1
 fi
 
+step "Host tools for the end-to-end checks"
+missing=()
+for pkg in strace e2fsprogs; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    apt-get update >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >&2
+fi
+
 step "Formatting"
 cargo fmt --all -- --check
 

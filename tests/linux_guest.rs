@@ -31,55 +31,33 @@ fn config(kernel: &str, vcpus: u8, boot_args: &str) -> String {
     )
 }
 
+/// A scenario that only boots the guest.
+fn boot(name: &'static str, config: String, args: &'static [&'static str]) -> Scenario {
+    Scenario {
+        name,
+        config,
+        args,
+        ..Default::default()
+    }
+}
+
 fn scenarios() -> Vec<Scenario> {
     let reboot_t = BOOT_ARGS.replace("reboot=k", "reboot=t");
     let demo = format!("{BOOT_ARGS} kiln.run=demo");
     vec![
-        Scenario {
-            name: "pvh-1",
-            config: config("vmlinux", 1, BOOT_ARGS),
-            args: &[],
-        },
-        Scenario {
-            name: "pvh-2",
-            config: config("vmlinux", 2, BOOT_ARGS),
-            args: &[],
-        },
-        Scenario {
-            name: "linux64-1",
-            config: config("vmlinux-nopvh", 1, BOOT_ARGS),
-            args: &[],
-        },
-        Scenario {
-            name: "linux64-2",
-            config: config("vmlinux-nopvh", 2, BOOT_ARGS),
-            args: &[],
-        },
-        Scenario {
-            name: "bzimage-1",
-            config: config("bzImage", 1, BOOT_ARGS),
-            args: &[],
-        },
-        Scenario {
-            name: "bzimage-2",
-            config: config("bzImage", 2, BOOT_ARGS),
-            args: &[],
-        },
-        Scenario {
-            name: "reboot-t",
-            config: config("vmlinux", 1, &reboot_t),
-            args: &[],
-        },
-        Scenario {
-            name: "boot-timer",
-            config: config("vmlinux", 1, BOOT_ARGS),
-            args: &["--boot-timer"],
-        },
-        Scenario {
-            name: "demo",
-            config: config("bzImage", 2, &demo),
-            args: &[],
-        },
+        boot("pvh-1", config("vmlinux", 1, BOOT_ARGS), &[]),
+        boot("pvh-2", config("vmlinux", 2, BOOT_ARGS), &[]),
+        boot("linux64-1", config("vmlinux-nopvh", 1, BOOT_ARGS), &[]),
+        boot("linux64-2", config("vmlinux-nopvh", 2, BOOT_ARGS), &[]),
+        boot("bzimage-1", config("bzImage", 1, BOOT_ARGS), &[]),
+        boot("bzimage-2", config("bzImage", 2, BOOT_ARGS), &[]),
+        boot("reboot-t", config("vmlinux", 1, &reboot_t), &[]),
+        boot(
+            "boot-timer",
+            config("vmlinux", 1, BOOT_ARGS),
+            &["--boot-timer"],
+        ),
+        boot("demo", config("bzImage", 2, &demo), &[]),
     ]
 }
 
@@ -199,7 +177,7 @@ fn demo_session_runs_its_commands() {
 #[test]
 fn scenario_output_is_split_between_markers() {
     let text = "noise\r\n=== KILN-SCENARIO-BEGIN a\r\nKILN-GUEST nproc=2 cpus-online=0-1\r\nhi\n\
-                === KILN-SCENARIO-END a rc=0\n=== KILN-SCENARIO-BEGIN b\ncut short\n";
+                KILN-RC=0\n=== KILN-SCENARIO-END a\n=== KILN-SCENARIO-BEGIN b\ncut short\n";
     let outcomes = parse_outcomes(text);
     assert_eq!(outcomes.len(), 1, "an unfinished scenario has no outcome");
     let a = &outcomes["a"];
@@ -207,4 +185,5 @@ fn scenario_output_is_split_between_markers() {
     assert_eq!(a.guest_value("nproc").as_deref(), Some("2"));
     assert_eq!(a.guest_value("cpus-online").as_deref(), Some("0-1"));
     assert!(a.has_line("hi"));
+    assert_eq!(a.value("KILN-RC").as_deref(), Some("0"));
 }

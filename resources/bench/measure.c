@@ -4,11 +4,13 @@
  *   measure MARKER -- COMMAND [ARGS...]
  *
  * Prints, on stdout, one line:
- *   MEASURE marker_us=N exit_us=N maxrss_kb=N rc=N boot_time_us=N
+ *   MEASURE marker_us=N exit_us=N maxrss_kb=N cpu_us=N rc=N boot_time_us=N
  * where the times count from just before exec: marker_us when a line of the command's output
  * (stdout and stderr merged) first contains MARKER (-1 if never), exit_us when it exits.
- * maxrss_kb is the child's peak resident set size from wait4(), and boot_time_us the value of
- * a "Guest-boot-time = N us" line (-1 if none). The command's own output is discarded.
+ * maxrss_kb is the child's peak resident set size and cpu_us its user + system CPU time, both
+ * from wait4(); boot_time_us is the value of a "Guest-boot-time = N us" line (-1 if none).
+ * Lines of the command's output that start with "BENCH" are passed through; the rest is
+ * discarded.
  */
 #define _GNU_SOURCE
 #include <stdio.h>
@@ -59,6 +61,8 @@ int main(int argc, char **argv) {
     while (getline(&line, &cap, out) >= 0) {
         if (marker_us < 0 && strstr(line, marker))
             marker_us = now_us() - start;
+        if (strncmp(line, "BENCH", 5) == 0)
+            fputs(line, stdout);
         char *bt = strstr(line, "Guest-boot-time =");
         if (bt && boot_time_us < 0)
             boot_time_us = atoll(bt + strlen("Guest-boot-time ="));
@@ -71,8 +75,10 @@ int main(int argc, char **argv) {
     }
     long long exit_us = now_us() - start;
     int rc = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    printf("MEASURE marker_us=%lld exit_us=%lld maxrss_kb=%ld rc=%d boot_time_us=%lld\n",
-           marker_us, exit_us, ru.ru_maxrss, rc, boot_time_us);
+    long long cpu_us = (long long)ru.ru_utime.tv_sec * 1000000 + ru.ru_utime.tv_usec +
+                       (long long)ru.ru_stime.tv_sec * 1000000 + ru.ru_stime.tv_usec;
+    printf("MEASURE marker_us=%lld exit_us=%lld maxrss_kb=%ld cpu_us=%lld rc=%d boot_time_us=%lld\n",
+           marker_us, exit_us, ru.ru_maxrss, cpu_us, rc, boot_time_us);
     free(line);
     return 0;
 }

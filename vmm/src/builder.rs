@@ -49,6 +49,9 @@ pub enum BuildError {
     /// The stop eventfd could not be created.
     #[error("Failed to create the VM stop eventfd: {0}")]
     EventFd(std::io::Error),
+    /// virtio-block is not wired up yet.
+    #[error("Block devices are not supported yet.")]
+    DrivesNotAttached,
     /// The event loop could not be created.
     #[error("Failed to create the event loop: {0:?}")]
     EventManager(event_manager::Error),
@@ -83,6 +86,9 @@ pub fn build(config: &VmConfig, host: HostOptions) -> Result<Vmm, BuildError> {
         .mem_size_bytes()
         .ok_or(MemoryError::TooLarge(u64::MAX))?;
 
+    if !config.drives.is_empty() {
+        return Err(BuildError::DrivesNotAttached);
+    }
     let vm = Vm::new()?;
     let mem = create_guest_memory(mem_size)?;
     vm.register_memory(&mem, machine.track_dirty_pages)?;
