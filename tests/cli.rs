@@ -244,3 +244,52 @@ fn log_path_receives_the_log() {
         "the log went to the file, not stderr"
     );
 }
+
+/// A config with `drives` (JSON array items) over the tiny kernel.
+fn with_drives(dir: &TempDir, drives: &[String]) -> String {
+    format!(
+        r#"{{"boot-source": {{"kernel_image_path": "{}"}}, "drives": [{}]}}"#,
+        kernel(dir).display(),
+        drives.join(",")
+    )
+}
+
+fn drive(id: &str, path: &std::path::Path, root: bool) -> String {
+    format!(
+        r#"{{"drive_id": "{id}", "path_on_host": "{}", "is_root_device": {root}, "is_read_only": false}}"#,
+        path.display()
+    )
+}
+
+#[test]
+fn drive_errors_are_firecrackers() {
+    let dir = TempDir::new("cli");
+    let disk = dir.write("disk.img", [0u8; 4096]);
+    let cases = [
+        (
+            vec![drive("a", &disk, false), drive("a", &disk, false)],
+            "Error: Invalid drives: drive_id 'a' is used by more than one drive.".to_string(),
+        ),
+        (
+            vec![drive("r1", &disk, true), drive("r2", &disk, true)],
+            "Error: Invalid drives: Only one drive can be the root device, but 'r1' and 'r2' both are."
+                .to_string(),
+        ),
+        (
+            vec![drive("gone", std::path::Path::new("/nonexistent/disk.img"), false)],
+            "Error: Invalid drives: Drive 'gone': path_on_host '/nonexistent/disk.img' cannot be opened: No such file or directory (os error 2)".to_string(),
+        ),
+        (
+            vec![format!(
+                r#"{{"drive_id": "rl", "path_on_host": "{}", "is_root_device": false, "rate_limiter": {{"bandwidth": {{"size": 1, "refill_time": 100}}}}}}"#,
+                disk.display()
+            )],
+            "Error: Invalid drives: Drive 'rl': rate_limiter is not supported yet.".to_string(),
+        ),
+    ];
+    for (drives, expected) in cases {
+        let (code, line) = run_config(&with_drives(&dir, &drives));
+        assert_eq!(code, Some(EXIT_BAD_CONFIGURATION), "{expected}");
+        assert_eq!(line, expected);
+    }
+}
