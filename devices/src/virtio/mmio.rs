@@ -339,3 +339,311 @@ impl BusDevice for MmioTransport {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::virtio::{
+        ActivateError, FEATURE_EVENT_IDX, FEATURE_VERSION_1, INTERRUPT_USED_RING, TYPE_BLOCK,
+    };
+    use vm_memory::GuestAddress;
+    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+    const QUEUE_MAX: u16 = 16;
+    const DESC_TABLE: u32 = 0x1000;
+    const AVAIL_RING: u32 = 0x2000;
+    const USED_RING: u32 = 0x3000;
+    const OFFERED: u64 = FEATURE_VERSION_1 | FEATURE_EVENT_IDX | 1;
+
+    /// A device that records what the transport does to it.
+    struct FakeDevice {
+        queue_evts: [EventFd; 1],
+        acked_features: u64,
+        /// (queue size, desc table, event idx) of each activation.
+        activations: Vec<Vec<(u16, u64, bool)>>,
+        resets: usize,
+        config: [u8; 8],
+    }
+
+    impl VirtioDevice for FakeDevice {
+        fn device_type(&self) -> u32 {
+            TYPE_BLOCK
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &[QUEUE_MAX]
+        }
+        fn queue_events(&self) -> &[EventFd] {
+            &self.queue_evts
+        }
+        fn avail_features(&self) -> u64 {
+            OFFERED
+        }
+        fn set_acked_features(&mut self, features: u64) {
+            self.acked_features = features;
+        }
+        fn read_config(&self, offset: u64, data: &mut [u8]) {
+            let start = offset as usize;
+            if let Some(src) = self.config.get(start..start + data.len()) {
+                data.copy_from_slice(src);
+            }
+        }
+        fn write_config(&mut self, offset: u64, data: &[u8]) {
+            let start = offset as usize;
+            self.config[start..start + data.len()].copy_from_slice(data);
+        }
+        fn activate(
+            &mut self,
+            _mem: GuestMemoryMmap,
+            queues: Vec<Queue>,
+            _interrupt: Arc<Interrupt>,
+        ) -> Result<(), ActivateError> {
+            let queues = queues.iter().map(|q| {
+                let state = q.state();
+                (state.size, state.desc_table, state.event_idx_enabled)
+            });
+            self.activations.push(queues.collect());
+            Ok(())
+        }
+        fn reset(&mut self) {
+            self.resets += 1;
+        }
+    }
+
+    struct Setup {
+        transport: MmioTransport,
+        device: Arc<Mutex<FakeDevice>>,
+        interrupt: Arc<Interrupt>,
+    }
+
+    fn setup() -> Setup {
+        let device = Arc::new(Mutex::new(FakeDevice {
+            queue_evts: [EventFd::new(EFD_NONBLOCK).unwrap()],
+            acked_features: 0,
+            activations: Vec::new(),
+            resets: 0,
+            config: *b"config!!",
+        }));
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1_0000)]).unwrap();
+        let interrupt = Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap()));
+        let transport = MmioTransport::new(device.clone(), mem, interrupt.clone());
+        Setup {
+            transport,
+            device,
+            interrupt,
+        }
+    }
+
+    impl Setup {
+        fn read(&mut self, offset: u64) -> u32 {
+            let mut data = [0u8; 4];
+            self.transport.read(offset, &mut data);
+            u32::from_le_bytes(data)
+        }
+
+        fn write(&mut self, offset: u64, value: u32) {
+            self.transport.write(offset, &value.to_le_bytes());
+        }
+
+        fn device(&self) -> std::sync::MutexGuard<'_, FakeDevice> {
+            self.device.lock().unwrap()
+        }
+
+        /// ACKNOWLEDGE, DRIVER, the driver's features, FEATURES_OK: returns the status.
+        fn negotiate(&mut self, features: u64) -> u32 {
+            self.write(0x70, status::ACKNOWLEDGE);
+            self.write(0x70, status::ACKNOWLEDGE | status::DRIVER);
+            for select in 0..2u32 {
+                self.write(0x24, select);
+                self.write(0x20, (features >> (32 * select)) as u32);
+            }
+            self.write(
+                0x70,
+                status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+            );
+            self.read(0x70)
+        }
+
+        /// Queue 0 with `size` entries, ready.
+        fn set_up_queue(&mut self, size: u32) {
+            self.write(0x30, 0);
+            self.write(0x38, size);
+            for (reg, addr) in [(0x80, DESC_TABLE), (0x90, AVAIL_RING), (0xa0, USED_RING)] {
+                self.write(reg, addr);
+                self.write(reg + 4, 0);
+            }
+            self.write(0x44, 1);
+        }
+
+        fn driver_ok(&mut self) -> u32 {
+            let status = self.read(0x70);
+            self.write(0x70, status | status::DRIVER_OK);
+            self.read(0x70)
+        }
+    }
+
+    const NEGOTIATED: u32 = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK;
+
+    #[test]
+    fn identifies_a_virtio_mmio_v2_device() {
+        let mut s = setup();
+        assert_eq!(s.read(0x00), 0x7472_6976);
+        assert_eq!(s.read(0x04), 2);
+        assert_eq!(s.read(0x08), TYPE_BLOCK);
+        assert_eq!(s.read(0x0c), 0);
+        s.write(0x30, 0);
+        assert_eq!(s.read(0x34), u32::from(QUEUE_MAX));
+        s.write(0x30, 1);
+        assert_eq!(s.read(0x34), 0, "a queue that does not exist has size 0");
+    }
+
+    #[test]
+    fn device_features_are_read_in_halves() {
+        let mut s = setup();
+        s.write(0x14, 0);
+        assert_eq!(s.read(0x10), OFFERED as u32);
+        s.write(0x14, 1);
+        assert_eq!(s.read(0x10), (OFFERED >> 32) as u32);
+        s.write(0x14, 2);
+        assert_eq!(s.read(0x10), 0);
+    }
+
+    #[test]
+    fn the_device_learns_the_features_the_driver_accepted() {
+        let mut s = setup();
+        let accepted = FEATURE_VERSION_1 | FEATURE_EVENT_IDX;
+        assert_eq!(s.negotiate(accepted), NEGOTIATED);
+        assert_eq!(s.device().acked_features, accepted);
+    }
+
+    #[test]
+    fn features_the_device_did_not_offer_fail_negotiation() {
+        let mut s = setup();
+        let status = s.negotiate(FEATURE_VERSION_1 | 1 << 40);
+        assert_eq!(status, status::ACKNOWLEDGE | status::DRIVER);
+        assert_eq!(s.device().acked_features, 0);
+    }
+
+    #[test]
+    fn driver_ok_activates_the_device_with_the_queues_set_up() {
+        let mut s = setup();
+        s.negotiate(FEATURE_VERSION_1 | FEATURE_EVENT_IDX);
+        s.set_up_queue(8);
+        assert_eq!(s.read(0x44), 1);
+        assert_eq!(s.driver_ok(), NEGOTIATED | status::DRIVER_OK);
+        let expected = vec![vec![(8, u64::from(DESC_TABLE), true)]];
+        assert_eq!(s.device().activations, expected);
+    }
+
+    #[test]
+    fn a_queue_size_not_a_power_of_two_needs_reset_instead_of_activating() {
+        let mut s = setup();
+        s.negotiate(FEATURE_VERSION_1);
+        s.set_up_queue(12);
+        let status = s.driver_ok();
+        assert_eq!(
+            status & status::DEVICE_NEEDS_RESET,
+            status::DEVICE_NEEDS_RESET
+        );
+        assert!(s.device().activations.is_empty());
+        assert_eq!(s.read(0x60), INTERRUPT_CONFIG);
+    }
+
+    #[test]
+    fn a_queue_size_over_the_maximum_needs_reset() {
+        let mut s = setup();
+        s.negotiate(FEATURE_VERSION_1);
+        s.set_up_queue(u32::from(QUEUE_MAX) * 2);
+        assert_ne!(s.driver_ok() & status::DEVICE_NEEDS_RESET, 0);
+        assert!(s.device().activations.is_empty());
+    }
+
+    #[test]
+    fn driver_ok_before_features_ok_needs_reset() {
+        let mut s = setup();
+        s.write(0x70, status::ACKNOWLEDGE | status::DRIVER);
+        let status = s.driver_ok();
+        assert_ne!(status & status::DEVICE_NEEDS_RESET, 0);
+        assert!(s.device().activations.is_empty());
+    }
+
+    #[test]
+    fn queue_registers_are_ignored_outside_queue_setup() {
+        let mut s = setup();
+        s.set_up_queue(8);
+        assert_eq!(s.read(0x44), 0, "before FEATURES_OK");
+        s.negotiate(FEATURE_VERSION_1);
+        s.set_up_queue(8);
+        s.driver_ok();
+        s.write(0x38, 4);
+        s.write(0x44, 0);
+        assert_eq!(s.read(0x44), 1, "after DRIVER_OK");
+    }
+
+    #[test]
+    fn the_driver_cannot_clear_status_bits_without_a_reset() {
+        let mut s = setup();
+        s.negotiate(FEATURE_VERSION_1);
+        s.write(0x70, status::ACKNOWLEDGE);
+        assert_eq!(s.read(0x70), NEGOTIATED);
+    }
+
+    #[test]
+    fn writing_status_zero_resets_the_device_and_the_transport() {
+        let mut s = setup();
+        s.negotiate(FEATURE_VERSION_1);
+        s.set_up_queue(8);
+        s.driver_ok();
+        s.interrupt.trigger(INTERRUPT_USED_RING).unwrap();
+        s.write(0x70, 0);
+        assert_eq!(s.read(0x70), 0);
+        assert_eq!(s.device().resets, 1);
+        assert_eq!(s.read(0x44), 0, "the queue is no longer ready");
+        assert_eq!(s.read(0x60), 0, "pending interrupts are dropped");
+        // The driver starts over, and the device is activated afresh.
+        s.negotiate(FEATURE_VERSION_1);
+        s.set_up_queue(4);
+        s.driver_ok();
+        let activations = &s.device().activations;
+        assert_eq!(activations.len(), 2);
+        assert_eq!(activations[1], [(4, u64::from(DESC_TABLE), false)]);
+    }
+
+    #[test]
+    fn interrupts_are_read_and_acknowledged() {
+        let mut s = setup();
+        s.interrupt.trigger(INTERRUPT_USED_RING).unwrap();
+        s.interrupt.trigger(INTERRUPT_CONFIG).unwrap();
+        assert_eq!(s.read(0x60), INTERRUPT_USED_RING | INTERRUPT_CONFIG);
+        s.write(0x64, INTERRUPT_USED_RING);
+        assert_eq!(s.read(0x60), INTERRUPT_CONFIG);
+    }
+
+    #[test]
+    fn a_notify_reaches_the_queue_event() {
+        let mut s = setup();
+        s.write(NOTIFY_REG_OFFSET, 0);
+        assert_eq!(s.device().queue_evts[0].read().unwrap(), 1);
+        // A queue that does not exist is ignored.
+        s.write(NOTIFY_REG_OFFSET, 5);
+    }
+
+    #[test]
+    fn config_space_accesses_reach_the_device() {
+        let mut s = setup();
+        let mut data = [0u8; 2];
+        s.transport.read(CONFIG_SPACE_OFFSET + 6, &mut data);
+        assert_eq!(&data, b"!!");
+        s.transport.write(CONFIG_SPACE_OFFSET, b"CO");
+        assert_eq!(&s.device().config, b"COnfig!!");
+    }
+
+    #[test]
+    fn register_accesses_that_are_not_32_bit_read_zero() {
+        let mut s = setup();
+        let mut data = [0xffu8; 2];
+        s.transport.read(0x00, &mut data);
+        assert_eq!(data, [0, 0]);
+        s.transport.write(0x70, &[1]);
+        assert_eq!(s.read(0x70), 0);
+    }
+}

@@ -7,6 +7,7 @@
 //! each device has a plain `process_queue` that unit tests call directly, and an event-loop
 //! subscriber that calls it when a queue event fires.
 
+pub mod block;
 pub mod mmio;
 
 use std::sync::atomic::{AtomicU32, Ordering};

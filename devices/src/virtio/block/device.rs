@@ -1,0 +1,350 @@
+//! The virtio-block device: its features and config space, its queue once the driver activates
+//! it, the queue loop, and the thin event-loop subscriber that runs the loop on a queue event.
+
+use std::num::Wrapping;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX};
+use virtio_queue::{DescriptorChain, Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::disk::DiskBackend;
+use super::execute::{self, ExecuteError, Executor, SECTOR_SIZE};
+use super::request::{Rejected, Request};
+use crate::virtio::{
+    ActivateError, Interrupt, VirtioDevice, FEATURE_EVENT_IDX, FEATURE_VERSION_1,
+    INTERRUPT_USED_RING, TYPE_BLOCK,
+};
+
+/// The size of the one request queue.
+pub const QUEUE_SIZE: u16 = 256;
+/// Data descriptors per request: a chain as long as the queue, less header and status.
+const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
+/// Descriptors per request, indirect tables included.
+const MAX_DESCRIPTORS: usize = QUEUE_SIZE as usize;
+/// Guest errors logged in full before the log thins out.
+const GUEST_ERRORS_LOGGED: u64 = 10;
+
+/// What the device promises about writes the guest has not flushed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheType {
+    /// Guest flushes are acknowledged without reaching the disk: fast, and a host crash loses
+    /// data. For throw-away disks.
+    Unsafe,
+    /// Guest flushes make writes durable (fdatasync).
+    Writeback,
+}
+
+/// How a disk is presented to the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockConfig {
+    /// The drive id the guest reads with GET_ID; truncated to 20 bytes.
+    pub id: String,
+    /// Whether the guest may only read.
+    pub read_only: bool,
+    /// What a guest flush does.
+    pub cache: CacheType,
+}
+
+/// Why the block device failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BlockError {
+    /// The queue eventfd could not be created.
+    #[error("Failed to create the queue eventfd: {0}")]
+    EventFd(std::io::Error),
+    /// The driver made more buffers available than the queue holds.
+    #[error("The driver made {pending} buffers available in a queue of {size}.")]
+    AvailIndex { pending: u16, size: u16 },
+    /// The queue rings could not be accessed.
+    #[error("Failed to access the queue: {0}")]
+    Queue(virtio_queue::Error),
+    /// The used-ring interrupt could not be raised.
+    #[error("Failed to raise the used-ring interrupt: {0}")]
+    Interrupt(std::io::Error),
+}
+
+/// The device before activation, and after a reset.
+enum State {
+    Inactive,
+    Active {
+        mem: GuestMemoryMmap,
+        queue: Queue,
+        interrupt: Arc<Interrupt>,
+    },
+}
+
+/// Counts guest-triggered errors and logs only some: the first few, then every power of two,
+/// so that a hostile or broken driver cannot flood the host log.
+#[derive(Debug, Default)]
+struct GuestErrors {
+    count: u64,
+}
+
+impl GuestErrors {
+    fn record(&mut self, error: &dyn std::fmt::Display) {
+        self.count = self.count.saturating_add(1);
+        if self.count <= GUEST_ERRORS_LOGGED || self.count.is_power_of_two() {
+            log::warn!("virtio-block: {error} ({} errors so far)", self.count);
+        }
+    }
+}
+
+/// A virtio-block device with one request queue.
+pub struct Block {
+    executor: Executor,
+    avail_features: u64,
+    config_space: Vec<u8>,
+    queue_evts: [EventFd; 1],
+    state: State,
+    guest_errors: GuestErrors,
+}
+
+impl std::fmt::Debug for Block {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Block")
+            .field("avail_features", &self.avail_features)
+            .field("active", &matches!(self.state, State::Active { .. }))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Block {
+    /// A device serving `disk` as `config` says.
+    pub fn new(disk: Box<dyn DiskBackend>, config: BlockConfig) -> Result<Block, BlockError> {
+        let disk_len = disk.len();
+        if !disk_len.is_multiple_of(SECTOR_SIZE) {
+            log::warn!(
+                "virtio-block: drive '{}' has {disk_len} bytes, not a whole number of sectors; \
+                 the guest does not see the last {} bytes",
+                config.id,
+                disk_len % SECTOR_SIZE
+            );
+        }
+        let mut avail_features = FEATURE_VERSION_1
+            | FEATURE_EVENT_IDX
+            | 1 << VIRTIO_BLK_F_FLUSH
+            | 1 << VIRTIO_BLK_F_SEG_MAX;
+        if config.read_only {
+            avail_features |= 1 << VIRTIO_BLK_F_RO;
+        }
+        // struct virtio_blk_config up to seg_max; later fields belong to features not offered.
+        let mut config_space = Vec::with_capacity(16);
+        config_space.extend_from_slice(&(disk_len / SECTOR_SIZE).to_le_bytes()); // capacity
+        config_space.extend_from_slice(&0u32.to_le_bytes()); // size_max: not offered
+        config_space.extend_from_slice(&SEG_MAX.to_le_bytes());
+        let queue_evt = EventFd::new(EFD_NONBLOCK).map_err(BlockError::EventFd)?;
+        Ok(Block {
+            executor: Executor::new(disk, config.read_only, config.cache, &config.id),
+            avail_features,
+            config_space,
+            queue_evts: [queue_evt],
+            state: State::Inactive,
+            guest_errors: GuestErrors::default(),
+        })
+    }
+
+    /// Serves every request the driver has made available, then raises the used-ring interrupt
+    /// if the driver wants one. Returns whether it raised it; does nothing while inactive.
+    pub fn process_queue(&mut self) -> Result<bool, BlockError> {
+        let State::Active {
+            mem,
+            queue,
+            interrupt,
+        } = &mut self.state
+        else {
+            return Ok(false);
+        };
+        let mut used_any = false;
+        let drained = drain(
+            queue,
+            mem,
+            &mut self.executor,
+            &mut self.guest_errors,
+            &mut used_any,
+        );
+        // Requests completed before a drain error are signalled all the same.
+        let notify = used_any && queue.needs_notification(mem).map_err(BlockError::Queue)?;
+        if notify {
+            interrupt
+                .trigger(INTERRUPT_USED_RING)
+                .map_err(BlockError::Interrupt)?;
+        }
+        drained.map(|()| notify)
+    }
+}
+
+/// Serves chains until the queue is empty; sets `used_any` once a chain is in the used ring.
+fn drain(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    executor: &mut Executor,
+    guest_errors: &mut GuestErrors,
+    used_any: &mut bool,
+) -> Result<(), BlockError> {
+    // Drain with notifications off, then turn them back on and look again: a request the driver
+    // adds in between would otherwise wait for a kick that never comes.
+    loop {
+        queue.disable_notification(mem).map_err(BlockError::Queue)?;
+        check_avail_index(queue, mem)?;
+        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            let head = chain.head_index();
+            let len = serve(executor, guest_errors, mem, chain);
+            match queue.add_used(mem, head, len) {
+                Ok(()) => *used_any = true,
+                Err(e) => guest_errors.record(&e),
+            }
+        }
+        if !queue.enable_notification(mem).map_err(BlockError::Queue)? {
+            return Ok(());
+        }
+    }
+}
+
+/// Refuses an available index more than a queue's worth ahead. `pop_descriptor_chain` hides
+/// that error as "nothing available" while `enable_notification` keeps reporting work, which
+/// would spin the queue loop forever.
+fn check_avail_index(queue: &Queue, mem: &GuestMemoryMmap) -> Result<(), BlockError> {
+    let avail = queue
+        .avail_idx(mem, Ordering::Acquire)
+        .map_err(BlockError::Queue)?;
+    let pending = (avail - Wrapping(queue.next_avail())).0;
+    if pending > queue.size() {
+        return Err(BlockError::AvailIndex {
+            pending,
+            size: queue.size(),
+        });
+    }
+    Ok(())
+}
+
+/// Parses and runs one chain and writes its status; returns the used length. A chain too broken
+/// to hold a status gets length 0 and nothing written.
+fn serve(
+    executor: &mut Executor,
+    guest_errors: &mut GuestErrors,
+    mem: &GuestMemoryMmap,
+    chain: DescriptorChain<&GuestMemoryMmap>,
+) -> u32 {
+    let (status_addr, result) = match Request::parse(mem, chain, MAX_DESCRIPTORS) {
+        Ok(req) => (req.status_addr, executor.execute(mem, &req)),
+        Err(Rejected {
+            error,
+            status_addr: Some(status_addr),
+        }) => (status_addr, Err(ExecuteError::from(error))),
+        Err(Rejected {
+            error,
+            status_addr: None,
+        }) => {
+            guest_errors.record(&error);
+            return 0;
+        }
+    };
+    if let Err(e) = &result {
+        guest_errors.record(e);
+    }
+    execute::complete(mem, status_addr, &result).unwrap_or_else(|e| {
+        // Parsing checked the status byte lies in guest memory, so this is not expected.
+        guest_errors.record(&e);
+        0
+    })
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        TYPE_BLOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE]
+    }
+
+    fn queue_events(&self) -> &[EventFd] {
+        &self.queue_evts
+    }
+
+    fn avail_features(&self) -> u64 {
+        self.avail_features
+    }
+
+    fn set_acked_features(&mut self, _features: u64) {
+        // Nothing to record: the transport applies EVENT_IDX to the queue, and no other
+        // feature changes how the device serves requests.
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        let src = usize::try_from(offset).ok().and_then(|start| {
+            let end = start.checked_add(data.len())?;
+            self.config_space.get(start..end)
+        });
+        if let Some(src) = src {
+            data.copy_from_slice(src);
+        }
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        // Every field the device offers is read-only.
+        log::debug!(
+            "virtio-block: ignored a {}-byte config write at {offset:#x}",
+            data.len()
+        );
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        queues: Vec<Queue>,
+        interrupt: Arc<Interrupt>,
+    ) -> Result<(), ActivateError> {
+        let actual = queues.len();
+        let mut queues = queues.into_iter();
+        let (Some(queue), None) = (queues.next(), queues.next()) else {
+            return Err(ActivateError::QueueCount {
+                expected: 1,
+                actual,
+            });
+        };
+        self.state = State::Active {
+            mem,
+            queue,
+            interrupt,
+        };
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.state = State::Inactive;
+    }
+}
+
+impl MutEventSubscriber for Block {
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        let fired = self
+            .queue_evts
+            .iter()
+            .find(|e| e.as_raw_fd() == events.fd());
+        if let Some(evt) = fired {
+            // Reading resets the counter so the fd stops firing; its value does not matter, and
+            // an empty counter (another reader was first) is not an error worth reporting.
+            let _ = evt.read();
+            if let Err(e) = self.process_queue() {
+                self.guest_errors.record(&e);
+            }
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        for evt in &self.queue_evts {
+            if let Err(e) = ops.add(Events::new(evt, EventSet::IN)) {
+                log::error!("virtio-block: failed to register the queue event: {e:?}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,36 @@
+//! The disk backend contract: what the block device needs from an image, whatever its format.
+//!
+//! The device speaks in byte offsets on the disk the guest sees; a backend maps them onto its
+//! storage (a raw file maps them one to one, a qcow2 image through its cluster tables). Every
+//! method takes `&mut self` so that a backend may update its own metadata while serving I/O.
+
+use std::io;
+use std::path::PathBuf;
+
+/// A disk image as the block device uses it.
+// A disk is not a collection that can be "empty": an `is_empty` would only add noise.
+#[allow(clippy::len_without_is_empty)]
+pub trait DiskBackend: Send {
+    /// The size of the disk the guest sees, in bytes.
+    fn len(&self) -> u64;
+
+    /// Fills all of `buf` from the disk at byte `offset`; a short read is an error.
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+
+    /// Writes all of `buf` to the disk at byte `offset`.
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()>;
+
+    /// Makes every completed write durable.
+    fn flush(&mut self) -> io::Result<()>;
+}
+
+/// Why a disk image could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    /// The image file could not be opened.
+    #[error("Failed to open the disk image '{path}': {source}")]
+    Open { path: PathBuf, source: io::Error },
+    /// The size of the image could not be determined.
+    #[error("Failed to get the size of the disk image '{path}': {source}")]
+    Size { path: PathBuf, source: io::Error },
+}

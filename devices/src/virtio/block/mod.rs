@@ -1,0 +1,29 @@
+//! virtio-block: a disk for the guest, served from a [`DiskBackend`].
+//!
+//! A request travels through one file per step:
+//!
+//! ```text
+//! queue eventfd ──> device.rs    Block: drains the queue, completes chains, raises the interrupt
+//!                      │
+//!                      ├──> request.rs  descriptor chain ──> Request (or Rejected), all
+//!                      │                buffers checked against guest memory
+//!                      └──> execute.rs  Request ──> DiskBackend calls ──> status byte
+//!                                          │
+//!                            disk.rs       DiskBackend: len, read_at, write_at, flush
+//!                            raw.rs        RawFile: a raw image or host block device
+//! ```
+//!
+//! The guest is not trusted: a malformed chain costs it an IOERR status (or, when not even the
+//! status byte can be found, a used entry of length 0), never a host panic.
+
+mod device;
+mod disk;
+mod execute;
+mod raw;
+mod request;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod test_utils;
+
+pub use device::{Block, BlockConfig, BlockError, CacheType};
+pub use disk::{DiskBackend, DiskError};
+pub use raw::RawFile;
