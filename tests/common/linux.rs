@@ -103,8 +103,21 @@ const SCENARIO_TIMEOUT_SECS: u32 = 120;
 
 fn write_payload(dir: &Path, artifacts: &Path, scenarios: &[Scenario]) {
     std::fs::copy(super::kiln_bin(), dir.join("kiln")).unwrap();
-    for name in ["vmlinux", "vmlinux-nopvh", "bzImage", "initramfs.cpio.gz"] {
-        std::fs::copy(artifacts.join(name), dir.join(name)).unwrap();
+    // Only what some scenario names: the rig keeps the payload in RAM.
+    let artifact_names = [
+        "vmlinux",
+        "vmlinux-nopvh",
+        "bzImage",
+        "initramfs.cpio.gz",
+        "rootfs.ext4",
+    ];
+    for name in artifact_names {
+        let used = scenarios
+            .iter()
+            .any(|s| s.config.contains(name) || s.before.contains(name));
+        if used {
+            std::fs::copy(artifacts.join(name), dir.join(name)).unwrap();
+        }
     }
     std::fs::create_dir_all(dir.join("bin")).unwrap();
     for tool in HOST_TOOLS {

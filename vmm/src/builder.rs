@@ -12,9 +12,10 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::arch::x86_64::boot_params::{write_boot_params, BootData, BootParamsError};
 use crate::arch::x86_64::mptable::{setup_mptable, MptableError};
 use crate::config::VmConfig;
-use crate::device_manager::{legacy, mmio};
+use crate::config::{guest_order, root_cmdline};
+use crate::device_manager::{block, legacy, mmio};
 use crate::loader::{self, LoaderError};
-use crate::runtime::Vmm;
+use crate::runtime::{Subscriber, Vmm};
 use crate::vstate::memory::{create_guest_memory, MemoryError};
 use crate::vstate::vcpu::{install_kick_handler, Vcpu, VcpuConfig, VcpuError};
 use crate::vstate::vm::{Vm, VmError};
@@ -49,9 +50,12 @@ pub enum BuildError {
     /// The stop eventfd could not be created.
     #[error("Failed to create the VM stop eventfd: {0}")]
     EventFd(std::io::Error),
-    /// virtio-block is not wired up yet.
-    #[error("Block devices are not supported yet.")]
-    DrivesNotAttached,
+    /// A block device could not be created.
+    #[error(transparent)]
+    Block(#[from] block::BlockDeviceError),
+    /// A virtio device could not be attached.
+    #[error(transparent)]
+    Mmio(#[from] mmio::MmioError),
     /// The event loop could not be created.
     #[error("Failed to create the event loop: {0:?}")]
     EventManager(event_manager::Error),
@@ -86,9 +90,6 @@ pub fn build(config: &VmConfig, host: HostOptions) -> Result<Vmm, BuildError> {
         .mem_size_bytes()
         .ok_or(MemoryError::TooLarge(u64::MAX))?;
 
-    if !config.drives.is_empty() {
-        return Err(BuildError::DrivesNotAttached);
-    }
     let vm = Vm::new()?;
     let mem = create_guest_memory(mem_size)?;
     vm.register_memory(&mem, machine.track_dirty_pages)?;
@@ -100,8 +101,6 @@ pub fn build(config: &VmConfig, host: HostOptions) -> Result<Vmm, BuildError> {
         .as_deref()
         .map(|path| loader::load_initrd(&mem, mem_size, kernel.end, path))
         .transpose()?;
-    let cmdline = loader::build_cmdline(boot.boot_args(), &[])?;
-    let cmdline_len = loader::write_cmdline(&mem, &cmdline)?;
     log::info!(
         "Loaded the kernel, entering at {:#x} via {:?}",
         kernel.entry.addr.0,
@@ -115,6 +114,31 @@ pub fn build(config: &VmConfig, host: HostOptions) -> Result<Vmm, BuildError> {
     if host.boot_timer {
         mmio::attach_boot_timer(&mut mmio_bus, host.start)?;
     }
+    let mut allocator = mmio::MmioAllocator::default();
+    let mut device_args: Vec<String> = root_cmdline(&config.drives).into_iter().collect();
+    let mut subscribers: Vec<Subscriber> = Vec::new();
+    for drive in guest_order(&config.drives) {
+        let device = block::create(drive)?;
+        let slot =
+            mmio::attach_virtio(vm.fd(), &mut mmio_bus, &mem, &mut allocator, device.clone())?;
+        log::info!(
+            "Attached drive '{}' at {:#x}, IRQ {}",
+            drive.drive_id,
+            slot.addr,
+            slot.irq
+        );
+        device_args.push(slot.cmdline_arg());
+        subscribers.push(device);
+    }
+    let cmdline = loader::build_cmdline(boot.boot_args(), &device_args)?;
+    let cmdline_len = loader::write_cmdline(&mem, &cmdline)?;
+    log::info!(
+        "Kernel command line: {}",
+        cmdline
+            .as_cstring()
+            .map(|c| c.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    );
 
     setup_mptable(&mem, machine.vcpu_count)?;
     write_boot_params(
@@ -166,6 +190,6 @@ pub fn build(config: &VmConfig, host: HostOptions) -> Result<Vmm, BuildError> {
         vcpus,
         stop_evt,
         host.console_input.then_some(legacy),
-        Vec::new(),
+        subscribers,
     )
 }

@@ -1,4 +1,5 @@
 //! Puts devices on the buses and wires their interrupts to KVM.
 
+pub mod block;
 pub mod legacy;
 pub mod mmio;

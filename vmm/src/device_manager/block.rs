@@ -1,0 +1,53 @@
+//! Block devices from the `drives` configuration: the backing file opened as a raw disk, and
+//! the virtio-block device around it.
+
+use std::sync::{Arc, Mutex};
+
+use devices::virtio::block::{Block, BlockConfig, CacheType as BlockCache, RawFile};
+
+use crate::config::{CacheType, DriveConfig};
+
+/// Errors creating a block device.
+#[derive(Debug, thiserror::Error)]
+pub enum BlockDeviceError {
+    /// The drive has no backing file (validation normally catches this).
+    #[error("Drive '{0}' has no path_on_host.")]
+    MissingPath(String),
+    /// The backing file could not be opened.
+    #[error("Drive '{id}': {source}")]
+    Disk {
+        id: String,
+        source: devices::virtio::block::DiskError,
+    },
+    /// The device could not be created.
+    #[error("Drive '{id}': {source}")]
+    Device {
+        id: String,
+        source: devices::virtio::block::BlockError,
+    },
+}
+
+/// Creates the virtio-block device for `drive`.
+pub fn create(drive: &DriveConfig) -> Result<Arc<Mutex<Block>>, BlockDeviceError> {
+    let id = drive.drive_id.clone();
+    let path = drive
+        .path_on_host
+        .as_ref()
+        .ok_or_else(|| BlockDeviceError::MissingPath(id.clone()))?;
+    let disk =
+        RawFile::open(path, drive.is_read_only).map_err(|source| BlockDeviceError::Disk {
+            id: id.clone(),
+            source,
+        })?;
+    let config = BlockConfig {
+        id: id.clone(),
+        read_only: drive.is_read_only,
+        cache: match drive.cache_type {
+            CacheType::Unsafe => BlockCache::Unsafe,
+            CacheType::Writeback => BlockCache::Writeback,
+        },
+    };
+    let block = Block::new(Box::new(disk), config)
+        .map_err(|source| BlockDeviceError::Device { id, source })?;
+    Ok(Arc::new(Mutex::new(block)))
+}
