@@ -18,8 +18,14 @@ cp target/release/kiln "$payload/kiln"
 cp "$guest/vmlinux" "$guest/initramfs.cpio.gz" "$payload/"
 
 cat >"$payload/bench-script" <<'SH'
-dd if=/dev/zero of=/dev/vda bs=1M count=256 oflag=direct 2>&1 | tail -n1 | sed 's/^/BENCH-WRITE /'
-dd if=/dev/vda of=/dev/null bs=1M count=256 iflag=direct 2>&1 | tail -n1 | sed 's/^/BENCH-READ /'
+# busybox dd prints no rate, so the script times each transfer with /proc/uptime (10 ms).
+t0=$(cut -d' ' -f1 /proc/uptime)
+dd if=/dev/zero of=/dev/vda bs=1M count=256 oflag=direct 2>/dev/null
+t1=$(cut -d' ' -f1 /proc/uptime)
+dd if=/dev/vda of=/dev/null bs=1M count=256 iflag=direct 2>/dev/null
+t2=$(cut -d' ' -f1 /proc/uptime)
+echo "BENCH-WRITE bytes=268435456 start=$t0 end=$t1"
+echo "BENCH-READ bytes=268435456 start=$t1 end=$t2"
 SH
 truncate -s 4096 "$payload/bench-script"
 cat >"$payload/vm.json" <<'JSON'
@@ -45,6 +51,6 @@ truncate -s 256M data.img
 SH
 
 log=$(mktemp)
-bash resources/rig/run.sh "$payload" --timeout 900 | tee "$log" >/dev/null
+bash resources/rig/run.sh "$payload" --timeout 900 | tee "$log" >/dev/null || true
 tr -d '\r' <"$log" | python3 resources/bench/summarize_block.py
 rm -f "$log"

@@ -9,8 +9,8 @@
  * (stdout and stderr merged) first contains MARKER (-1 if never), exit_us when it exits.
  * maxrss_kb is the child's peak resident set size and cpu_us its user + system CPU time, both
  * from wait4(); boot_time_us is the value of a "Guest-boot-time = N us" line (-1 if none).
- * Lines of the command's output that start with "BENCH" are passed through; the rest is
- * discarded.
+ * Lines of the command's output that start with "BENCH" or "KILN-SCRIPT-EXIT", and kiln's
+ * "CPU time:" log line, are passed through; the rest is discarded.
  */
 #define _GNU_SOURCE
 #include <stdio.h>
@@ -61,7 +61,8 @@ int main(int argc, char **argv) {
     while (getline(&line, &cap, out) >= 0) {
         if (marker_us < 0 && strstr(line, marker))
             marker_us = now_us() - start;
-        if (strncmp(line, "BENCH", 5) == 0)
+        if (strncmp(line, "BENCH", 5) == 0 || strncmp(line, "KILN-SCRIPT-EXIT", 16) == 0 ||
+            strstr(line, "CPU time: "))
             fputs(line, stdout);
         char *bt = strstr(line, "Guest-boot-time =");
         if (bt && boot_time_us < 0)

@@ -8,6 +8,7 @@ pub mod arch;
 pub mod builder;
 pub mod config;
 pub mod console;
+pub mod cpu_usage;
 pub mod device_manager;
 pub mod loader;
 pub mod logger;

@@ -127,6 +127,7 @@ impl Vmm {
         while !self.stopped() {
             self.event_manager.run().map_err(RuntimeError::EventLoop)?;
         }
+        log_cpu_usage();
         // An error on any vCPU outranks a guest-initiated stop seen on another one.
         let mut stop = VmStop::Guest("i8042 reset");
         for handle in &mut handles {
@@ -139,4 +140,23 @@ impl Vmm {
         }
         Ok(stop)
     }
+}
+
+/// Logs the CPU time of the VMM thread and of the vCPU threads (which includes guest time).
+fn log_cpu_usage() {
+    let threads = crate::cpu_usage::threads();
+    let (vcpus, others): (Vec<_>, Vec<_>) = threads
+        .iter()
+        .partition(|t| t.name.starts_with("kiln_vcpu"));
+    let total = |ts: &[&crate::cpu_usage::ThreadCpu]| {
+        ts.iter()
+            .map(|t| t.cpu)
+            .sum::<std::time::Duration>()
+            .as_millis()
+    };
+    log::info!(
+        "CPU time: VMM threads {} ms, vCPU threads {} ms",
+        total(&others),
+        total(&vcpus)
+    );
 }
