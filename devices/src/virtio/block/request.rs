@@ -105,7 +105,10 @@ pub enum RequestError {
     #[error("The header at {0:#x} is outside guest memory.")]
     HeaderOutOfMemory(u64),
     /// A data descriptor has the wrong direction for the request type.
-    #[error("A {kind:?} request has a data descriptor that is {}device-writable.", if *.writable { "" } else { "not " })]
+    #[error(
+        "The {kind:?} request has a data descriptor that is {}device-writable.",
+        if *.writable { "" } else { "not " }
+    )]
     DataDirection { kind: RequestType, writable: bool },
     /// A data buffer lies outside guest memory.
     #[error("The data buffer of {len} bytes at {addr:#x} is outside guest memory.")]
