@@ -29,6 +29,9 @@ cargo fmt --all -- --check
 step "Clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
+step "Fuzz targets build (run them with cargo +nightly fuzz; see fuzz/README.md)"
+cargo check --quiet --manifest-path fuzz/Cargo.toml
+
 step "Guest kernel and root filesystems (cached under ~/.cache/kiln)"
 bash resources/guest/build.sh >/dev/null
 

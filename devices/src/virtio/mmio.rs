@@ -42,8 +42,9 @@ pub mod status {
 /// One queue as the driver configures it.
 struct QueueSlot {
     queue: Queue,
-    /// The driver wrote a size the queue cannot take (zero, too big, not a power of two).
-    bad_size: bool,
+    /// Why a value the driver wrote could not be taken (a size that is zero, too big or not a
+    /// power of two; a misaligned ring address), which makes activation fail.
+    invalid: Option<&'static str>,
 }
 
 /// A virtio device behind its MMIO register window.
@@ -94,7 +95,7 @@ impl MmioTransport {
             .filter_map(|max| Queue::new(*max).ok())
             .map(|queue| QueueSlot {
                 queue,
-                bad_size: false,
+                invalid: None,
             })
             .collect();
         Self {
@@ -195,22 +196,36 @@ impl MmioTransport {
             return;
         };
         let q = &mut slot.queue;
-        match offset {
-            0x38 => {
-                let size = u16::try_from(value).ok();
-                slot.bad_size = match size {
-                    Some(size) => q.try_set_size(size).is_err(),
-                    None => true,
-                };
+        // virtio-queue ignores values it cannot take; compare what it holds with what the
+        // driver wrote, so that a bad value fails activation instead of being dropped.
+        let taken = match offset {
+            0x38 => u16::try_from(value).is_ok_and(|size| q.try_set_size(size).is_ok()),
+            0x44 => {
+                q.set_ready(value == 1);
+                true
             }
-            0x44 => q.set_ready(value == 1),
-            0x80 => q.set_desc_table_address(Some(value), None),
-            0x84 => q.set_desc_table_address(None, Some(value)),
-            0x90 => q.set_avail_ring_address(Some(value), None),
-            0x94 => q.set_avail_ring_address(None, Some(value)),
-            0xa0 => q.set_used_ring_address(Some(value), None),
-            0xa4 => q.set_used_ring_address(None, Some(value)),
-            _ => {}
+            0x80 | 0x84 => {
+                let wanted = set_half(q.desc_table(), offset == 0x84, value);
+                q.set_desc_table_address(Some(wanted as u32), Some((wanted >> 32) as u32));
+                q.desc_table() == wanted
+            }
+            0x90 | 0x94 => {
+                let wanted = set_half(q.avail_ring(), offset == 0x94, value);
+                q.set_avail_ring_address(Some(wanted as u32), Some((wanted >> 32) as u32));
+                q.avail_ring() == wanted
+            }
+            0xa0 | 0xa4 => {
+                let wanted = set_half(q.used_ring(), offset == 0xa4, value);
+                q.set_used_ring_address(Some(wanted as u32), Some((wanted >> 32) as u32));
+                q.used_ring() == wanted
+            }
+            _ => true,
+        };
+        if !taken {
+            slot.invalid = Some(match offset {
+                0x38 => "a queue size is zero, too large or not a power of two",
+                _ => "a queue ring address is misaligned",
+            });
         }
     }
 
@@ -256,8 +271,8 @@ impl MmioTransport {
         if self.status & status::FEATURES_OK == 0 {
             return self.needs_reset("DRIVER_OK before FEATURES_OK");
         }
-        if self.queues.iter().any(|q| q.bad_size) {
-            return self.needs_reset("a queue size is zero, too large or not a power of two");
+        if let Some(reason) = self.queues.iter().find_map(|q| q.invalid) {
+            return self.needs_reset(reason);
         }
         if let Some(i) = self
             .queues
@@ -300,7 +315,7 @@ impl MmioTransport {
         lock(&self.device).reset();
         for slot in &mut self.queues {
             slot.queue.reset();
-            slot.bad_size = false;
+            slot.invalid = None;
         }
         self.interrupt.ack(u32::MAX);
         self.queue_select = 0;
@@ -555,6 +570,26 @@ mod tests {
         s.set_up_queue(u32::from(QUEUE_MAX) * 2);
         assert_ne!(s.driver_ok() & status::DEVICE_NEEDS_RESET, 0);
         assert!(s.device().activations.is_empty());
+    }
+
+    #[test]
+    fn a_misaligned_ring_address_needs_reset() {
+        for reg in [0x80u64, 0x90, 0xa0] {
+            let mut s = setup();
+            s.negotiate(FEATURE_VERSION_1);
+            s.set_up_queue(8);
+            // Descriptor tables need 16-byte, avail rings 2-byte, used rings 4-byte alignment.
+            s.write(0x44, 0);
+            s.write(reg, 0x1001);
+            s.write(0x44, 1);
+            assert_ne!(s.driver_ok() & status::DEVICE_NEEDS_RESET, 0, "register {reg:#x}");
+            assert!(s.device().activations.is_empty());
+            // A reset clears the condition and a correct set-up activates.
+            s.write(0x70, 0);
+            s.negotiate(FEATURE_VERSION_1);
+            s.set_up_queue(8);
+            assert_eq!(s.driver_ok(), NEGOTIATED | status::DRIVER_OK);
+        }
     }
 
     #[test]
