@@ -582,7 +582,11 @@ mod tests {
             s.write(0x44, 0);
             s.write(reg, 0x1001);
             s.write(0x44, 1);
-            assert_ne!(s.driver_ok() & status::DEVICE_NEEDS_RESET, 0, "register {reg:#x}");
+            assert_ne!(
+                s.driver_ok() & status::DEVICE_NEEDS_RESET,
+                0,
+                "register {reg:#x}"
+            );
             assert!(s.device().activations.is_empty());
             // A reset clears the condition and a correct set-up activates.
             s.write(0x70, 0);
