@@ -147,15 +147,12 @@ fn wrong_types_are_named() {
 fn unimplemented_sections_are_refused_by_name() {
     let dir = TempDir::new("cli");
     let config = format!(
-        r#"{{"boot-source": {{"kernel_image_path": "{}"}}, "network-interfaces": [{{"iface_id": "eth0"}}]}}"#,
+        r#"{{"boot-source": {{"kernel_image_path": "{}"}}, "vsock": {{"guest_cid": 3, "uds_path": "/tmp/v.sock"}}}}"#,
         kernel(&dir).display()
     );
     let (code, line) = run_config(&config);
     assert_eq!(code, Some(EXIT_BAD_CONFIGURATION));
-    assert_eq!(
-        line,
-        "Error: The 'network-interfaces' section is not supported yet."
-    );
+    assert_eq!(line, "Error: The 'vsock' section is not supported yet.");
 }
 
 #[test]

@@ -50,6 +50,9 @@ pub enum BuildError {
     /// The stop eventfd could not be created.
     #[error("Failed to create the VM stop eventfd: {0}")]
     EventFd(std::io::Error),
+    /// virtio-net is not wired up yet.
+    #[error("Network interfaces are not supported yet.")]
+    NetNotAttached,
     /// A block device could not be created.
     #[error(transparent)]
     Block(#[from] block::BlockDeviceError),
@@ -90,6 +93,9 @@ pub fn build(config: &VmConfig, host: HostOptions) -> Result<Vmm, BuildError> {
         .mem_size_bytes()
         .ok_or(MemoryError::TooLarge(u64::MAX))?;
 
+    if !config.network_interfaces.is_empty() {
+        return Err(BuildError::NetNotAttached);
+    }
     let vm = Vm::new()?;
     let mem = create_guest_memory(mem_size)?;
     vm.register_memory(&mem, machine.track_dirty_pages)?;

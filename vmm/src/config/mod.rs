@@ -8,11 +8,13 @@
 mod boot_source;
 mod drive;
 mod machine;
+mod net;
 mod serial;
 
 pub use boot_source::BootSourceConfig;
 pub use drive::{guest_order, root_cmdline, CacheType, DriveConfig, IoEngine};
 pub use machine::{HugePages, MachineConfig, MAX_VCPUS};
+pub use net::{MacAddr, NetworkInterfaceConfig};
 pub use serial::SerialConfig;
 
 use serde::Deserialize;
@@ -35,6 +37,9 @@ pub enum ConfigError {
     /// A drive, or the set of drives, is invalid.
     #[error("Invalid drives: {0}")]
     Drive(#[from] drive::DriveError),
+    /// A network interface, or the set of them, is invalid.
+    #[error("Invalid network-interfaces: {0}")]
+    Net(#[from] net::NetError),
 }
 
 /// The whole VM configuration, as in a Firecracker config file.
@@ -48,6 +53,8 @@ pub struct VmConfig {
     pub serial: Option<SerialConfig>,
     /// Block devices, in configuration order.
     pub drives: Vec<DriveConfig>,
+    /// Network interfaces, in configuration order.
+    pub network_interfaces: Vec<NetworkInterfaceConfig>,
 }
 
 /// The file as written. Sections Kiln does not implement are kept as raw JSON so that an empty
@@ -62,7 +69,7 @@ struct ConfigFile {
     #[serde(default)]
     drives: Vec<DriveConfig>,
     #[serde(rename = "network-interfaces", default)]
-    network_interfaces: serde_json::Value,
+    network_interfaces: Vec<NetworkInterfaceConfig>,
     #[serde(rename = "cpu-config", default)]
     cpu_config: serde_json::Value,
     #[serde(default)]
@@ -97,7 +104,6 @@ impl VmConfig {
     pub fn from_json(json: &str) -> Result<Self, ConfigError> {
         let file: ConfigFile = serde_json::from_str(json)?;
         let unimplemented = [
-            ("network-interfaces", &file.network_interfaces),
             ("cpu-config", &file.cpu_config),
             ("balloon", &file.balloon),
             ("vsock", &file.vsock),
@@ -114,11 +120,13 @@ impl VmConfig {
         machine.validate()?;
         file.boot_source.validate()?;
         drive::validate_drives(&file.drives)?;
+        net::validate_interfaces(&file.network_interfaces)?;
         Ok(Self {
             boot_source: file.boot_source,
             machine,
             serial: file.serial,
             drives: file.drives,
+            network_interfaces: file.network_interfaces,
         })
     }
 }
