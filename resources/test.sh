@@ -15,7 +15,7 @@ fi
 
 step "Host tools for the end-to-end checks"
 missing=()
-for pkg in strace e2fsprogs; do
+for pkg in strace e2fsprogs qemu-utils iproute2; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -37,6 +37,8 @@ const HOST_TOOLS: &[&str] = &[
     "/sbin/debugfs",
     "/sbin/resize2fs",
     "/usr/bin/strace",
+    "/usr/bin/qemu-img",
+    "/usr/sbin/ip",
 ];
 
 /// A raw drive holding `script` for the guest init's `kiln.script=` mode.

@@ -15,6 +15,15 @@ pub enum CacheType {
     Writeback,
 }
 
+/// The image format of a drive: a Kiln extension to Firecracker's drive, which has none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum DiskFormat {
+    /// The file is the disk, byte for byte.
+    Raw,
+    /// A qcow2 image, possibly over a chain of backing files.
+    Qcow2,
+}
+
 /// The I/O engine. Only the synchronous one exists in Kiln.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 pub enum IoEngine {
@@ -78,6 +87,10 @@ pub struct DriveConfig {
     /// A token-bucket rate limiter (not implemented yet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limiter: Option<serde_json::Value>,
+    /// Kiln extension: the image format. When absent, a qcow2 image is recognised by its
+    /// magic; anything else is raw. Backing files are never probed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<DiskFormat>,
     /// A vhost-user socket (not implemented).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub socket: Option<String>,
@@ -176,6 +189,7 @@ mod tests {
             cache_type: CacheType::Unsafe,
             io_engine: IoEngine::Sync,
             rate_limiter: None,
+            format: None,
             socket: None,
         }
     }

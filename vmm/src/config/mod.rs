@@ -12,7 +12,7 @@ mod net;
 mod serial;
 
 pub use boot_source::BootSourceConfig;
-pub use drive::{guest_order, root_cmdline, CacheType, DriveConfig, IoEngine};
+pub use drive::{guest_order, root_cmdline, CacheType, DiskFormat, DriveConfig, IoEngine};
 pub use machine::{HugePages, MachineConfig, MAX_VCPUS};
 pub use net::{MacAddr, NetworkInterfaceConfig};
 pub use serial::SerialConfig;
