@@ -12,5 +12,6 @@ pub mod cpu_usage;
 pub mod device_manager;
 pub mod loader;
 pub mod logger;
+pub mod rpc;
 pub mod runtime;
 pub mod vstate;
