@@ -12,6 +12,7 @@ pub mod cpu_usage;
 pub mod device_manager;
 pub mod loader;
 pub mod logger;
+pub mod resources;
 pub mod rpc;
 pub mod runtime;
 pub mod vstate;

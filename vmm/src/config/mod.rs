@@ -12,9 +12,11 @@ mod net;
 mod serial;
 
 pub use boot_source::BootSourceConfig;
-pub use drive::{guest_order, root_cmdline, CacheType, DiskFormat, DriveConfig, IoEngine};
+pub use drive::{
+    guest_order, root_cmdline, validate_drives, CacheType, DiskFormat, DriveConfig, IoEngine,
+};
 pub use machine::{HugePages, MachineConfig, MAX_VCPUS};
-pub use net::{MacAddr, NetworkInterfaceConfig};
+pub use net::{validate_interfaces, MacAddr, NetworkInterfaceConfig};
 pub use serial::SerialConfig;
 
 use serde::Deserialize;

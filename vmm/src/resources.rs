@@ -1,0 +1,262 @@
+//! The VM's configuration while it is being built through the API: what each `PUT` and
+//! `PATCH` changes before boot, with the same checks as a config file, and the complete
+//! [`VmConfig`] that `InstanceStart` boots.
+//!
+//! Every change is validated as a whole before it is kept, so a rejected request leaves the
+//! configuration exactly as it was.
+
+use crate::config::{
+    validate_drives, validate_interfaces, BootSourceConfig, DriveConfig, MachineConfig,
+    NetworkInterfaceConfig, SerialConfig, VmConfig,
+};
+use crate::rpc::{ActionError, MachineConfigUpdate};
+
+/// The configuration under construction.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct VmResources {
+    boot_source: Option<BootSourceConfig>,
+    machine: MachineConfig,
+    drives: Vec<DriveConfig>,
+    network_interfaces: Vec<NetworkInterfaceConfig>,
+    serial: Option<SerialConfig>,
+}
+
+fn error(e: impl std::fmt::Display) -> ActionError {
+    ActionError(e.to_string())
+}
+
+impl From<VmConfig> for VmResources {
+    fn from(config: VmConfig) -> Self {
+        Self {
+            boot_source: Some(config.boot_source),
+            machine: config.machine,
+            drives: config.drives,
+            network_interfaces: config.network_interfaces,
+            serial: config.serial,
+        }
+    }
+}
+
+/// Replaces the entry with the same key, or appends it.
+fn upsert<T>(items: &mut Vec<T>, item: T, same: impl Fn(&T, &T) -> bool) {
+    match items.iter_mut().find(|i| same(i, &item)) {
+        Some(slot) => *slot = item,
+        None => items.push(item),
+    }
+}
+
+impl VmResources {
+    /// `PUT /boot-source`.
+    pub fn set_boot_source(&mut self, boot_source: BootSourceConfig) -> Result<(), ActionError> {
+        boot_source.validate().map_err(error)?;
+        self.boot_source = Some(boot_source);
+        Ok(())
+    }
+
+    /// `PUT /machine-config`.
+    pub fn set_machine_config(&mut self, machine: MachineConfig) -> Result<(), ActionError> {
+        machine.validate().map_err(error)?;
+        self.machine = machine;
+        Ok(())
+    }
+
+    /// `PATCH /machine-config`.
+    pub fn update_machine_config(
+        &mut self,
+        update: MachineConfigUpdate,
+    ) -> Result<(), ActionError> {
+        let mut machine = self.machine.clone();
+        if let Some(v) = update.vcpu_count {
+            machine.vcpu_count = v;
+        }
+        if let Some(v) = update.mem_size_mib {
+            machine.mem_size_mib = v;
+        }
+        if let Some(v) = update.smt {
+            machine.smt = v;
+        }
+        if let Some(v) = update.track_dirty_pages {
+            machine.track_dirty_pages = v;
+        }
+        if let Some(v) = update.cpu_template {
+            machine.cpu_template = Some(v);
+        }
+        if let Some(v) = update.huge_pages {
+            machine.huge_pages = v;
+        }
+        self.set_machine_config(machine)
+    }
+
+    /// `PUT /drives/{id}`: adds the drive, or replaces the one with the same ID.
+    pub fn put_drive(&mut self, drive: DriveConfig) -> Result<(), ActionError> {
+        let mut drives = self.drives.clone();
+        upsert(&mut drives, drive, |a, b| a.drive_id == b.drive_id);
+        validate_drives(&drives).map_err(error)?;
+        self.drives = drives;
+        Ok(())
+    }
+
+    /// `PUT /network-interfaces/{id}`: adds the interface, or replaces the one with the same ID.
+    pub fn put_network_interface(
+        &mut self,
+        iface: NetworkInterfaceConfig,
+    ) -> Result<(), ActionError> {
+        let mut ifaces = self.network_interfaces.clone();
+        upsert(&mut ifaces, iface, |a, b| a.iface_id == b.iface_id);
+        validate_interfaces(&ifaces).map_err(error)?;
+        self.network_interfaces = ifaces;
+        Ok(())
+    }
+
+    /// The machine configuration.
+    pub fn machine(&self) -> &MachineConfig {
+        &self.machine
+    }
+
+    /// The complete configuration to boot; the boot source is required.
+    pub fn vm_config(&self) -> Result<VmConfig, ActionError> {
+        let boot_source = self.boot_source.clone().ok_or_else(|| {
+            ActionError("Cannot start the microVM: the boot source is not configured.".into())
+        })?;
+        Ok(VmConfig {
+            boot_source,
+            machine: self.machine.clone(),
+            serial: self.serial.clone(),
+            drives: self.drives.clone(),
+            network_interfaces: self.network_interfaces.clone(),
+        })
+    }
+
+    /// The configuration in the config-file format, for `GET /vm/config`; sections not
+    /// configured yet are empty.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut json = serde_json::json!({
+            "boot-source": self.boot_source,
+            "machine-config": self.machine,
+            "drives": self.drives,
+            "network-interfaces": self.network_interfaces,
+        });
+        if let (Some(serial), Some(map)) = (&self.serial, json.as_object_mut()) {
+            map.insert("serial".into(), serde_json::json!(serial));
+        }
+        json
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{CacheType, IoEngine};
+
+    fn file(name: &str) -> std::path::PathBuf {
+        let path = std::env::temp_dir().join(format!("kiln-res-{}-{name}", std::process::id()));
+        std::fs::write(&path, [0u8; 512]).unwrap();
+        path
+    }
+
+    fn drive(id: &str, root: bool) -> DriveConfig {
+        DriveConfig {
+            drive_id: id.into(),
+            path_on_host: Some(file(id)),
+            is_root_device: root,
+            partuuid: None,
+            is_read_only: false,
+            cache_type: CacheType::Unsafe,
+            io_engine: IoEngine::Sync,
+            rate_limiter: None,
+            format: None,
+            socket: None,
+        }
+    }
+
+    #[test]
+    fn start_needs_a_boot_source() {
+        let mut r = VmResources::default();
+        assert_eq!(
+            r.vm_config().unwrap_err().0,
+            "Cannot start the microVM: the boot source is not configured."
+        );
+        let kernel = file("kernel");
+        r.set_boot_source(BootSourceConfig {
+            kernel_image_path: kernel.clone(),
+            initrd_path: None,
+            boot_args: None,
+        })
+        .unwrap();
+        assert_eq!(r.vm_config().unwrap().boot_source.kernel_image_path, kernel);
+        let missing = BootSourceConfig {
+            kernel_image_path: "/nonexistent".into(),
+            initrd_path: None,
+            boot_args: None,
+        };
+        assert!(r
+            .set_boot_source(missing)
+            .unwrap_err()
+            .0
+            .contains("/nonexistent"));
+        assert_eq!(r.vm_config().unwrap().boot_source.kernel_image_path, kernel);
+    }
+
+    #[test]
+    fn drives_are_upserted_and_a_bad_one_changes_nothing() {
+        let mut r = VmResources::default();
+        r.put_drive(drive("root", true)).unwrap();
+        r.put_drive(drive("data", false)).unwrap();
+        let mut ro = drive("data", false);
+        ro.is_read_only = true;
+        r.put_drive(ro).unwrap();
+        assert_eq!(r.drives.len(), 2);
+        assert!(r.drives[1].is_read_only);
+        let before = r.clone();
+        let err = r.put_drive(drive("other-root", true)).unwrap_err();
+        assert!(
+            err.0.contains("Only one drive can be the root device"),
+            "{err}"
+        );
+        assert_eq!(r, before);
+    }
+
+    #[test]
+    fn patching_machine_config_keeps_unset_fields() {
+        let mut r = VmResources::default();
+        r.update_machine_config(MachineConfigUpdate {
+            vcpu_count: Some(2),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!((r.machine.vcpu_count, r.machine.mem_size_mib), (2, 128));
+        let err = r
+            .update_machine_config(MachineConfigUpdate {
+                mem_size_mib: Some(0),
+                ..Default::default()
+            })
+            .unwrap_err();
+        assert_eq!(err.0, "mem_size_mib must be greater than 0.");
+        assert_eq!(r.machine.mem_size_mib, 128);
+    }
+
+    #[test]
+    fn shows_the_configuration_in_the_file_format() {
+        let mut r = VmResources::default();
+        r.put_drive(drive("root", true)).unwrap();
+        let json = r.to_json();
+        assert_eq!(json["machine-config"]["vcpu_count"], 1);
+        assert_eq!(json["drives"][0]["drive_id"], "root");
+        assert!(json["boot-source"].is_null());
+    }
+
+    #[test]
+    fn a_complete_configuration_round_trips_through_the_file_format() {
+        let mut r = VmResources::default();
+        r.set_boot_source(BootSourceConfig {
+            kernel_image_path: file("kernel2"),
+            initrd_path: None,
+            boot_args: Some("console=ttyS0".into()),
+        })
+        .unwrap();
+        r.put_drive(drive("root2", true)).unwrap();
+        let config = r.vm_config().unwrap();
+        let again = VmConfig::from_json(&r.to_json().to_string()).unwrap();
+        assert_eq!(again, config);
+    }
+}
