@@ -7,12 +7,14 @@ use std::fs::OpenOptions;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Parser;
 use devices::boot_timer::Timestamp;
 use vmm::builder::{build, HostOptions};
 use vmm::config::VmConfig;
 use vmm::logger::{self, LoggerConfig};
+use vmm::metrics::Metrics;
 use vmm::vstate::vcpu::VmStop;
 use vmm_sys_util::terminal::Terminal;
 
@@ -160,9 +162,11 @@ fn run(cli: &Cli) -> Result<(), Error> {
         console_input,
         boot_timer: cli.boot_timer,
         start: Timestamp::now(),
+        metrics: Arc::new(Metrics::default()),
     };
-    let vmm = build(&config, host).map_err(|e| Error::Run(e.to_string()))?;
-    match vmm.run().map_err(|e| Error::Run(e.to_string()))? {
+    let mut vmm = build(&config, host).map_err(|e| Error::Run(e.to_string()))?;
+    vmm.start().map_err(|e| Error::Run(e.to_string()))?;
+    match vmm.run(None).map_err(|e| Error::Run(e.to_string()))? {
         VmStop::Guest(reason) => {
             log::info!("The guest stopped the VM ({reason}).");
             Ok(())

@@ -15,9 +15,10 @@ use crate::config::VmConfig;
 use crate::config::{guest_order, root_cmdline};
 use crate::device_manager::{block, legacy, mmio};
 use crate::loader::{self, LoaderError};
-use crate::runtime::{Subscriber, Vmm};
+use crate::metrics::Metrics;
+use crate::runtime::{Subscriber, Vmm, VmmParts};
 use crate::vstate::memory::{create_guest_memory, MemoryError};
-use crate::vstate::vcpu::{install_kick_handler, Vcpu, VcpuConfig, VcpuError};
+use crate::vstate::vcpu::{install_kick_handler, Vcpu, VcpuConfig, VcpuError, VcpuExitCounters};
 use crate::vstate::vm::{Vm, VmError};
 
 /// Errors building the VM.
@@ -74,6 +75,8 @@ pub struct HostOptions {
     pub boot_timer: bool,
     /// When the VMM started building the VM, for the boot timer.
     pub start: Timestamp,
+    /// Where devices and vCPUs register their counters.
+    pub metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for HostOptions {
@@ -174,6 +177,8 @@ pub fn build(config: &VmConfig, host: HostOptions) -> Result<Vmm, BuildError> {
     };
     let io_bus = Arc::new(io_bus);
     let mmio_bus = Arc::new(mmio_bus);
+    let exits = Arc::new(VcpuExitCounters::default());
+    host.metrics.add_source(exits.clone());
     let mut vcpus = Vec::with_capacity(usize::from(machine.vcpu_count));
     for index in 0..machine.vcpu_count {
         let fd = vm
@@ -185,17 +190,26 @@ pub fn build(config: &VmConfig, host: HostOptions) -> Result<Vmm, BuildError> {
                 source,
             })?;
         let stop = stop_evt.try_clone().map_err(BuildError::EventFd)?;
-        let vcpu = Vcpu::new(fd, index, io_bus.clone(), mmio_bus.clone(), stop);
+        let vcpu = Vcpu::new(
+            fd,
+            index,
+            io_bus.clone(),
+            mmio_bus.clone(),
+            stop,
+            exits.clone(),
+        );
         vcpu.configure(&mem, &vcpu_config)?;
         vcpus.push(vcpu);
     }
 
-    Vmm::new(
+    Vmm::new(VmmParts {
         vm,
         mem,
         vcpus,
         stop_evt,
-        host.console_input.then_some(legacy),
-        subscribers,
-    )
+        legacy,
+        console_input: host.console_input,
+        devices: subscribers,
+        metrics: host.metrics,
+    })
 }

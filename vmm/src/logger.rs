@@ -25,6 +25,9 @@ pub enum LoggerError {
     /// A logger is already installed.
     #[error("The logger is already installed.")]
     AlreadyInstalled,
+    /// The logger is not installed yet.
+    #[error("The logger is not installed.")]
+    NotInstalled,
 }
 
 /// Parses a level as Firecracker spells it (case-insensitive; `Warn` also accepted).
@@ -55,12 +58,24 @@ pub struct LoggerConfig<'a> {
     pub path: Option<&'a Path>,
 }
 
-struct Logger {
+/// What the logger writes, and where.
+struct LoggerState {
     instance_id: String,
     show_level: bool,
     show_log_origin: bool,
-    out: Mutex<Box<dyn Write + Send>>,
+    /// Only records whose module path starts with this are written.
+    module: Option<String>,
+    out: Box<dyn Write + Send>,
 }
+
+/// The process-wide logger; its state is set by [`init`] and changed by [`reconfigure`].
+struct Logger {
+    state: Mutex<Option<LoggerState>>,
+}
+
+static LOGGER: Logger = Logger {
+    state: Mutex::new(None),
+};
 
 /// Formats a Unix time as `YYYY-MM-DDTHH:MM:SS.nnnnnnnnn` in UTC.
 fn format_timestamp(secs: u64, nanos: u32) -> String {
@@ -84,7 +99,7 @@ fn format_timestamp(secs: u64, nanos: u32) -> String {
     )
 }
 
-impl Logger {
+impl LoggerState {
     fn line(&self, record: &Record) -> String {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -112,6 +127,22 @@ impl Logger {
             record.args()
         )
     }
+
+    fn wants(&self, record: &Record) -> bool {
+        match (&self.module, record.module_path()) {
+            (Some(module), Some(path)) => path.starts_with(module.as_str()),
+            (Some(_), None) => false,
+            (None, _) => true,
+        }
+    }
+}
+
+impl Logger {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<LoggerState>> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 impl Log for Logger {
@@ -123,29 +154,25 @@ impl Log for Logger {
         if !self.enabled(record.metadata()) {
             return;
         }
-        let line = self.line(record);
-        let mut out = self
-            .out
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // A logger has nowhere to report its own write failures.
-        let _ = out.write_all(line.as_bytes());
-        let _ = out.flush();
+        let mut state = self.lock();
+        if let Some(state) = state.as_mut().filter(|s| s.wants(record)) {
+            let line = state.line(record);
+            // A logger has nowhere to report its own write failures.
+            let _ = state.out.write_all(line.as_bytes());
+            let _ = state.out.flush();
+        }
     }
 
     fn flush(&self) {
-        let _ = self
-            .out
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .flush();
+        if let Some(state) = self.lock().as_mut() {
+            let _ = state.out.flush();
+        }
     }
 }
 
-/// Installs the process-wide logger.
-pub fn init(config: &LoggerConfig) -> Result<(), LoggerError> {
-    let out: Box<dyn Write + Send> = match config.path {
-        Some(path) => Box::new(
+fn open_output(path: Option<&Path>) -> Result<Box<dyn Write + Send>, LoggerError> {
+    match path {
+        Some(path) => Ok(Box::new(
             OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -154,17 +181,53 @@ pub fn init(config: &LoggerConfig) -> Result<(), LoggerError> {
                     path: path.display().to_string(),
                     source,
                 })?,
-        ),
-        None => Box::new(std::io::stderr()),
-    };
-    let logger = Logger {
+        )),
+        None => Ok(Box::new(std::io::stderr())),
+    }
+}
+
+/// Installs the process-wide logger.
+pub fn init(config: &LoggerConfig) -> Result<(), LoggerError> {
+    let out = open_output(config.path)?;
+    *LOGGER.lock() = Some(LoggerState {
         instance_id: config.instance_id.to_string(),
         show_level: config.show_level,
         show_log_origin: config.show_log_origin,
-        out: Mutex::new(out),
-    };
-    log::set_boxed_logger(Box::new(logger)).map_err(|_| LoggerError::AlreadyInstalled)?;
+        module: None,
+        out,
+    });
+    log::set_logger(&LOGGER).map_err(|_| LoggerError::AlreadyInstalled)?;
     log::set_max_level(config.level);
+    Ok(())
+}
+
+/// Changes the installed logger as `PUT /logger` asks: each setting given replaces the
+/// current one.
+pub fn reconfigure(settings: &crate::rpc::LoggerSettings) -> Result<(), LoggerError> {
+    let level = settings.level.as_deref().map(parse_level).transpose()?;
+    let out = match &settings.log_path {
+        Some(path) => Some(open_output(Some(path))?),
+        None => None,
+    };
+    let mut state = LOGGER.lock();
+    let Some(state) = state.as_mut() else {
+        return Err(LoggerError::NotInstalled);
+    };
+    if let Some(out) = out {
+        state.out = out;
+    }
+    if let Some(show) = settings.show_level {
+        state.show_level = show;
+    }
+    if let Some(show) = settings.show_log_origin {
+        state.show_log_origin = show;
+    }
+    if let Some(module) = &settings.module {
+        state.module = Some(module.clone());
+    }
+    if let Some(level) = level {
+        log::set_max_level(level);
+    }
     Ok(())
 }
 
@@ -195,11 +258,12 @@ mod tests {
 
     #[test]
     fn lines_carry_instance_thread_and_optional_level_and_origin() {
-        let logger = Logger {
+        let logger = LoggerState {
             instance_id: "vm-1".into(),
             show_level: true,
             show_log_origin: true,
-            out: Mutex::new(Box::new(std::io::sink())),
+            module: None,
+            out: Box::new(std::io::sink()),
         };
         let args = format_args!("hello");
         let record = Record::builder()
@@ -213,5 +277,16 @@ mod tests {
         let expected = format!("[vm-1:{}:WARN:src/x.rs:7] hello\n", thread.name().unwrap());
         assert!(line.ends_with(&expected), "{line}");
         assert_eq!(line.find(" ["), Some(29));
+        assert!(logger.wants(&record));
+        let filtered = LoggerState {
+            module: Some("vmm::runtime".into()),
+            ..logger
+        };
+        let from_runtime = Record::builder()
+            .args(format_args!("x"))
+            .module_path(Some("vmm::runtime"))
+            .build();
+        assert!(filtered.wants(&from_runtime));
+        assert!(!filtered.wants(&record));
     }
 }

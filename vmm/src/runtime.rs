@@ -1,17 +1,26 @@
-//! The running VM: its vCPU threads and the VMM thread's event loop, which waits for the VM to
-//! stop (a guest reboot or shutdown, or a vCPU error) and serves device events meanwhile.
+//! The running VM: its vCPU threads and the VMM thread's event loop. The loop serves device
+//! events, the console, the metrics timer and API requests, until the VM stops (a guest reboot
+//! or shutdown, or a vCPU error).
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::timerfd::TimerFd;
 
 use crate::builder::BuildError;
 use crate::console::ConsoleInput;
+use crate::controller::{Controller, NOT_AFTER_START};
 use crate::device_manager::legacy::LegacyDevices;
+use crate::metrics::Metrics;
+use crate::rpc::{ActionError, ActionResult, ApiReceiver, InstanceState, VmmAction, VmmData};
 use crate::vstate::vcpu::{Vcpu, VcpuError, VcpuEvent, VcpuHandle, VcpuResponse, VmStop};
 use crate::vstate::vm::Vm;
+
+/// How often the metrics file gets a line, as in Firecracker.
+const METRICS_PERIOD: Duration = Duration::from_secs(60);
 
 /// Errors while the VM runs.
 #[derive(Debug, thiserror::Error)]
@@ -28,38 +37,84 @@ pub enum RuntimeError {
     /// The event loop failed.
     #[error("The event loop failed: {0:?}")]
     EventLoop(event_manager::Error),
+    /// The API's eventfd could not be watched.
+    #[error("Failed to watch the API channel: {0}")]
+    ApiEventFd(std::io::Error),
 }
 
 /// A device (or other event source) served by the VMM thread's event loop.
 pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 
-/// Notices the VM stop eventfd.
-#[derive(Debug)]
-struct StopWatcher {
-    evt: EventFd,
-    stopped: bool,
+fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-impl MutEventSubscriber for StopWatcher {
+/// Wakes the loop for an eventfd and remembers that it fired: the VM stop, or an API request.
+#[derive(Debug)]
+struct Flag {
+    evt: EventFd,
+    raised: bool,
+}
+
+impl MutEventSubscriber for Flag {
     fn process(&mut self, _events: Events, _ops: &mut EventOps) {
-        // The count does not matter: one or more writers asked for the stop.
+        // The count does not matter: one or more writers raised the flag.
         let _ = self.evt.read();
-        self.stopped = true;
+        self.raised = true;
     }
 
     fn init(&mut self, ops: &mut EventOps) {
         if let Err(e) = ops.add(Events::new(&self.evt, EventSet::IN)) {
-            log::error!("Failed to watch the VM stop eventfd: {e:?}");
+            log::error!("Failed to watch an eventfd in the event loop: {e:?}");
         }
     }
 }
 
-/// A built VM, ready to run.
+/// Writes a metrics line every [`METRICS_PERIOD`].
+struct MetricsTimer {
+    timer: TimerFd,
+    metrics: Arc<Metrics>,
+}
+
+impl MutEventSubscriber for MetricsTimer {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.timer.wait();
+        if let Err(e) = self.metrics.flush() {
+            log::warn!("{e}");
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = self.timer.reset(METRICS_PERIOD, Some(METRICS_PERIOD)) {
+            log::error!("Failed to arm the metrics timer: {e}");
+        }
+        if let Err(e) = ops.add(Events::new(&self.timer, EventSet::IN)) {
+            log::error!("Failed to watch the metrics timer: {e:?}");
+        }
+    }
+}
+
+/// What the builder hands over to make a [`Vmm`].
+pub(crate) struct VmmParts {
+    pub vm: Vm,
+    pub mem: GuestMemoryMmap,
+    pub vcpus: Vec<Vcpu>,
+    pub stop_evt: EventFd,
+    pub legacy: LegacyDevices,
+    pub console_input: bool,
+    pub devices: Vec<Subscriber>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// A built VM.
 pub struct Vmm {
     // Field order is drop order: vCPU threads end before the VM and memory they use go away.
     vcpus: Vec<Vcpu>,
+    handles: Vec<VcpuHandle>,
     event_manager: EventManager<Subscriber>,
-    stop: Arc<Mutex<StopWatcher>>,
+    stop: Arc<Mutex<Flag>>,
+    paused: bool,
+    _legacy: LegacyDevices,
     _mem: GuestMemoryMmap,
     _vm: Vm,
 }
@@ -67,70 +122,144 @@ pub struct Vmm {
 impl std::fmt::Debug for Vmm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Vmm")
-            .field("vcpus", &self.vcpus.len())
+            .field("vcpus", &(self.vcpus.len() + self.handles.len()))
+            .field("paused", &self.paused)
             .finish_non_exhaustive()
     }
 }
 
 impl Vmm {
-    pub(crate) fn new(
-        vm: Vm,
-        mem: GuestMemoryMmap,
-        vcpus: Vec<Vcpu>,
-        stop_evt: EventFd,
-        console: Option<LegacyDevices>,
-        devices: Vec<Subscriber>,
-    ) -> Result<Self, BuildError> {
+    pub(crate) fn new(parts: VmmParts) -> Result<Self, BuildError> {
         let mut event_manager =
             EventManager::<Subscriber>::new().map_err(BuildError::EventManager)?;
-        let stop = Arc::new(Mutex::new(StopWatcher {
-            evt: stop_evt,
-            stopped: false,
+        let stop = Arc::new(Mutex::new(Flag {
+            evt: parts.stop_evt,
+            raised: false,
         }));
         event_manager.add_subscriber(stop.clone());
-        if let Some(legacy) = console {
-            let input = ConsoleInput::new(legacy.serial, legacy.serial_drained);
+        if parts.console_input {
+            let input = ConsoleInput::new(
+                parts.legacy.serial.clone(),
+                parts
+                    .legacy
+                    .serial_drained
+                    .try_clone()
+                    .map_err(BuildError::EventFd)?,
+            );
             event_manager.add_subscriber(Arc::new(Mutex::new(input)));
         }
-        for device in devices {
+        for device in parts.devices {
             event_manager.add_subscriber(device);
         }
+        let timer = TimerFd::new().map_err(|e| BuildError::EventFd(e.into()))?;
+        event_manager.add_subscriber(Arc::new(Mutex::new(MetricsTimer {
+            timer,
+            metrics: parts.metrics,
+        })));
         Ok(Self {
-            vcpus,
+            vcpus: parts.vcpus,
+            handles: Vec::new(),
             event_manager,
             stop,
-            _mem: mem,
-            _vm: vm,
+            paused: false,
+            _legacy: parts.legacy,
+            _mem: parts.mem,
+            _vm: parts.vm,
         })
     }
 
-    fn stopped(&self) -> bool {
-        self.stop
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .stopped
-    }
-
-    /// Starts the vCPUs and runs until the VM stops; returns why it stopped.
-    pub fn run(mut self) -> Result<VmStop, RuntimeError> {
-        let mut handles: Vec<VcpuHandle> = Vec::with_capacity(self.vcpus.len());
+    /// Starts the vCPU threads and lets them run guest code.
+    pub fn start(&mut self) -> Result<(), RuntimeError> {
         for vcpu in self.vcpus.drain(..) {
-            handles.push(vcpu.start()?);
+            self.handles.push(vcpu.start()?);
         }
-        for (index, handle) in handles.iter().enumerate() {
+        for (index, handle) in self.handles.iter().enumerate() {
             match handle.request(VcpuEvent::Resume)? {
                 VcpuResponse::Resumed => {}
                 response => return Err(RuntimeError::Start { index, response }),
             }
         }
-        log::info!("Started {} vCPUs", handles.len());
-        while !self.stopped() {
+        log::info!("Started {} vCPUs", self.handles.len());
+        Ok(())
+    }
+
+    /// Asks every vCPU for `event` and checks each answers `expected` (or has stopped the VM,
+    /// which the event loop notices next).
+    fn all_vcpus(&self, event: VcpuEvent, expected: &VcpuResponse) -> ActionResult {
+        for handle in &self.handles {
+            match handle.request(event) {
+                Ok(r) if &r == expected || matches!(r, VcpuResponse::Stopped(_)) => {}
+                Ok(r) => return Err(ActionError(format!("A vCPU answered {r:?}."))),
+                Err(e) => return Err(ActionError(e.to_string())),
+            }
+        }
+        Ok(VmmData::Empty)
+    }
+
+    fn handle(&mut self, action: VmmAction, controller: &mut Controller) -> ActionResult {
+        let state = if self.paused {
+            InstanceState::Paused
+        } else {
+            InstanceState::Running
+        };
+        if let Some(result) = controller.common(&action, state) {
+            return result;
+        }
+        match action {
+            VmmAction::Pause => {
+                let result = self.all_vcpus(VcpuEvent::Pause, &VcpuResponse::Paused);
+                self.paused = result.is_ok();
+                log::info!("Paused the microVM");
+                result
+            }
+            VmmAction::Resume => {
+                let result = self.all_vcpus(VcpuEvent::Resume, &VcpuResponse::Resumed);
+                self.paused = result.is_err();
+                log::info!("Resumed the microVM");
+                result
+            }
+            VmmAction::SendCtrlAltDel | VmmAction::PatchDrive(_) => Err(ActionError(
+                "This operation is not supported yet.".to_string(),
+            )),
+            VmmAction::PatchNetworkInterface(_) => Err(ActionError(
+                "Rate limiters are not supported yet.".to_string(),
+            )),
+            _ => Err(ActionError(NOT_AFTER_START.to_string())),
+        }
+    }
+
+    /// Runs the event loop until the VM stops, serving `api` if given; returns why it stopped.
+    pub fn run(
+        mut self,
+        mut api: Option<(ApiReceiver, Controller)>,
+    ) -> Result<VmStop, RuntimeError> {
+        let inbox = match &api {
+            Some((receiver, _)) => {
+                let evt = receiver
+                    .wakeup
+                    .try_clone()
+                    .map_err(RuntimeError::ApiEventFd)?;
+                let flag = Arc::new(Mutex::new(Flag { evt, raised: false }));
+                self.event_manager.add_subscriber(flag.clone());
+                Some(flag)
+            }
+            None => None,
+        };
+        while !lock(&self.stop).raised {
             self.event_manager.run().map_err(RuntimeError::EventLoop)?;
+            if let (Some((receiver, controller)), Some(inbox)) = (api.as_mut(), &inbox) {
+                lock(inbox).raised = false;
+                while let Ok(request) = receiver.requests.try_recv() {
+                    let result = self.handle(request.action, controller);
+                    // A client that went away does not need its answer.
+                    let _ = request.reply.send(result);
+                }
+            }
         }
         log_cpu_usage();
         // An error on any vCPU outranks a guest-initiated stop seen on another one.
         let mut stop = VmStop::Guest("i8042 reset");
-        for handle in &mut handles {
+        for handle in &mut self.handles {
             handle.finish();
             match handle.stop_reason() {
                 Some(error @ VmStop::Error(_)) => stop = error,

@@ -15,6 +15,7 @@
 //! makes a blocked `KVM_RUN` return `EINTR`. A kick can land just before the thread enters
 //! `KVM_RUN`, so the VMM repeats it until the thread acknowledges.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -31,6 +32,45 @@ use crate::arch::x86_64::cpuid::{self, CpuidError, VcpuTopology};
 use crate::arch::x86_64::interrupts::set_lint;
 use crate::arch::x86_64::msr::{boot_msrs, MsrError};
 use crate::arch::x86_64::regs::{self, EntryPoint, RegsError};
+use crate::metrics::{Counter, MetricSource};
+
+/// The kinds of vCPU exit the metrics count.
+const EXIT_KINDS: [&str; 8] = [
+    "exit_io_in",
+    "exit_io_out",
+    "exit_mmio_read",
+    "exit_mmio_write",
+    "exit_shutdown",
+    "exit_system_event",
+    "exit_interrupted",
+    "exit_other",
+];
+
+/// vCPU exits by kind, summed over all vCPUs.
+#[derive(Debug, Default)]
+pub struct VcpuExitCounters([AtomicU64; EXIT_KINDS.len()]);
+
+impl VcpuExitCounters {
+    fn count(&self, kind: usize) {
+        if let Some(counter) = self.0.get(kind) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl MetricSource for VcpuExitCounters {
+    fn counters(&self) -> Vec<Counter> {
+        EXIT_KINDS
+            .iter()
+            .zip(&self.0)
+            .map(|(name, value)| Counter {
+                group: "vcpu".into(),
+                name: (*name).into(),
+                total: value.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+}
 
 /// Errors setting up or running vCPUs.
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +162,7 @@ pub struct Vcpu {
     mmio_bus: Arc<Bus>,
     /// Written when the VM must stop; the VMM's event loop watches it.
     stop_evt: EventFd,
+    exits: Arc<VcpuExitCounters>,
 }
 
 /// Per-VM inputs for configuring each vCPU.
@@ -145,6 +186,7 @@ impl Vcpu {
         io_bus: Arc<Bus>,
         mmio_bus: Arc<Bus>,
         stop_evt: EventFd,
+        exits: Arc<VcpuExitCounters>,
     ) -> Self {
         Self {
             fd,
@@ -152,6 +194,7 @@ impl Vcpu {
             io_bus,
             mmio_bus,
             stop_evt,
+            exits,
         }
     }
 
@@ -296,6 +339,11 @@ impl VcpuThread {
     fn running(&mut self) -> State {
         match self.events.try_recv() {
             Ok(VcpuEvent::Pause) => {
+                // Tell a kvm-clock guest that the host stopped it, so its watchdogs do not
+                // take the pause for a soft lockup. A guest without kvm-clock makes this fail.
+                if let Err(e) = self.vcpu.fd.kvmclock_ctrl() {
+                    log::debug!("vCPU {}: KVM_KVMCLOCK_CTRL: {e}", self.vcpu.index);
+                }
                 self.respond(VcpuResponse::Paused);
                 return State::Paused;
             }
@@ -317,8 +365,10 @@ impl VcpuThread {
 
     fn run_once(&mut self) -> RunOutcome {
         let index = self.vcpu.index;
+        let exits = self.vcpu.exits.clone();
         match self.vcpu.fd.run() {
             Ok(VcpuExit::IoIn(port, data)) => {
+                exits.count(0);
                 if !self.vcpu.io_bus.read(u64::from(port), data) {
                     // Unclaimed ports read as all ones, as on real hardware.
                     data.fill(0xff);
@@ -326,29 +376,42 @@ impl VcpuThread {
                 RunOutcome::Continue
             }
             Ok(VcpuExit::IoOut(port, data)) => {
+                exits.count(1);
                 self.vcpu.io_bus.write(u64::from(port), data);
                 RunOutcome::Continue
             }
             Ok(VcpuExit::MmioRead(addr, data)) => {
+                exits.count(2);
                 if !self.vcpu.mmio_bus.read(addr, data) {
                     data.fill(0);
                 }
                 RunOutcome::Continue
             }
             Ok(VcpuExit::MmioWrite(addr, data)) => {
+                exits.count(3);
                 self.vcpu.mmio_bus.write(addr, data);
                 RunOutcome::Continue
             }
-            Ok(VcpuExit::Hlt) => RunOutcome::Stop(VmStop::Guest("halted")),
+            Ok(VcpuExit::Hlt) => {
+                exits.count(7);
+                RunOutcome::Stop(VmStop::Guest("halted"))
+            }
             Ok(VcpuExit::Shutdown) => {
+                exits.count(4);
                 RunOutcome::Stop(VmStop::Guest("triple fault (KVM_EXIT_SHUTDOWN)"))
             }
-            Ok(VcpuExit::SystemEvent(kind, _)) => RunOutcome::Stop(VmStop::Guest(match kind {
-                kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => "system event: shutdown",
-                kvm_bindings::KVM_SYSTEM_EVENT_RESET => "system event: reset",
-                _ => "system event",
-            })),
-            Ok(VcpuExit::Intr) => RunOutcome::Interrupted,
+            Ok(VcpuExit::SystemEvent(kind, _)) => {
+                exits.count(5);
+                RunOutcome::Stop(VmStop::Guest(match kind {
+                    kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => "system event: shutdown",
+                    kvm_bindings::KVM_SYSTEM_EVENT_RESET => "system event: reset",
+                    _ => "system event",
+                }))
+            }
+            Ok(VcpuExit::Intr) => {
+                exits.count(6);
+                RunOutcome::Interrupted
+            }
             Ok(VcpuExit::FailEntry(reason, cpu)) => RunOutcome::Stop(VmStop::Error(format!(
                 "vCPU {index} failed to enter the guest (hardware reason {reason:#x}, cpu {cpu})"
             ))),
@@ -358,10 +421,14 @@ impl VcpuThread {
                     "vCPU {index} stopped with KVM_EXIT_INTERNAL_ERROR at rip {rip:#x}"
                 )))
             }
-            Ok(other) => RunOutcome::Stop(VmStop::Error(format!(
-                "vCPU {index} got an unexpected exit: {other:?}"
-            ))),
+            Ok(other) => {
+                exits.count(7);
+                RunOutcome::Stop(VmStop::Error(format!(
+                    "vCPU {index} got an unexpected exit: {other:?}"
+                )))
+            }
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                exits.count(6);
                 RunOutcome::Interrupted
             }
             Err(e) => RunOutcome::Stop(VmStop::Error(format!("vCPU {index} KVM_RUN failed: {e}"))),

@@ -1,0 +1,203 @@
+//! Metrics: counters that devices, vCPUs and the API keep, gathered on demand and written as
+//! Firecracker writes them (one JSON object per line, each counter as the increase since the
+//! previous line) to the file `PUT /metrics` names, and as Prometheus text (totals) for
+//! `GET /metrics`.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// One counter: a group (`block_rootfs`, `vcpu`, ...), a name within it, and its total.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Counter {
+    /// The group, as in Firecracker's metrics (`block_<drive_id>`, `net_<iface_id>`, ...).
+    pub group: String,
+    /// The counter's name within the group.
+    pub name: String,
+    /// Its total since the VMM started.
+    pub total: u64,
+}
+
+/// Something that keeps counters.
+pub trait MetricSource: Send + Sync {
+    /// The current totals.
+    fn counters(&self) -> Vec<Counter>;
+}
+
+/// Errors writing metrics.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    /// The metrics file could not be opened.
+    #[error("Failed to open the metrics file '{path}': {source}")]
+    Open {
+        path: String,
+        source: std::io::Error,
+    },
+    /// The metrics file was configured twice.
+    #[error("The metrics file is already configured.")]
+    AlreadyConfigured,
+    /// Writing a line failed.
+    #[error("Failed to write metrics: {0}")]
+    Write(std::io::Error),
+}
+
+#[derive(Default)]
+struct Inner {
+    sources: Vec<Arc<dyn MetricSource>>,
+    sink: Option<File>,
+    /// Totals at the previous JSON line, for the increases.
+    flushed: BTreeMap<(String, String), u64>,
+}
+
+/// The registry of metric sources and the metrics file.
+#[derive(Default)]
+pub struct Metrics {
+    inner: Mutex<Inner>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Adds a source of counters.
+    pub fn add_source(&self, source: Arc<dyn MetricSource>) {
+        self.lock().sources.push(source);
+    }
+
+    /// Opens the metrics file (a file is appended to, a FIFO written); once only, as in
+    /// Firecracker.
+    pub fn set_sink(&self, path: &Path) -> Result<(), MetricsError> {
+        let mut inner = self.lock();
+        if inner.sink.is_some() {
+            return Err(MetricsError::AlreadyConfigured);
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|source| MetricsError::Open {
+                path: path.display().to_string(),
+                source,
+            })?;
+        inner.sink = Some(file);
+        Ok(())
+    }
+
+    fn counters(inner: &Inner) -> Vec<Counter> {
+        inner.sources.iter().flat_map(|s| s.counters()).collect()
+    }
+
+    /// Writes one JSON line with the increases since the previous one, if a file is set.
+    /// Returns whether a line was written.
+    pub fn flush(&self) -> Result<bool, MetricsError> {
+        let mut inner = self.lock();
+        if inner.sink.is_none() {
+            return Ok(false);
+        }
+        let counters = Self::counters(&inner);
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or_default();
+        let mut groups = serde_json::Map::new();
+        for c in &counters {
+            let key = (c.group.clone(), c.name.clone());
+            let before = inner.flushed.insert(key, c.total).unwrap_or(0);
+            let group = groups
+                .entry(c.group.clone())
+                .or_insert_with(|| serde_json::json!({}));
+            if let Some(group) = group.as_object_mut() {
+                group.insert(c.name.clone(), c.total.saturating_sub(before).into());
+            }
+        }
+        groups.insert("utc_timestamp_ms".into(), now_ms.into());
+        let mut line = serde_json::Value::Object(groups).to_string();
+        line.push('\n');
+        if let Some(sink) = inner.sink.as_mut() {
+            sink.write_all(line.as_bytes())
+                .and_then(|()| sink.flush())
+                .map_err(MetricsError::Write)?;
+        }
+        Ok(true)
+    }
+
+    /// The totals in Prometheus text format: `kiln_<group>_<name> <total>`.
+    pub fn prometheus(&self) -> String {
+        let counters = Self::counters(&self.lock());
+        let mut text = String::new();
+        for c in counters {
+            let name = format!("kiln_{}_{}", sanitize(&c.group), sanitize(&c.name));
+            text.push_str(&format!("# TYPE {name} counter\n{name} {}\n", c.total));
+        }
+        text
+    }
+}
+
+/// Prometheus metric names allow `[a-zA-Z0-9_]`.
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    struct Fake(AtomicU64);
+
+    impl MetricSource for Fake {
+        fn counters(&self) -> Vec<Counter> {
+            vec![Counter {
+                group: "block_root-fs".into(),
+                name: "read_bytes".into(),
+                total: self.0.load(Ordering::Relaxed),
+            }]
+        }
+    }
+
+    #[test]
+    fn json_lines_carry_increases_and_prometheus_totals() {
+        let metrics = Metrics::default();
+        let fake = Arc::new(Fake(AtomicU64::new(100)));
+        metrics.add_source(fake.clone());
+        assert!(!metrics.flush().unwrap(), "no file, no line");
+        let path = std::env::temp_dir().join(format!("kiln-metrics-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        metrics.set_sink(&path).unwrap();
+        assert!(matches!(
+            metrics.set_sink(&path),
+            Err(MetricsError::AlreadyConfigured)
+        ));
+        assert!(metrics.flush().unwrap());
+        fake.0.store(150, Ordering::Relaxed);
+        metrics.flush().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["block_root-fs"]["read_bytes"], 100);
+        assert_eq!(lines[1]["block_root-fs"]["read_bytes"], 50);
+        assert!(lines[1]["utc_timestamp_ms"].as_u64().unwrap() > 0);
+        assert_eq!(
+            metrics.prometheus(),
+            "# TYPE kiln_block_root_fs_read_bytes counter\nkiln_block_root_fs_read_bytes 150\n"
+        );
+        std::fs::remove_file(path).unwrap();
+    }
+}
