@@ -25,6 +25,9 @@ pub struct Scenario {
     pub before: String,
     /// A command prefix for kiln (e.g. `strace -f -o trace`).
     pub wrapper: &'static str,
+    /// Shell commands that replace the plain kiln run (e.g. to drive kiln through its API);
+    /// their exit status is the scenario's.
+    pub run: String,
     /// Shell commands run after kiln, on the VMM's host (e.g. checking images); their output
     /// is part of the scenario's output.
     pub after: String,
@@ -39,6 +42,7 @@ const HOST_TOOLS: &[&str] = &[
     "/usr/bin/strace",
     "/usr/bin/qemu-img",
     "/usr/sbin/ip",
+    "/usr/bin/curl",
 ];
 
 /// A raw drive holding `script` for the guest init's `kiln.script=` mode.
@@ -114,9 +118,11 @@ fn write_payload(dir: &Path, artifacts: &Path, scenarios: &[Scenario]) {
         "rootfs.ext4",
     ];
     for name in artifact_names {
-        let used = scenarios
-            .iter()
-            .any(|s| s.config.contains(name) || s.before.contains(name));
+        let used = scenarios.iter().any(|s| {
+            [&s.config, &s.before, &s.run]
+                .iter()
+                .any(|t| t.contains(name))
+        });
         if used {
             std::fs::copy(artifacts.join(name), dir.join(name)).unwrap();
         }
@@ -137,17 +143,24 @@ fn write_payload(dir: &Path, artifacts: &Path, scenarios: &[Scenario]) {
         for (name, contents) in &s.files {
             std::fs::write(dir.join(name), contents).unwrap();
         }
+        let run = if s.run.is_empty() {
+            format!(
+                "timeout {SCENARIO_TIMEOUT_SECS} {wrapper} ./kiln --no-api --config-file {config} {args} </dev/null 2>&1",
+                wrapper = s.wrapper,
+                args = s.args.join(" "),
+            )
+        } else {
+            s.run.clone()
+        };
         script.push_str(&format!(
             "echo '=== KILN-SCENARIO-BEGIN {name}'\n\
              {before}\n\
-             timeout {SCENARIO_TIMEOUT_SECS} {wrapper} ./kiln --no-api --config-file {config} {args} </dev/null 2>&1\n\
+             {run}\n\
              echo \"KILN-RC=$?\"\n\
              {after}\n\
              echo '=== KILN-SCENARIO-END {name}'\n",
             name = s.name,
             before = s.before,
-            wrapper = s.wrapper,
-            args = s.args.join(" "),
             after = s.after,
         ));
     }
