@@ -64,8 +64,8 @@ pub enum NetError {
     /// The driver's used_event could not be read.
     #[error("Failed to read the used event at {0:#x}.")]
     UsedEvent(u64),
-    /// A received frame does not fit the receive chain (without mergeable buffers).
-    #[error("Dropped a received frame of {frame} bytes: the receive chain holds {capacity}.")]
+    /// A received frame does not fit the receive chain, or the whole ring of mergeable ones.
+    #[error("Dropped a received frame of {frame} bytes: the receive buffers hold {capacity}.")]
     FrameTooLarge { frame: u64, capacity: u64 },
     /// Reading the tap failed for another reason than having nothing to read.
     #[error("Failed to read a frame from the tap: {0}")]

@@ -7,7 +7,8 @@
 //!
 //! With mergeable buffers a frame fills as many chains as it needs, each gets a used entry, and
 //! `num_buffers` in the header tells the driver how many. Without them a frame must fit one
-//! chain; one that does not is dropped and the chain kept for the next frame.
+//! chain; one that does not is dropped and the chain kept for the next frame. So is a frame
+//! larger than a whole ring of mergeable buffers.
 
 use std::io;
 
@@ -140,6 +141,15 @@ fn deliver(
             Ok(bufs) => {
                 capacity = capacity.saturating_add(bufs.capacity);
                 chains.push((head, bufs));
+                if capacity < needed && chains.len() >= usize::from(queue.size()) {
+                    // A full ring of buffers that cannot hold the frame never will.
+                    guest_errors.record(&NetError::FrameTooLarge {
+                        frame: needed,
+                        capacity,
+                    });
+                    queue.set_next_avail(start);
+                    return Ok(Outcome::Dropped);
+                }
             }
             Err(e) => {
                 guest_errors.record(&e);

@@ -159,3 +159,20 @@ fn an_avail_index_beyond_the_queue_is_an_error_not_a_spin() {
         Err(NetError::AvailIndex { .. })
     ));
 }
+
+#[test]
+fn a_frame_larger_than_a_whole_ring_of_mergeable_buffers_is_dropped() {
+    let guest = Guest::new();
+    let (rxq, txq) = (guest.rxq(), guest.txq());
+    let mut rig = guest.net(&rxq, &txq, MRG);
+    rx_chains(&rxq, 0, QUEUE_LEN, 16);
+    rig.wire.send(&frame(0, 1000)).unwrap();
+    rig.wire.send(&frame(0, 100)).unwrap();
+    rig.net.process_rx().unwrap();
+    // The big frame is gone; the small one took the buffers it needed.
+    assert_eq!(rig.net.stats().rx_drops(), 1);
+    let used = guest.used(RX_USED);
+    assert_eq!(used.len(), 7);
+    assert_eq!(used.iter().map(|(_, len)| len).sum::<u32>(), 112);
+    assert_eq!(guest.load_u16(DATA + 10), 7);
+}
