@@ -76,6 +76,8 @@ impl Rx {
             let len = match self.pending {
                 Some(len) => len,
                 None => match io.read_frame(&mut self.buf) {
+                    // End of file: the backend is gone, and would read as empty forever.
+                    Ok(0) => return Err(NetError::TapRead(io::ErrorKind::UnexpectedEof.into())),
                     Ok(len) => len,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -84,7 +86,7 @@ impl Rx {
             };
             self.pending = Some(len);
             let Some(frame) = self.buf.get_mut(..len).filter(|f| f.len() > VNET_HDR_LEN) else {
-                // The tap always sends a header; an empty frame means a broken backend.
+                // The tap always sends a header; a frame without one means a broken backend.
                 self.pending = None;
                 stats.rx_dropped();
                 continue;

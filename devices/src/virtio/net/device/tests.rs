@@ -14,6 +14,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 use super::*;
 use crate::virtio::net::test_utils::{SocketIo, Wire};
+use crate::virtio::net::TapError;
 use crate::virtio::net::VNET_HDR_LEN;
 
 const MEM_SIZE: u64 = 0x10_0000;
@@ -431,4 +432,54 @@ fn the_event_loop_stops_reading_the_tap_while_the_guest_has_no_buffers() {
     tx_kick.write(1).unwrap();
     assert_eq!(event_manager.run_with_timeout(1000).unwrap(), 1);
     assert!(wire.recv().is_some());
+}
+
+/// A backend that is always readable and fails every read, as a tap whose interface is gone.
+#[derive(Debug)]
+struct Broken(EventFd);
+
+impl std::os::fd::AsRawFd for Broken {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+impl FrameIo for Broken {
+    fn read_frame(&mut self, _buf: &mut [u8]) -> std::io::Result<usize> {
+        Err(std::io::Error::from_raw_os_error(libc::EBADFD))
+    }
+
+    fn write_frame(&mut self, _frame: &[u8]) -> std::io::Result<()> {
+        Err(std::io::Error::from_raw_os_error(libc::EBADFD))
+    }
+
+    fn set_offload(&mut self, _flags: u32) -> Result<(), TapError> {
+        Ok(())
+    }
+}
+
+#[test]
+fn the_event_loop_lets_go_of_a_backend_that_fails() {
+    let guest = Guest::new();
+    let (rxq, txq) = (guest.rxq(), guest.txq());
+    let readable = EventFd::new(EFD_NONBLOCK).unwrap();
+    readable.write(1).unwrap();
+    let mut net = Net::with_frame_io(Box::new(Broken(readable)), config(None)).unwrap();
+    let mut queues: Vec<Queue> = vec![rxq.create_queue().unwrap(), txq.create_queue().unwrap()];
+    for (queue, used) in queues.iter_mut().zip([RX_USED, TX_USED]) {
+        queue.set_used_ring_address(Some(used as u32), Some(0));
+    }
+    let irq = Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap()));
+    net.activate(guest.mem.clone(), queues, irq).unwrap();
+    let net = Arc::new(Mutex::new(net));
+    let mut event_manager = EventManager::<Arc<Mutex<Net>>>::new().unwrap();
+    event_manager.add_subscriber(net.clone());
+    assert_eq!(event_manager.run_with_timeout(1000).unwrap(), 1);
+    // Still readable, no longer watched: the loop does not spin on it.
+    assert_eq!(event_manager.run_with_timeout(50).unwrap(), 0);
+    // Transmit goes on, dropping what the backend refuses.
+    let mut net = net.lock().unwrap();
+    tx_chain(&guest, &txq);
+    net.process_tx().unwrap();
+    assert_eq!(net.stats().tx_drops(), 1);
 }
