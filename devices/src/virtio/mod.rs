@@ -9,6 +9,7 @@
 
 pub mod block;
 pub mod mmio;
+pub mod net;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -16,6 +17,8 @@ use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
+/// virtio device type of a network device.
+pub const TYPE_NET: u32 = 1;
 /// virtio device type of a block device.
 pub const TYPE_BLOCK: u32 = 2;
 

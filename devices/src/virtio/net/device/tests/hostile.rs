@@ -1,0 +1,178 @@
+//! One test per way a hostile or broken driver can get a chain wrong, each asserting the exact
+//! outcome: the used entries, the counters, nothing sent or delivered that should not be, and
+//! the queue still working afterwards.
+
+use super::*;
+
+/// Offers the receive chain `descs` at descriptor 0 and a good 2 KiB chain after it, sends
+/// one frame, and returns the used entries.
+fn receive_after(descs: &[RawDescriptor], features: u64) -> (Vec<(u32, u32)>, Arc<NetStats>) {
+    let guest = Guest::new();
+    let (rxq, txq) = (guest.rxq(), guest.txq());
+    let mut rig = guest.net(&rxq, &txq, features);
+    rxq.add_desc_chains(descs, 0).unwrap();
+    let good = u16::try_from(descs.len()).unwrap();
+    rx_chains(&rxq, good, 1, 2048);
+    rig.wire.send(&frame(0, 100)).unwrap();
+    rig.net.process_rx().unwrap();
+    (guest.used(RX_USED), rig.net.stats())
+}
+
+#[test]
+fn a_receive_chain_too_short_for_the_header_goes_back_empty() {
+    for features in [0, MRG] {
+        let (used, stats) = receive_after(&[desc(DATA, 8, W, 0)], features);
+        assert_eq!(used, [(0, 0), (1, 112)], "features {features:#x}");
+        assert_eq!(stats.rx_packets(), 1);
+    }
+}
+
+#[test]
+fn a_device_readable_receive_chain_goes_back_empty() {
+    let descs = [desc(DATA, 2048, W | N, 1), desc(DATA + 0x800, 64, 0, 0)];
+    let (used, _) = receive_after(&descs, 0);
+    assert_eq!(used, [(0, 0), (2, 112)]);
+}
+
+#[test]
+fn a_receive_buffer_outside_guest_memory_goes_back_empty() {
+    for addr in [MEM_SIZE - 16, u64::MAX - 8] {
+        let (used, _) = receive_after(&[desc(addr, 2048, W, 0)], MRG);
+        assert_eq!(used, [(0, 0), (1, 112)], "addr {addr:#x}");
+    }
+}
+
+#[test]
+fn a_looping_receive_chain_goes_back_empty() {
+    let descs = [desc(DATA, 2048, W | N, 1), desc(DATA + 0x800, 64, W | N, 0)];
+    let (used, _) = receive_after(&descs, 0);
+    assert_eq!(used, [(0, 0), (2, 112)]);
+}
+
+#[test]
+fn a_broken_chain_after_a_good_one_costs_the_merged_frame() {
+    let guest = Guest::new();
+    let (rxq, txq) = (guest.rxq(), guest.txq());
+    let mut rig = guest.net(&rxq, &txq, MRG);
+    let descs = [desc(DATA, 64, W, 0), desc(DATA + 0x1000, 64, 0, 0)];
+    rxq.add_desc_chains(&descs, 0).unwrap();
+    rig.wire.send(&frame(0, 100)).unwrap();
+    rig.net.process_rx().unwrap();
+    assert_eq!(guest.used(RX_USED), [(0, 0), (1, 0)]);
+    assert_eq!(rig.net.stats().rx_drops(), 1);
+    // The queue still works.
+    rx_chains(&rxq, 2, 1, 2048);
+    rig.wire.send(&frame(0, 100)).unwrap();
+    rig.net.process_rx().unwrap();
+    assert_eq!(guest.used(RX_USED).last(), Some(&(2, 112)));
+}
+
+/// Offers the transmit chain `descs` at descriptor 0 and a good chain after it; returns the
+/// used entries and the frames on the wire.
+fn transmit_before_good(descs: &[RawDescriptor]) -> (Vec<(u32, u32)>, Vec<Vec<u8>>, u64) {
+    let guest = Guest::new();
+    let (rxq, txq) = (guest.rxq(), guest.txq());
+    let mut rig = guest.net(&rxq, &txq, 0);
+    txq.add_desc_chains(descs, 0).unwrap();
+    let good = u16::try_from(descs.len()).unwrap();
+    guest.write(DATA + 0x4000, &frame(0, 40));
+    txq.add_desc_chains(&[desc(DATA + 0x4000, 52, 0, 0)], good)
+        .unwrap();
+    rig.net.process_tx().unwrap();
+    let frames = std::iter::from_fn(|| rig.wire.recv()).collect();
+    (guest.used(TX_USED), frames, rig.net.stats().tx_drops())
+}
+
+#[test]
+fn a_device_writable_transmit_chain_is_dropped() {
+    let descs = [desc(DATA, 12, N, 1), desc(DATA + 0x800, 100, W, 0)];
+    let (used, frames, drops) = transmit_before_good(&descs);
+    assert_eq!(used, [(0, 0), (2, 0)]);
+    assert_eq!(frames, [frame(0, 40)]);
+    assert_eq!(drops, 1);
+}
+
+#[test]
+fn a_transmit_chain_shorter_than_the_header_is_dropped() {
+    let (used, frames, drops) = transmit_before_good(&[desc(DATA, 11, 0, 0)]);
+    assert_eq!(used, [(0, 0), (1, 0)]);
+    assert_eq!(frames, [frame(0, 40)]);
+    assert_eq!(drops, 1);
+}
+
+#[test]
+fn a_transmit_chain_longer_than_the_largest_frame_is_dropped() {
+    let max = (VNET_HDR_LEN + crate::virtio::net::MAX_FRAME_LEN) as u32;
+    let descs = [desc(DATA, 12, N, 1), desc(DATA + 0x1000, max - 11, 0, 0)];
+    let (used, frames, drops) = transmit_before_good(&descs);
+    assert_eq!(used, [(0, 0), (2, 0)]);
+    assert_eq!(frames, [frame(0, 40)]);
+    assert_eq!(drops, 1);
+}
+
+#[test]
+fn a_transmit_buffer_outside_guest_memory_is_dropped() {
+    for addr in [MEM_SIZE - 50, u64::MAX - 4] {
+        let descs = [desc(DATA, 12, N, 1), desc(addr, 100, 0, 0)];
+        let (used, frames, drops) = transmit_before_good(&descs);
+        assert_eq!(used, [(0, 0), (2, 0)], "addr {addr:#x}");
+        assert_eq!(frames, [frame(0, 40)]);
+        assert_eq!(drops, 1);
+    }
+}
+
+#[test]
+fn a_transmit_head_out_of_range_is_skipped() {
+    let guest = Guest::new();
+    let (rxq, txq) = (guest.rxq(), guest.txq());
+    let mut rig = guest.net(&rxq, &txq, 0);
+    tx_chain(&guest, &txq);
+    // The avail entry names descriptor 40 of a 16-entry table.
+    guest
+        .mem
+        .write_obj(40u16, GuestAddress(txq.avail_addr().0 + 4))
+        .unwrap();
+    rig.net.process_tx().unwrap();
+    assert!(guest.used(TX_USED).is_empty());
+    assert_eq!(rig.net.stats().tx_drops(), 1);
+    assert!(rig.wire.recv().is_none());
+}
+
+#[test]
+fn an_avail_index_beyond_the_queue_is_an_error_not_a_spin() {
+    let guest = Guest::new();
+    let (rxq, txq) = (guest.rxq(), guest.txq());
+    let mut rig = guest.net(&rxq, &txq, 0);
+    for vq in [&rxq, &txq] {
+        guest
+            .mem
+            .write_obj(100u16, GuestAddress(vq.avail_addr().0 + 2))
+            .unwrap();
+    }
+    assert!(matches!(
+        rig.net.process_tx(),
+        Err(NetError::AvailIndex { .. })
+    ));
+    rig.wire.send(&frame(0, 60)).unwrap();
+    assert!(matches!(
+        rig.net.process_rx(),
+        Err(NetError::AvailIndex { .. })
+    ));
+}
+
+#[test]
+fn a_frame_larger_than_a_whole_ring_of_mergeable_buffers_is_dropped() {
+    let guest = Guest::new();
+    let (rxq, txq) = (guest.rxq(), guest.txq());
+    let mut rig = guest.net(&rxq, &txq, MRG);
+    rx_chains(&rxq, 0, QUEUE_LEN, 16);
+    rig.wire.send(&frame(0, 1000)).unwrap();
+    rig.wire.send(&frame(0, 100)).unwrap();
+    rig.net.process_rx().unwrap();
+    // The big frame is gone; the small one took the buffers it needed.
+    assert_eq!(rig.net.stats().rx_drops(), 1);
+    let used = guest.used(RX_USED);
+    assert_eq!(used.len(), 7);
+    assert_eq!(used.iter().map(|(_, len)| len).sum::<u32>(), 112);
+    assert_eq!(guest.load_u16(DATA + 10), 7);
+}

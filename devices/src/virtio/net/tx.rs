@@ -1,0 +1,84 @@
+//! The transmit path: each chain the guest makes available is one frame, virtio-net header
+//! first, written whole to the tap.
+//!
+//! A chain that is not a frame (device-writable buffers, shorter than the header, longer than
+//! the largest frame, outside guest memory) is dropped. So is a frame the tap refuses, also
+//! when its queue is full (EAGAIN): the guest's TCP retransmits, whereas holding the chain
+//! would need a wake-up when the tap drains, and a driver waiting for its buffers could stall.
+//! Every chain goes back with used length 0, as the device writes nothing into it.
+
+use std::io;
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+
+use super::chain;
+use super::ring::{self, GuestErrors};
+use super::{FrameIo, NetError, NetStats, VNET_HDR_LEN};
+
+/// Tap write failures logged in full before the log thins out.
+const WRITE_ERRORS_LOGGED: u64 = 10;
+
+/// The transmit side: the buffer a frame is gathered into, and the tap write failures so far.
+#[derive(Debug, Default)]
+pub struct Tx {
+    frame: Vec<u8>,
+    write_errors: u64,
+}
+
+impl Tx {
+    /// Sends every chain the driver has made available. Sets `used_any` once a chain is in the
+    /// used ring.
+    pub fn process(
+        &mut self,
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap,
+        io: &mut dyn FrameIo,
+        stats: &NetStats,
+        guest_errors: &mut GuestErrors,
+        used_any: &mut bool,
+    ) -> Result<(), NetError> {
+        // Drain with notifications off, then turn them back on and look again: a chain the
+        // driver adds in between would otherwise wait for a kick that never comes.
+        loop {
+            queue.disable_notification(mem).map_err(NetError::Queue)?;
+            ring::check_avail_index(queue, mem)?;
+            while let Some(chain) = queue.pop_descriptor_chain(mem) {
+                let head = chain.head_index();
+                match chain::gather(mem, chain, &mut self.frame) {
+                    Ok(()) => self.send(io, stats),
+                    Err(e) => {
+                        guest_errors.record(&e);
+                        stats.tx_dropped();
+                    }
+                }
+                ring::publish_used(queue, mem, &[(head, 0)], guest_errors)?;
+                *used_any = true;
+            }
+            if !queue.enable_notification(mem).map_err(NetError::Queue)? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Writes the gathered frame to the tap.
+    fn send(&mut self, io: &mut dyn FrameIo, stats: &NetStats) {
+        let result = loop {
+            match io.write_frame(&self.frame) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                result => break result,
+            }
+        };
+        match result {
+            Ok(()) => stats.tx_sent(self.frame.len().saturating_sub(VNET_HDR_LEN)),
+            Err(e) => {
+                stats.tx_dropped();
+                self.write_errors = self.write_errors.saturating_add(1);
+                let n = self.write_errors;
+                if n <= WRITE_ERRORS_LOGGED || n.is_power_of_two() {
+                    log::warn!("virtio-net: dropped a frame the tap refused: {e} ({n} so far)");
+                }
+            }
+        }
+    }
+}
