@@ -13,7 +13,7 @@ use crate::arch::x86_64::boot_params::{write_boot_params, BootData, BootParamsEr
 use crate::arch::x86_64::mptable::{setup_mptable, MptableError};
 use crate::config::VmConfig;
 use crate::config::{guest_order, root_cmdline};
-use crate::device_manager::{block, legacy, mmio};
+use crate::device_manager::{block, legacy, mmio, net};
 use crate::loader::{self, LoaderError};
 use crate::metrics::Metrics;
 use crate::runtime::{Subscriber, Vmm, VmmParts};
@@ -51,9 +51,9 @@ pub enum BuildError {
     /// The stop eventfd could not be created.
     #[error("Failed to create the VM stop eventfd: {0}")]
     EventFd(std::io::Error),
-    /// virtio-net is not wired up yet.
-    #[error("Network interfaces are not supported yet.")]
-    NetNotAttached,
+    /// A network device could not be created.
+    #[error(transparent)]
+    Net(#[from] net::NetDeviceError),
     /// A block device could not be created.
     #[error(transparent)]
     Block(#[from] block::BlockDeviceError),
@@ -96,9 +96,6 @@ pub fn build(config: &VmConfig, host: HostOptions) -> Result<Vmm, BuildError> {
         .mem_size_bytes()
         .ok_or(MemoryError::TooLarge(u64::MAX))?;
 
-    if !config.network_interfaces.is_empty() {
-        return Err(BuildError::NetNotAttached);
-    }
     let vm = Vm::new()?;
     let mem = create_guest_memory(mem_size)?;
     vm.register_memory(&mem, machine.track_dirty_pages)?;
@@ -133,6 +130,26 @@ pub fn build(config: &VmConfig, host: HostOptions) -> Result<Vmm, BuildError> {
         log::info!(
             "Attached drive '{}' at {:#x}, IRQ {}",
             drive.drive_id,
+            slot.addr,
+            slot.irq
+        );
+        device_args.push(slot.cmdline_arg());
+        subscribers.push(device);
+    }
+    for iface in &config.network_interfaces {
+        let device = net::create(iface)?;
+        let stats = device
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .stats();
+        host.metrics
+            .add_source(Arc::new(net::NetMetrics::new(&iface.iface_id, stats)));
+        let slot =
+            mmio::attach_virtio(vm.fd(), &mut mmio_bus, &mem, &mut allocator, device.clone())?;
+        log::info!(
+            "Attached interface '{}' on tap '{}' at {:#x}, IRQ {}",
+            iface.iface_id,
+            iface.host_dev_name,
             slot.addr,
             slot.irq
         );

@@ -3,3 +3,4 @@
 pub mod block;
 pub mod legacy;
 pub mod mmio;
+pub mod net;
