@@ -1,16 +1,16 @@
-//! The legacy PC devices the guest kernel expects at fixed ports: the 8250 UART and the i8042
-//! controller, both emulated by vm-superio and adapted here to the bus.
+//! The legacy PC devices the guest kernel expects at fixed ports: the 8250 UART, emulated by
+//! vm-superio and adapted here to the bus, and Kiln's own i8042 keyboard controller.
 
 mod i8042;
 mod serial;
 
-pub use i8042::I8042;
+pub use i8042::{I8042Error, I8042};
 pub use serial::{Serial, SerialInput};
 
 use vm_superio::Trigger;
 use vmm_sys_util::eventfd::EventFd;
 
-/// Lets vm-superio raise an interrupt, or signal the VMM, by writing to an eventfd.
+/// Lets a device raise an interrupt, or signal the VMM, by writing to an eventfd.
 #[derive(Debug)]
 pub struct EventFdTrigger(EventFd);
 

@@ -1,4 +1,5 @@
-//! The legacy devices on the port I/O bus: the COM1 UART (IRQ 4) and the i8042 controller.
+//! The legacy devices on the port I/O bus: the COM1 UART (IRQ 4) and the i8042 keyboard
+//! controller (IRQ 1).
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -16,6 +17,8 @@ pub const SERIAL_IRQ: u32 = 4;
 /// The i8042's data port; the command port is at +4.
 const I8042_PORT: u64 = 0x60;
 const I8042_PORT_LEN: u64 = 5;
+/// The i8042 keyboard's interrupt line.
+pub const I8042_IRQ: u32 = 1;
 
 /// Errors attaching the legacy devices.
 #[derive(Debug, thiserror::Error)]
@@ -23,21 +26,31 @@ pub enum LegacyError {
     /// An eventfd could not be created or cloned.
     #[error("Failed to create an eventfd for the legacy devices: {0}")]
     EventFd(std::io::Error),
-    /// The serial interrupt could not be wired to KVM.
-    #[error("Failed to register the serial irqfd: {0}")]
-    Irqfd(kvm_ioctls::Error),
+    /// A device's interrupt could not be wired to KVM.
+    #[error("Failed to register the irqfd for IRQ {irq}: {source}")]
+    Irqfd { irq: u32, source: kvm_ioctls::Error },
     /// A device could not be placed on the bus.
     #[error(transparent)]
     Bus(#[from] BusError),
 }
 
-/// The attached UART, for the console input path.
+/// The attached devices the VMM drives after boot.
 #[derive(Debug)]
 pub struct LegacyDevices {
-    /// The UART.
+    /// The UART, for the console input path.
     pub serial: Arc<Mutex<Serial>>,
     /// Fires when the guest drains a full receive FIFO.
     pub serial_drained: EventFd,
+    /// The i8042, for injecting Ctrl-Alt-Del.
+    pub i8042: Arc<Mutex<I8042>>,
+}
+
+/// Creates an eventfd that raises `irq` in the guest.
+fn irq_eventfd(vm: &VmFd, irq: u32) -> Result<EventFd, LegacyError> {
+    let fd = EventFd::new(EFD_NONBLOCK).map_err(LegacyError::EventFd)?;
+    vm.register_irqfd(&fd, irq)
+        .map_err(|source| LegacyError::Irqfd { irq, source })?;
+    Ok(fd)
 }
 
 /// Attaches the UART and the i8042 to `io_bus`. The i8042's reset command writes `stop_evt`.
@@ -47,9 +60,7 @@ pub fn attach(
     serial_out: Box<dyn Write + Send>,
     stop_evt: &EventFd,
 ) -> Result<LegacyDevices, LegacyError> {
-    let irq = EventFd::new(EFD_NONBLOCK).map_err(LegacyError::EventFd)?;
-    vm.register_irqfd(&irq, SERIAL_IRQ)
-        .map_err(LegacyError::Irqfd)?;
+    let irq = irq_eventfd(vm, SERIAL_IRQ)?;
     let drained = EventFd::new(EFD_NONBLOCK).map_err(LegacyError::EventFd)?;
     let serial = Arc::new(Mutex::new(Serial::new(
         EventFdTrigger::new(irq),
@@ -59,10 +70,15 @@ pub fn attach(
     io_bus.insert(serial.clone(), SERIAL_PORT, SERIAL_PORT_LEN)?;
 
     let reset = stop_evt.try_clone().map_err(LegacyError::EventFd)?;
-    let i8042 = Arc::new(Mutex::new(I8042::new(EventFdTrigger::new(reset))));
-    io_bus.insert(i8042, I8042_PORT, I8042_PORT_LEN)?;
+    let kbd_irq = irq_eventfd(vm, I8042_IRQ)?;
+    let i8042 = Arc::new(Mutex::new(I8042::new(
+        EventFdTrigger::new(reset),
+        EventFdTrigger::new(kbd_irq),
+    )));
+    io_bus.insert(i8042.clone(), I8042_PORT, I8042_PORT_LEN)?;
     Ok(LegacyDevices {
         serial,
         serial_drained: drained,
+        i8042,
     })
 }
