@@ -260,13 +260,16 @@ mod tests {
         let (sender, receiver) = api_channel().unwrap();
         let vmm = std::thread::spawn(move || {
             let req = receiver.requests.recv().unwrap();
-            assert_eq!(receiver.wakeup.read().unwrap(), 1);
             assert_eq!(req.action, VmmAction::GetVersion);
             req.reply.send(Ok(VmmData::Version("1".into()))).unwrap();
+            receiver
         });
         let reply = sender.request(VmmAction::GetVersion).unwrap();
         assert_eq!(reply, Ok(VmmData::Version("1".into())));
-        vmm.join().unwrap();
+        // The wakeup follows the request, so it is written by the time the reply arrives.
+        let receiver = vmm.join().unwrap();
+        assert_eq!(receiver.wakeup.read().unwrap(), 1);
+        drop(receiver);
         assert!(matches!(
             sender.request(VmmAction::GetVersion),
             Err(ChannelError::VmmGone)

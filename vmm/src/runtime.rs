@@ -114,7 +114,7 @@ pub struct Vmm {
     event_manager: EventManager<Subscriber>,
     stop: Arc<Mutex<Flag>>,
     paused: bool,
-    _legacy: LegacyDevices,
+    legacy: LegacyDevices,
     _mem: GuestMemoryMmap,
     _vm: Vm,
 }
@@ -162,7 +162,7 @@ impl Vmm {
             event_manager,
             stop,
             paused: false,
-            _legacy: parts.legacy,
+            legacy: parts.legacy,
             _mem: parts.mem,
             _vm: parts.vm,
         })
@@ -218,7 +218,11 @@ impl Vmm {
                 log::info!("Resumed the microVM");
                 result
             }
-            VmmAction::SendCtrlAltDel | VmmAction::PatchDrive(_) => Err(ActionError(
+            VmmAction::SendCtrlAltDel => lock(&self.legacy.i8042)
+                .trigger_ctrl_alt_del()
+                .map(|()| VmmData::Empty)
+                .map_err(|e| ActionError(format!("Cannot send Ctrl-Alt-Del: {e}"))),
+            VmmAction::PatchDrive(_) => Err(ActionError(
                 "This operation is not supported yet.".to_string(),
             )),
             VmmAction::PatchNetworkInterface(_) => Err(ActionError(
