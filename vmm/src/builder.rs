@@ -16,7 +16,7 @@ use crate::config::{guest_order, root_cmdline};
 use crate::device_manager::{block, legacy, mmio, net};
 use crate::loader::{self, LoaderError};
 use crate::metrics::Metrics;
-use crate::runtime::{Subscriber, Vmm, VmmParts};
+use crate::runtime::{AttachedDrive, Subscriber, Vmm, VmmParts};
 use crate::vstate::memory::{create_guest_memory, MemoryError};
 use crate::vstate::vcpu::{install_kick_handler, Vcpu, VcpuConfig, VcpuError, VcpuExitCounters};
 use crate::vstate::vm::{Vm, VmError};
@@ -63,6 +63,10 @@ pub enum BuildError {
     /// The event loop could not be created.
     #[error("Failed to create the event loop: {0:?}")]
     EventManager(event_manager::Error),
+}
+
+fn lock<T: ?Sized>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// How the VM meets the host, beyond its configuration.
@@ -123,10 +127,19 @@ pub fn build(config: &VmConfig, host: HostOptions) -> Result<Vmm, BuildError> {
     let mut allocator = mmio::MmioAllocator::default();
     let mut device_args: Vec<String> = root_cmdline(&config.drives).into_iter().collect();
     let mut subscribers: Vec<Subscriber> = Vec::new();
+    let mut drives = Vec::new();
     for drive in guest_order(&config.drives) {
         let device = block::create(drive)?;
-        let slot =
+        let stats = lock(&device).stats();
+        host.metrics
+            .add_source(Arc::new(block::BlockMetrics::new(&drive.drive_id, stats)));
+        let (slot, transport) =
             mmio::attach_virtio(vm.fd(), &mut mmio_bus, &mem, &mut allocator, device.clone())?;
+        drives.push(AttachedDrive {
+            config: drive.clone(),
+            device: device.clone(),
+            transport,
+        });
         log::info!(
             "Attached drive '{}' at {:#x}, IRQ {}",
             drive.drive_id,
@@ -138,13 +151,10 @@ pub fn build(config: &VmConfig, host: HostOptions) -> Result<Vmm, BuildError> {
     }
     for iface in &config.network_interfaces {
         let device = net::create(iface)?;
-        let stats = device
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .stats();
+        let stats = lock(&device).stats();
         host.metrics
             .add_source(Arc::new(net::NetMetrics::new(&iface.iface_id, stats)));
-        let slot =
+        let (slot, _) =
             mmio::attach_virtio(vm.fd(), &mut mmio_bus, &mem, &mut allocator, device.clone())?;
         log::info!(
             "Attached interface '{}' on tap '{}' at {:#x}, IRQ {}",
@@ -227,6 +237,7 @@ pub fn build(config: &VmConfig, host: HostOptions) -> Result<Vmm, BuildError> {
         legacy,
         console_input: host.console_input,
         devices: subscribers,
+        drives,
         metrics: host.metrics,
     })
 }

@@ -5,17 +5,23 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use devices::virtio::block::Block;
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
 use crate::builder::BuildError;
+use crate::config::DriveConfig;
 use crate::console::ConsoleInput;
 use crate::controller::{Controller, NOT_AFTER_START};
+use crate::device_manager::block;
 use crate::device_manager::legacy::LegacyDevices;
+use crate::device_manager::mmio::SharedTransport;
 use crate::metrics::Metrics;
-use crate::rpc::{ActionError, ActionResult, ApiReceiver, InstanceState, VmmAction, VmmData};
+use crate::rpc::{
+    ActionError, ActionResult, ApiReceiver, DriveUpdate, InstanceState, VmmAction, VmmData,
+};
 use crate::vstate::vcpu::{Vcpu, VcpuError, VcpuEvent, VcpuHandle, VcpuResponse, VmStop};
 use crate::vstate::vm::Vm;
 
@@ -94,6 +100,13 @@ impl MutEventSubscriber for MetricsTimer {
     }
 }
 
+/// A block device as the running VM keeps it, for `PATCH /drives`.
+pub(crate) struct AttachedDrive {
+    pub config: DriveConfig,
+    pub device: Arc<Mutex<Block>>,
+    pub transport: SharedTransport,
+}
+
 /// What the builder hands over to make a [`Vmm`].
 pub(crate) struct VmmParts {
     pub vm: Vm,
@@ -103,6 +116,7 @@ pub(crate) struct VmmParts {
     pub legacy: LegacyDevices,
     pub console_input: bool,
     pub devices: Vec<Subscriber>,
+    pub drives: Vec<AttachedDrive>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -114,6 +128,7 @@ pub struct Vmm {
     event_manager: EventManager<Subscriber>,
     stop: Arc<Mutex<Flag>>,
     paused: bool,
+    drives: Vec<AttachedDrive>,
     legacy: LegacyDevices,
     _mem: GuestMemoryMmap,
     _vm: Vm,
@@ -162,6 +177,7 @@ impl Vmm {
             event_manager,
             stop,
             paused: false,
+            drives: parts.drives,
             legacy: parts.legacy,
             _mem: parts.mem,
             _vm: parts.vm,
@@ -222,14 +238,47 @@ impl Vmm {
                 .trigger_ctrl_alt_del()
                 .map(|()| VmmData::Empty)
                 .map_err(|e| ActionError(format!("Cannot send Ctrl-Alt-Del: {e}"))),
-            VmmAction::PatchDrive(_) => Err(ActionError(
-                "This operation is not supported yet.".to_string(),
-            )),
+            VmmAction::PatchDrive(update) => self.patch_drive(update, controller),
             VmmAction::PatchNetworkInterface(_) => Err(ActionError(
                 "Rate limiters are not supported yet.".to_string(),
             )),
             _ => Err(ActionError(NOT_AFTER_START.to_string())),
         }
+    }
+
+    /// Swaps a drive's backing file while the guest runs, and tells the driver its capacity
+    /// may have changed.
+    fn patch_drive(&mut self, update: DriveUpdate, controller: &mut Controller) -> ActionResult {
+        if update.rate_limiter.as_ref().is_some_and(|v| !v.is_null()) {
+            return Err(ActionError("Rate limiters are not supported yet.".into()));
+        }
+        let drive = self
+            .drives
+            .iter_mut()
+            .find(|d| d.config.drive_id == update.drive_id)
+            .ok_or_else(|| ActionError(format!("No drive has the ID '{}'.", update.drive_id)))?;
+        let Some(path) = update.path_on_host else {
+            return Ok(VmmData::Empty);
+        };
+        let mut config = drive.config.clone();
+        config.path_on_host = Some(path);
+        config.validate().map_err(|e| ActionError(e.to_string()))?;
+        let disk = block::open_disk(&config).map_err(|e| ActionError(e.to_string()))?;
+        lock(&drive.device).swap_disk(disk);
+        lock(&drive.transport)
+            .notify_config_change()
+            .map_err(|e| ActionError(format!("Failed to notify the guest: {e}")))?;
+        log::info!(
+            "Drive '{}' now uses {:?}",
+            config.drive_id,
+            config.path_on_host
+        );
+        controller
+            .resources_mut()
+            .put_drive(config.clone())
+            .map_err(|e| ActionError(e.to_string()))?;
+        drive.config = config;
+        Ok(VmmData::Empty)
     }
 
     /// Runs the event loop until the VM stops, serving `api` if given; returns why it stopped.

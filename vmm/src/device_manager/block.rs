@@ -3,9 +3,12 @@
 
 use std::sync::{Arc, Mutex};
 
-use devices::virtio::block::{Block, BlockConfig, CacheType as BlockCache, RawFile};
+use devices::virtio::block::{
+    Block, BlockConfig, BlockStats, CacheType as BlockCache, DiskBackend, RawFile,
+};
 
 use crate::config::{CacheType, DriveConfig};
+use crate::metrics::{Counter, MetricSource};
 
 /// Errors creating a block device.
 #[derive(Debug, thiserror::Error)]
@@ -27,18 +30,22 @@ pub enum BlockDeviceError {
     },
 }
 
-/// Creates the virtio-block device for `drive`.
-pub fn create(drive: &DriveConfig) -> Result<Arc<Mutex<Block>>, BlockDeviceError> {
+/// Opens the backing file of `drive`.
+pub fn open_disk(drive: &DriveConfig) -> Result<Box<dyn DiskBackend>, BlockDeviceError> {
     let id = drive.drive_id.clone();
     let path = drive
         .path_on_host
         .as_ref()
         .ok_or_else(|| BlockDeviceError::MissingPath(id.clone()))?;
-    let disk =
-        RawFile::open(path, drive.is_read_only).map_err(|source| BlockDeviceError::Disk {
-            id: id.clone(),
-            source,
-        })?;
+    let disk = RawFile::open(path, drive.is_read_only)
+        .map_err(|source| BlockDeviceError::Disk { id, source })?;
+    Ok(Box::new(disk))
+}
+
+/// Creates the virtio-block device for `drive`.
+pub fn create(drive: &DriveConfig) -> Result<Arc<Mutex<Block>>, BlockDeviceError> {
+    let id = drive.drive_id.clone();
+    let disk = open_disk(drive)?;
     let config = BlockConfig {
         id: id.clone(),
         read_only: drive.is_read_only,
@@ -47,7 +54,38 @@ pub fn create(drive: &DriveConfig) -> Result<Arc<Mutex<Block>>, BlockDeviceError
             CacheType::Writeback => BlockCache::Writeback,
         },
     };
-    let block = Block::new(Box::new(disk), config)
-        .map_err(|source| BlockDeviceError::Device { id, source })?;
+    let block =
+        Block::new(disk, config).map_err(|source| BlockDeviceError::Device { id, source })?;
     Ok(Arc::new(Mutex::new(block)))
+}
+
+/// A drive's counters, as the `block_<drive_id>` metrics group.
+#[derive(Debug)]
+pub struct BlockMetrics {
+    group: String,
+    stats: Arc<BlockStats>,
+}
+
+impl BlockMetrics {
+    /// The metrics of drive `drive_id`.
+    pub fn new(drive_id: &str, stats: Arc<BlockStats>) -> Self {
+        Self {
+            group: format!("block_{drive_id}"),
+            stats,
+        }
+    }
+}
+
+impl MetricSource for BlockMetrics {
+    fn counters(&self) -> Vec<Counter> {
+        self.stats
+            .snapshot()
+            .into_iter()
+            .map(|(name, total)| Counter {
+                group: self.group.clone(),
+                name: name.into(),
+                total,
+            })
+            .collect()
+    }
 }

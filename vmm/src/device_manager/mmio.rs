@@ -94,6 +94,9 @@ impl MmioSlot {
     }
 }
 
+/// A virtio device's transport, for what the VMM tells the driver (a config change).
+pub type SharedTransport = Arc<Mutex<MmioTransport>>;
+
 /// Puts `device` behind a virtio-mmio transport in the next free slot: its interrupt becomes an
 /// irqfd and each queue's eventfd an ioeventfd on the notify register.
 pub fn attach_virtio(
@@ -102,7 +105,7 @@ pub fn attach_virtio(
     mem: &GuestMemoryMmap,
     allocator: &mut MmioAllocator,
     device: Arc<Mutex<dyn VirtioDevice>>,
-) -> Result<MmioSlot, MmioError> {
+) -> Result<(MmioSlot, SharedTransport), MmioError> {
     let (addr, irq) = allocator.allocate()?;
     let irq_evt = EventFd::new(EFD_NONBLOCK).map_err(MmioError::EventFd)?;
     vm.register_irqfd(&irq_evt, irq)
@@ -123,8 +126,9 @@ pub fn attach_virtio(
         }
     }
     let transport = MmioTransport::new(device, mem.clone(), Arc::new(Interrupt::new(irq_evt)));
-    mmio_bus.insert(Arc::new(Mutex::new(transport)), addr, MMIO_WINDOW_SIZE)?;
-    Ok(MmioSlot { addr, irq })
+    let transport = Arc::new(Mutex::new(transport));
+    mmio_bus.insert(transport.clone(), addr, MMIO_WINDOW_SIZE)?;
+    Ok((MmioSlot { addr, irq }, transport))
 }
 
 #[cfg(test)]

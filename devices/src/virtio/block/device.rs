@@ -147,6 +147,21 @@ impl Block {
         })
     }
 
+    /// The device's request counters.
+    pub fn stats(&self) -> std::sync::Arc<super::BlockStats> {
+        self.executor.stats()
+    }
+
+    /// Serves `disk` from now on, as `PATCH /drives` asks, and updates the capacity in config
+    /// space. The caller tells the driver through the transport's config-change interrupt.
+    pub fn swap_disk(&mut self, disk: Box<dyn DiskBackend>) {
+        let capacity = (disk.len() / SECTOR_SIZE).to_le_bytes();
+        if let Some(field) = self.config_space.get_mut(..capacity.len()) {
+            field.copy_from_slice(&capacity);
+        }
+        self.executor.set_disk(disk);
+    }
+
     /// Serves every request the driver has made available, then raises the used-ring interrupt
     /// if the driver wants one. Returns whether it raised it; does nothing while inactive.
     pub fn process_queue(&mut self) -> Result<bool, BlockError> {

@@ -13,8 +13,11 @@ use virtio_bindings::virtio_blk::{
 use vm_memory::{Bytes, GuestAddress, GuestMemoryError, GuestMemoryMmap};
 
 use super::device::CacheType;
+use std::sync::Arc;
+
 use super::disk::DiskBackend;
 use super::request::{Request, RequestError, RequestType};
+use super::stats::BlockStats;
 
 /// The sector size of the virtio-block protocol.
 pub const SECTOR_SIZE: u64 = 512;
@@ -94,6 +97,7 @@ pub fn complete(
 /// Runs requests against one disk.
 pub struct Executor {
     disk: Box<dyn DiskBackend>,
+    stats: Arc<BlockStats>,
     read_only: bool,
     cache: CacheType,
     id: [u8; ID_LEN],
@@ -116,6 +120,7 @@ impl Executor {
         }
         Self {
             disk,
+            stats: Arc::default(),
             read_only,
             cache,
             id: id_bytes,
@@ -125,14 +130,32 @@ impl Executor {
 
     /// Runs `req`; returns how many bytes it wrote into the chain's data buffers.
     pub fn execute(&mut self, mem: &GuestMemoryMmap, req: &Request) -> Result<u32, ExecuteError> {
-        match req.kind {
+        let result = match req.kind {
             RequestType::In => self.transfer(mem, req, Direction::DiskToGuest),
             RequestType::Out if self.read_only => Err(ExecuteError::ReadOnly),
             RequestType::Out => self.transfer(mem, req, Direction::GuestToDisk).map(|_| 0),
             RequestType::Flush => self.flush(),
             RequestType::GetId => self.get_id(mem, req),
             RequestType::Unsupported(kind) => Err(ExecuteError::Unsupported(kind)),
+        };
+        match (&result, req.kind) {
+            (Err(_), _) => self.stats.failure(),
+            (Ok(_), RequestType::In) => self.stats.read(req.data_len()),
+            (Ok(_), RequestType::Out) => self.stats.write(req.data_len()),
+            (Ok(_), RequestType::Flush) => self.stats.flush(),
+            (Ok(_), _) => {}
         }
+        result
+    }
+
+    /// The counters of the requests this executor ran.
+    pub fn stats(&self) -> Arc<BlockStats> {
+        self.stats.clone()
+    }
+
+    /// Serves `disk` from now on, in place of the current one.
+    pub fn set_disk(&mut self, disk: Box<dyn DiskBackend>) {
+        self.disk = disk;
     }
 
     fn flush(&mut self) -> Result<u32, ExecuteError> {

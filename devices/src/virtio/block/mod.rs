@@ -21,9 +21,11 @@ mod disk;
 mod execute;
 mod raw;
 mod request;
+mod stats;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod test_utils;
 
 pub use device::{Block, BlockConfig, BlockError, CacheType};
 pub use disk::{DiskBackend, DiskError};
 pub use raw::RawFile;
+pub use stats::BlockStats;

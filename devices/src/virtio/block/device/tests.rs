@@ -415,3 +415,37 @@ fn a_raw_file_serves_writes_and_flushes() {
     assert_eq!(std::fs::read(&path).unwrap(), expected);
     std::fs::remove_file(path).unwrap();
 }
+
+#[test]
+fn counts_served_and_failed_requests() {
+    let guest = Guest::new();
+    let vq = guest.queue();
+    let (mut block, _irq) = guest.block(&vq, writeback(), false);
+    let stats = block.stats();
+    guest.header(VIRTIO_BLK_T_IN, 0);
+    vq.add_desc_chains(&chain(1024, W), 0).unwrap();
+    block.process_queue().unwrap();
+    let get = |name: &str| stats.snapshot().iter().find(|(n, _)| *n == name).unwrap().1;
+    assert_eq!((get("read_count"), get("read_bytes")), (1, 1024));
+    guest.header(VIRTIO_BLK_T_IN, u64::MAX);
+    vq.add_desc_chains(&chain(512, W), 0).unwrap();
+    block.process_queue().unwrap();
+    assert_eq!(get("execute_fails"), 1);
+    assert_eq!(get("write_count"), 0);
+}
+
+#[test]
+fn a_swapped_disk_changes_capacity_and_contents() {
+    let guest = Guest::new();
+    let vq = guest.queue();
+    let (mut block, _irq) = guest.block(&vq, writeback(), false);
+    block.swap_disk(Box::new(MemDisk::new(vec![7u8; 4096])));
+    let mut capacity = [0u8; 8];
+    block.read_config(0, &mut capacity);
+    assert_eq!(u64::from_le_bytes(capacity), 8);
+    guest.header(VIRTIO_BLK_T_IN, 1);
+    vq.add_desc_chains(&chain(512, W), 0).unwrap();
+    block.process_queue().unwrap();
+    assert_eq!(guest.status(), OK);
+    assert_eq!(guest.read(DATA, 512), vec![7u8; 512]);
+}

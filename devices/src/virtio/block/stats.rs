@@ -1,0 +1,47 @@
+//! The counters a block device keeps, for the VMM's metrics.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Bytes and operations a block device served, and the requests that failed.
+#[derive(Debug, Default)]
+pub struct BlockStats {
+    read_bytes: AtomicU64,
+    write_bytes: AtomicU64,
+    read_count: AtomicU64,
+    write_count: AtomicU64,
+    flush_count: AtomicU64,
+    failures: AtomicU64,
+}
+
+impl BlockStats {
+    pub(crate) fn read(&self, bytes: u64) {
+        self.read_count.fetch_add(1, Ordering::Relaxed);
+        self.read_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub(crate) fn write(&self, bytes: u64) {
+        self.write_count.fetch_add(1, Ordering::Relaxed);
+        self.write_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub(crate) fn flush(&self) {
+        self.flush_count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn failure(&self) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counters as (name, value), named as Firecracker names its block metrics.
+    pub fn snapshot(&self) -> [(&'static str, u64); 6] {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        [
+            ("read_bytes", get(&self.read_bytes)),
+            ("write_bytes", get(&self.write_bytes)),
+            ("read_count", get(&self.read_count)),
+            ("write_count", get(&self.write_count)),
+            ("flush_count", get(&self.flush_count)),
+            ("execute_fails", get(&self.failures)),
+        ]
+    }
+}
