@@ -1,0 +1,132 @@
+//! Every route over a real socket: what reaches the VMM, and what the client reads back.
+
+mod common;
+
+use common::Api;
+use vmm::rpc::{MetricsSettings, VmmAction};
+
+#[test]
+fn gets_answer_with_the_vmms_data() {
+    let api = Api::start("gets");
+    let info = api.call("GET", "/", None);
+    assert_eq!(info.status, 200);
+    assert_eq!(info.header("Content-Type"), Some("application/json"));
+    assert_eq!(info.json()["state"], "Not started");
+    assert_eq!(info.json()["id"], "test-vm");
+
+    let version = api.call("GET", "/version", None);
+    assert_eq!(
+        version.json(),
+        serde_json::json!({"firecracker_version": "1.16.0", "kiln_version": "0.1.0"})
+    );
+    assert_eq!(api.call("GET", "/vm/config", None).json()["vcpu_count"], 1);
+    assert_eq!(api.call("GET", "/machine-config", None).status, 200);
+    let metrics = api.call("GET", "/metrics", None);
+    assert_eq!(metrics.header("Content-Type"), Some("text/plain"));
+    assert_eq!(metrics.body, "kiln_api_requests 1\n");
+    assert_eq!(
+        api.actions(),
+        [
+            VmmAction::GetInstanceInfo,
+            VmmAction::GetVersion,
+            VmmAction::GetVmConfig,
+            VmmAction::GetMachineConfig,
+            VmmAction::GetMetrics
+        ]
+    );
+}
+
+#[test]
+fn puts_and_patches_answer_204_without_a_body() {
+    let api = Api::start("puts");
+    let calls = [
+        (
+            "PUT",
+            "/machine-config",
+            r#"{"vcpu_count": 2, "mem_size_mib": 256}"#,
+        ),
+        ("PATCH", "/machine-config", r#"{"mem_size_mib": 512}"#),
+        ("PUT", "/boot-source", r#"{"kernel_image_path": "/k"}"#),
+        (
+            "PUT",
+            "/drives/rootfs",
+            r#"{"drive_id": "rootfs", "path_on_host": "/r", "is_root_device": true}"#,
+        ),
+        (
+            "PATCH",
+            "/drives/rootfs",
+            r#"{"drive_id": "rootfs", "path_on_host": "/n"}"#,
+        ),
+        (
+            "PUT",
+            "/network-interfaces/eth-0",
+            r#"{"iface_id": "eth-0", "host_dev_name": "tap0"}"#,
+        ),
+        (
+            "PATCH",
+            "/network-interfaces/eth-0",
+            r#"{"iface_id": "eth-0"}"#,
+        ),
+        ("PUT", "/logger", r#"{"level": "Info"}"#),
+        ("PUT", "/metrics", r#"{"metrics_path": "/m"}"#),
+        ("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#),
+        ("PUT", "/actions", r#"{"action_type": "FlushMetrics"}"#),
+        ("PATCH", "/vm", r#"{"state": "Paused"}"#),
+        ("PATCH", "/vm", r#"{"state": "Resumed"}"#),
+    ];
+    for (method, path, body) in calls {
+        let reply = api.call(method, path, Some(body));
+        assert_eq!(reply.status, 204, "{method} {path}: {reply:?}");
+        assert!(reply.body.is_empty());
+        assert_eq!(reply.header("Content-Length"), None);
+    }
+    let actions = api.actions();
+    assert_eq!(actions.len(), calls.len());
+    assert_eq!(
+        actions[8],
+        VmmAction::PutMetrics(MetricsSettings {
+            metrics_path: "/m".into()
+        })
+    );
+    assert_eq!(actions[9], VmmAction::InstanceStart);
+    assert_eq!(actions[11], VmmAction::Pause);
+    assert_eq!(actions[12], VmmAction::Resume);
+}
+
+#[test]
+fn a_vmm_error_is_a_400_fault() {
+    let api = Api::start("vmm-error");
+    let reply = api.call(
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type": "SendCtrlAltDel"}"#),
+    );
+    assert_eq!(reply.status, 400);
+    assert_eq!(reply.fault(), "The VM is not running.");
+    assert_eq!(api.metrics.faults(), 1);
+}
+
+#[test]
+fn a_vmm_that_is_gone_is_a_500_fault() {
+    let api = Api::start_without_vmm("no-vmm");
+    let reply = api.call("GET", "/", None);
+    assert_eq!(reply.status, 500);
+    assert_eq!(reply.fault(), "The VMM is no longer running.");
+    // The server keeps answering.
+    assert_eq!(api.call("GET", "/version", None).status, 500);
+}
+
+#[test]
+fn requests_are_counted_per_route() {
+    let api = Api::start("metrics");
+    api.call("GET", "/", None);
+    api.call("GET", "/", None);
+    api.call("PUT", "/drives/a", Some("{"));
+    api.call("GET", "/nope", None);
+    let snapshot = api.metrics.snapshot();
+    let count = |name: &str| snapshot.iter().find(|(n, _)| n == name).unwrap().1;
+    assert_eq!(count("GET /"), 2);
+    assert_eq!(count("PUT /drives/{id}"), 1);
+    assert_eq!(count("unrouted"), 1);
+    assert_eq!(api.metrics.faults(), 2);
+}
