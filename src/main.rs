@@ -3,20 +3,14 @@
 //! Exit status: 0 when the guest reboots or shuts down; 1 when running the VM fails; 152 for a
 //! bad configuration and 153 for bad arguments, as Firecracker does.
 
-use std::fs::OpenOptions;
-use std::io::{IsTerminal, Write};
+mod launch;
+mod terminal;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::Parser;
-use devices::boot_timer::Timestamp;
-use vmm::builder::{build, HostOptions};
-use vmm::config::VmConfig;
 use vmm::logger::{self, LoggerConfig};
-use vmm::metrics::Metrics;
-use vmm::vstate::vcpu::VmStop;
-use vmm_sys_util::terminal::Terminal;
 
 /// Firecracker's exit code for a bad configuration.
 const EXIT_BAD_CONFIGURATION: u8 = 152;
@@ -34,9 +28,15 @@ struct Cli {
     /// Path to a Firecracker-format JSON file that configures and starts the microVM.
     #[arg(long)]
     config_file: Option<PathBuf>,
+    /// Path of the Unix socket that serves the HTTP API.
+    #[arg(long, default_value = "/run/kiln.socket")]
+    api_sock: PathBuf,
     /// Do not serve the HTTP API; requires --config-file.
     #[arg(long, requires = "config_file")]
     no_api: bool,
+    /// The largest HTTP request body the API accepts, in bytes.
+    #[arg(long, default_value_t = api_server::DEFAULT_MAX_PAYLOAD)]
+    http_api_max_payload_size: usize,
     /// Enable the boot-timer device, which logs the guest boot time.
     #[arg(long)]
     boot_timer: bool,
@@ -83,98 +83,6 @@ impl Error {
     }
 }
 
-/// Puts the terminal in raw mode for the guest console and restores it on drop.
-struct RawTerminal;
-
-impl RawTerminal {
-    fn enable() -> Option<Self> {
-        match std::io::stdin().lock().set_raw_mode() {
-            Ok(()) => Some(RawTerminal),
-            Err(e) => {
-                log::warn!("Failed to put the terminal in raw mode: {e}");
-                None
-            }
-        }
-    }
-}
-
-impl Drop for RawTerminal {
-    fn drop(&mut self) {
-        if let Err(e) = std::io::stdin().lock().set_canon_mode() {
-            log::warn!("Failed to restore the terminal: {e}");
-        }
-    }
-}
-
-fn load_config(cli: &Cli) -> Result<VmConfig, Error> {
-    let Some(path) = &cli.config_file else {
-        return Err(Error::Config(
-            "The HTTP API is not available yet: start kiln with --no-api --config-file FILE."
-                .to_string(),
-        ));
-    };
-    if !cli.no_api {
-        return Err(Error::Config(
-            "The HTTP API is not available yet: add --no-api to boot from --config-file."
-                .to_string(),
-        ));
-    }
-    let json = std::fs::read_to_string(path).map_err(|e| {
-        Error::Config(format!(
-            "Failed to read the config file '{}': {e}",
-            path.display()
-        ))
-    })?;
-    VmConfig::from_json(&json).map_err(|e| Error::Config(e.to_string()))
-}
-
-fn serial_output(config: &VmConfig) -> Result<Box<dyn Write + Send>, Error> {
-    match &config.serial {
-        None => Ok(Box::new(std::io::stdout())),
-        Some(serial) => {
-            let path = &serial.serial_out_path;
-            let file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|e| {
-                    Error::Config(format!(
-                        "serial_out_path '{}' cannot be opened: {e}",
-                        path.display()
-                    ))
-                })?;
-            Ok(Box::new(file))
-        }
-    }
-}
-
-fn run(cli: &Cli) -> Result<(), Error> {
-    let config = load_config(cli)?;
-    let serial_out = serial_output(&config)?;
-    let console_input = std::io::stdin().is_terminal();
-    let _raw_terminal = if console_input {
-        RawTerminal::enable()
-    } else {
-        None
-    };
-    let host = HostOptions {
-        serial_out,
-        console_input,
-        boot_timer: cli.boot_timer,
-        start: Timestamp::now(),
-        metrics: Arc::new(Metrics::default()),
-    };
-    let mut vmm = build(&config, host).map_err(|e| Error::Run(e.to_string()))?;
-    vmm.start().map_err(|e| Error::Run(e.to_string()))?;
-    match vmm.run(None).map_err(|e| Error::Run(e.to_string()))? {
-        VmStop::Guest(reason) => {
-            log::info!("The guest stopped the VM ({reason}).");
-            Ok(())
-        }
-        VmStop::Error(message) => Err(Error::Run(message)),
-    }
-}
-
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -204,7 +112,7 @@ fn main() -> ExitCode {
         return ExitCode::from(EXIT_BAD_CONFIGURATION);
     }
     log::info!("Running Kiln v{}", env!("CARGO_PKG_VERSION"));
-    match run(&cli) {
+    match launch::run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // The one-line message always reaches stderr; a log file gets it too.

@@ -10,6 +10,7 @@
     clippy::indexing_slicing
 )]
 
+pub mod http;
 pub mod linux;
 pub mod tiny_kernel;
 

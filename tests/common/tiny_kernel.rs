@@ -20,6 +20,8 @@ pub enum Ending {
     I8042Reset,
     /// Executes ud2 with an empty IDT: a triple fault, as Linux's `reboot=t`.
     TripleFault,
+    /// Halts with interrupts off: the VM runs until the VMM stops it.
+    HaltForever,
 }
 
 /// Code that prints `text` on COM1.
@@ -57,6 +59,7 @@ fn ending(ending: Ending) -> Vec<u8> {
         }
         Ending::I8042Reset => RESET.to_vec(),
         Ending::TripleFault => vec![0x0f, 0x0b],
+        Ending::HaltForever => vec![0xfa], // cli
     };
     code.extend_from_slice(&[0xf4, 0xeb, 0xfd]); // 1: hlt; jmp 1b
     code

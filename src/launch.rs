@@ -1,0 +1,148 @@
+//! Running one microVM: from a config file without the API (`--no-api`), or serving the HTTP
+//! API, which configures and starts the VM and then drives it. In both cases this thread is
+//! the VMM thread, and it returns when the VM stops.
+
+use std::fs::OpenOptions;
+use std::io::{IsTerminal, Write};
+use std::sync::Arc;
+
+use api_server::ApiMetrics;
+use devices::boot_timer::Timestamp;
+use vmm::builder::{build, HostOptions};
+use vmm::config::VmConfig;
+use vmm::controller::Controller;
+use vmm::metrics::{Counter, MetricSource, Metrics};
+use vmm::resources::VmResources;
+use vmm::rpc::api_channel;
+use vmm::vstate::vcpu::VmStop;
+
+use crate::terminal::RawTerminal;
+use crate::{Cli, Error};
+
+fn load_config(path: &std::path::Path) -> Result<VmConfig, Error> {
+    let json = std::fs::read_to_string(path).map_err(|e| {
+        Error::Config(format!(
+            "Failed to read the config file '{}': {e}",
+            path.display()
+        ))
+    })?;
+    VmConfig::from_json(&json).map_err(|e| Error::Config(e.to_string()))
+}
+
+fn serial_output(config: Option<&VmConfig>) -> Result<Box<dyn Write + Send>, Error> {
+    match config.and_then(|c| c.serial.as_ref()) {
+        None => Ok(Box::new(std::io::stdout())),
+        Some(serial) => {
+            let path = &serial.serial_out_path;
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| {
+                    Error::Config(format!(
+                        "serial_out_path '{}' cannot be opened: {e}",
+                        path.display()
+                    ))
+                })?;
+            Ok(Box::new(file))
+        }
+    }
+}
+
+/// The API's request counters, as the `api_server` metrics group.
+struct ApiCounters(Arc<ApiMetrics>);
+
+impl MetricSource for ApiCounters {
+    fn counters(&self) -> Vec<Counter> {
+        let mut counters: Vec<Counter> = self
+            .0
+            .snapshot()
+            .into_iter()
+            .map(|(route, total)| Counter {
+                group: "api_server".into(),
+                name: route,
+                total,
+            })
+            .collect();
+        counters.push(Counter {
+            group: "api_server".into(),
+            name: "faults".into(),
+            total: self.0.faults(),
+        });
+        counters
+    }
+}
+
+fn outcome(stop: VmStop) -> Result<(), Error> {
+    match stop {
+        VmStop::Guest(reason) => {
+            log::info!("The guest stopped the VM ({reason}).");
+            Ok(())
+        }
+        VmStop::Error(message) => Err(Error::Run(message)),
+    }
+}
+
+/// Runs the microVM the command line describes until it stops.
+pub fn run(cli: &Cli) -> Result<(), Error> {
+    let config = cli.config_file.as_deref().map(load_config).transpose()?;
+    let console_input = std::io::stdin().is_terminal();
+    let metrics = Arc::new(Metrics::default());
+    let host = |serial_out| HostOptions {
+        serial_out,
+        console_input,
+        boot_timer: cli.boot_timer,
+        start: Timestamp::now(),
+        metrics: metrics.clone(),
+    };
+    // Open what can fail before the terminal changes mode.
+    let serial_out = serial_output(config.as_ref())?;
+    let _raw_terminal = if console_input {
+        RawTerminal::enable()
+    } else {
+        None
+    };
+    let run_error = |e: &dyn std::fmt::Display| Error::Run(e.to_string());
+
+    if cli.no_api {
+        let config = config
+            .as_ref()
+            .ok_or_else(|| Error::Config("--no-api needs --config-file.".into()))?;
+        let mut vmm = build(config, host(serial_out)).map_err(|e| run_error(&e))?;
+        vmm.start().map_err(|e| run_error(&e))?;
+        return outcome(vmm.run(None).map_err(|e| run_error(&e))?);
+    }
+
+    let server = api_server::bind(&cli.api_sock).map_err(|e| run_error(&e))?;
+    let (sender, receiver) = api_channel().map_err(|e| run_error(&e))?;
+    let api_metrics = Arc::new(ApiMetrics::new());
+    metrics.add_source(Arc::new(ApiCounters(api_metrics.clone())));
+    let max_payload = cli.http_api_max_payload_size;
+    std::thread::Builder::new()
+        .name("kiln_api".into())
+        .spawn(move || {
+            if let Err(e) = api_server::serve(server, sender, max_payload, api_metrics) {
+                log::error!("The API server stopped: {e}");
+            }
+        })
+        .map_err(|e| run_error(&e))?;
+    log::info!("Serving the API on {}", cli.api_sock.display());
+
+    let resources = config.clone().map(VmResources::from).unwrap_or_default();
+    let mut controller = Controller::new(&cli.id, resources, metrics.clone());
+    let vmm = if config.is_some() {
+        // Firecracker boots a config file's VM at once and serves the API alongside.
+        controller
+            .start(host(serial_out))
+            .map_err(|e| run_error(&e))?
+    } else {
+        // Without a config file there is no serial section: the console is stdout.
+        controller
+            .serve_until_started(&receiver, || host(Box::new(std::io::stdout())))
+            .map_err(|e| run_error(&e))?
+    };
+    outcome(
+        vmm.run(Some((receiver, controller)))
+            .map_err(|e| run_error(&e))?,
+    )
+}

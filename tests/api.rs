@@ -1,0 +1,197 @@
+//! The HTTP API on the host's /dev/kvm with the tiny guest: configuration before boot,
+//! InstanceStart, the instance state, pause and resume, the phase rules, metrics, and the
+//! socket rules. The real Linux guest is driven through the API in `linux_api.rs`.
+
+// Test code reports failures by panicking.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::http::{request, wait_for_socket, Response};
+use common::tiny_kernel::{self, Ending};
+use common::{kiln_bin, TempDir};
+
+/// A kiln serving its API, killed on drop.
+struct Kiln {
+    child: Child,
+}
+
+impl Kiln {
+    fn start(sock: &Path) -> Self {
+        let child = Command::new(kiln_bin())
+            .args(["--api-sock", sock.to_str().unwrap(), "--id", "api-test"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for_socket(sock, Duration::from_secs(10));
+        Self { child }
+    }
+}
+
+impl Drop for Kiln {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn state(sock: &Path) -> String {
+    let r = request(sock, "GET", "/", None);
+    assert_eq!(r.status, 200);
+    let info: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    info["state"].as_str().unwrap().to_string()
+}
+
+fn fault(r: &Response) -> String {
+    assert_eq!(r.status, 400, "{r:?}");
+    let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    body["fault_message"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn configure_start_pause_and_resume_through_the_api() {
+    let dir = TempDir::new("api");
+    let sock = dir.path("api.sock");
+    let kernel = dir.write("vmlinux", tiny_kernel::build(false, Ending::HaltForever));
+    let metrics = dir.path("metrics.ndjson");
+    let _kiln = Kiln::start(&sock);
+
+    assert_eq!(state(&sock), "Not started");
+    let early = request(&sock, "PATCH", "/vm", Some(r#"{"state": "Paused"}"#));
+    assert_eq!(
+        fault(&early),
+        "The requested operation is not supported before starting the microVM."
+    );
+    let no_kernel = request(
+        &sock,
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type": "InstanceStart"}"#),
+    );
+    assert_eq!(
+        fault(&no_kernel),
+        "Cannot start the microVM: the boot source is not configured."
+    );
+
+    let boot = format!(
+        r#"{{"kernel_image_path": "{}", "boot_args": "console=ttyS0"}}"#,
+        kernel.display()
+    );
+    assert_eq!(
+        request(&sock, "PUT", "/boot-source", Some(&boot)).status,
+        204
+    );
+    let machine = r#"{"vcpu_count": 2, "mem_size_mib": 64}"#;
+    assert_eq!(
+        request(&sock, "PUT", "/machine-config", Some(machine)).status,
+        204
+    );
+    let patch = r#"{"mem_size_mib": 96}"#;
+    assert_eq!(
+        request(&sock, "PATCH", "/machine-config", Some(patch)).status,
+        204
+    );
+    let got = request(&sock, "GET", "/machine-config", None);
+    let got: serde_json::Value = serde_json::from_str(&got.body).unwrap();
+    assert_eq!(
+        (got["vcpu_count"].as_u64(), got["mem_size_mib"].as_u64()),
+        (Some(2), Some(96))
+    );
+    let bad = request(
+        &sock,
+        "PUT",
+        "/machine-config",
+        Some(r#"{"vcpu_count": 0, "mem_size_mib": 64}"#),
+    );
+    assert!(fault(&bad).contains("vcpu_count must be between 1 and 32"));
+    let metrics_body = format!(r#"{{"metrics_path": "{}"}}"#, metrics.display());
+    assert_eq!(
+        request(&sock, "PUT", "/metrics", Some(&metrics_body)).status,
+        204
+    );
+    let config = request(&sock, "GET", "/vm/config", None);
+    let config: serde_json::Value = serde_json::from_str(&config.body).unwrap();
+    assert_eq!(
+        config["boot-source"]["kernel_image_path"],
+        kernel.to_str().unwrap()
+    );
+
+    let start = request(
+        &sock,
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type": "InstanceStart"}"#),
+    );
+    assert_eq!(start.status, 204, "{start:?}");
+    assert_eq!(state(&sock), "Running");
+    let late = request(&sock, "PUT", "/boot-source", Some(&boot));
+    assert_eq!(
+        fault(&late),
+        "The requested operation is not supported after starting the microVM."
+    );
+
+    assert_eq!(
+        request(&sock, "PATCH", "/vm", Some(r#"{"state": "Paused"}"#)).status,
+        204
+    );
+    assert_eq!(state(&sock), "Paused");
+    assert_eq!(
+        request(&sock, "PATCH", "/vm", Some(r#"{"state": "Resumed"}"#)).status,
+        204
+    );
+    assert_eq!(state(&sock), "Running");
+
+    let prometheus = request(&sock, "GET", "/metrics", None);
+    assert_eq!(prometheus.status, 200);
+    assert!(
+        prometheus.body.contains("kiln_vcpu_exit_io_out"),
+        "{}",
+        prometheus.body
+    );
+    assert!(
+        prometheus.body.contains("kiln_api_server_"),
+        "{}",
+        prometheus.body
+    );
+    let flush = request(
+        &sock,
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type": "FlushMetrics"}"#),
+    );
+    assert_eq!(flush.status, 204);
+    let line = std::fs::read_to_string(&metrics).unwrap();
+    let line: serde_json::Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
+    assert!(line["vcpu"]["exit_io_out"].as_u64().unwrap() > 0, "{line}");
+}
+
+#[test]
+fn a_socket_in_use_is_refused_and_a_stale_one_replaced() {
+    let dir = TempDir::new("api");
+    let sock = dir.path("api.sock");
+    let _first = Kiln::start(&sock);
+    let second = Command::new(kiln_bin())
+        .args(["--api-sock", sock.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_ne!(second.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(stderr.contains("in use by another process"), "{stderr}");
+    drop(_first);
+    // The killed process left its socket file behind: the next kiln replaces it.
+    assert!(sock.exists());
+    let _third = Kiln::start(&sock);
+    assert_eq!(state(&sock), "Not started");
+}
