@@ -93,7 +93,7 @@ pub enum QcowError {
     #[error("The backing format '{0}' is not supported; only raw and qcow2 are.")]
     BackingFormat(String),
     /// Too many images in the backing chain.
-    #[error("The backing chain is longer than {0} images.")]
+    #[error("The backing chain has more than {0} backing files.")]
     ChainTooDeep(usize),
     /// An image that is its own (indirect) backing file.
     #[error("The backing file '{}' is already in the backing chain, which would make a loop.", .0.display())]
