@@ -317,7 +317,7 @@ fn check_table(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     /// A minimal v3 header for a 1 MiB disk with 64 KiB clusters.

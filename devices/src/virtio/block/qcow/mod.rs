@@ -41,6 +41,8 @@ mod backing;
 mod cache;
 mod compressed;
 mod error;
+#[cfg(test)]
+mod fuzz_tests;
 mod header;
 mod io;
 mod l2;
