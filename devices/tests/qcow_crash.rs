@@ -102,7 +102,7 @@ fn killed_writers_leave_consistent_images() {
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(5 + timing.below(120)));
+        std::thread::sleep(Duration::from_millis(3 + timing.below(70)));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         let mut output = String::new();
