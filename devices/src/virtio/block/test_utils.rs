@@ -225,12 +225,13 @@ pub fn fuzz_qcow_image(input: &[u8]) {
     let _ = std::fs::remove_file(&path);
 }
 
-/// Offsets to read and write: the start, an unaligned middle and the last bytes of a disk.
+/// Offsets to read and write: the start, an unaligned middle and the last bytes of a disk, as
+/// far as the disk has them.
 fn probe_offsets(len: u64) -> Vec<u64> {
-    if len == 0 {
-        return Vec::new();
-    }
-    vec![0, len / 3 + 7, len.saturating_sub(100)]
+    [0, len / 3 + 7, len.saturating_sub(100)]
+        .into_iter()
+        .filter(|offset| *offset < len)
+        .collect()
 }
 
 #[cfg(test)]

@@ -128,3 +128,18 @@ fn fuzz_body_survives_mutated_images() {
         fuzz_qcow_image(&image);
     }
 }
+
+/// The first fuzzer find (a bug in the body, not the backend): a v2 image of a one-byte disk,
+/// shorter than the offsets the body probed.
+#[test]
+fn fuzz_body_serves_a_one_byte_disk() {
+    let mut image = vec![0u8; 2048];
+    image[0..4].copy_from_slice(b"QFI\xfb");
+    image[4..8].copy_from_slice(&2u32.to_be_bytes());
+    image[20..24].copy_from_slice(&9u32.to_be_bytes());
+    image[24..32].copy_from_slice(&1u64.to_be_bytes());
+    image[36..40].copy_from_slice(&2u32.to_be_bytes());
+    image[40..48].copy_from_slice(&0x600u64.to_be_bytes());
+    image[48..56].copy_from_slice(&0x200u64.to_be_bytes());
+    fuzz_qcow_image(&image);
+}
