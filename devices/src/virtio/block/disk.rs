@@ -33,4 +33,10 @@ pub enum DiskError {
     /// The size of the image could not be determined.
     #[error("Failed to get the size of the disk image '{path}': {source}")]
     Size { path: PathBuf, source: io::Error },
+    /// The image is a qcow2 image Kiln cannot serve.
+    #[error("The qcow2 image '{path}' cannot be used: {source}")]
+    Qcow {
+        path: PathBuf,
+        source: super::qcow::QcowError,
+    },
 }

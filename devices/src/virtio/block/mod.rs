@@ -11,6 +11,8 @@
 //!                                          │
 //!                            disk.rs       DiskBackend: len, read_at, write_at, flush
 //!                            raw.rs        RawFile: a raw image or host block device
+//!                            qcow/         QcowFile: a qcow2 image and its backing chain
+//!                            format.rs     open_disk: picks RawFile or QcowFile
 //! ```
 //!
 //! The guest is not trusted: a malformed chain costs it an IOERR status (or, when not even the
@@ -19,6 +21,8 @@
 mod device;
 mod disk;
 mod execute;
+mod format;
+mod qcow;
 mod raw;
 mod request;
 mod stats;
@@ -27,5 +31,7 @@ pub mod test_utils;
 
 pub use device::{Block, BlockConfig, BlockError, CacheType};
 pub use disk::{DiskBackend, DiskError};
+pub use format::{open_disk, ImageFormat};
+pub use qcow::{QcowError, QcowFile};
 pub use raw::RawFile;
 pub use stats::BlockStats;

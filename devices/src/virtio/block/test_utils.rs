@@ -1,6 +1,7 @@
 //! Test doubles for virtio-block, shared by the unit tests and the fuzz targets in `fuzz/`:
-//! an in-memory disk, and the fuzz body that runs a [`Block`] on a queue made of untrusted
-//! bytes. Built only for tests or with the `test-utils` feature.
+//! an in-memory disk, the fuzz body that runs a [`Block`] on a queue made of untrusted bytes,
+//! and the one that opens untrusted bytes as a qcow2 image. Built only for tests or
+//! with the `test-utils` feature.
 
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -9,7 +10,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::{Block, BlockConfig, CacheType, DiskBackend};
+use super::{Block, BlockConfig, CacheType, DiskBackend, QcowFile};
 use crate::virtio::{Interrupt, VirtioDevice};
 
 /// A disk held in memory. Clones share the disk, so a test keeps one to inspect what the device
@@ -190,6 +191,47 @@ fn fuzz_queue(mem: &GuestMemoryMmap, setup: u8) -> Option<Queue> {
     queue.set_event_idx(setup & 0x10 != 0);
     queue.set_ready(true);
     queue.is_valid(mem).then_some(queue)
+}
+
+/// The qcow_header fuzz body: opens `input` as a qcow2 image, read-only and then writable, and
+/// reads and writes a few places. It must neither panic nor hang, whatever the bytes; errors
+/// are expected.
+pub fn fuzz_qcow_image(input: &[u8]) {
+    // One file per thread: the stable tests run this body on several threads.
+    let path = std::env::temp_dir().join(format!(
+        "kiln-qcow-fuzz-{}-{:?}.qcow2",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    if std::fs::write(&path, input).is_err() {
+        return;
+    }
+    if let Ok(mut disk) = QcowFile::open(&path, true) {
+        for offset in probe_offsets(disk.len()) {
+            let len = (disk.len() - offset).min(8192) as usize;
+            let _ = disk.read_at(&mut vec![0u8; len], offset);
+        }
+    }
+    if let Ok(mut disk) = QcowFile::open(&path, false) {
+        for (i, offset) in probe_offsets(disk.len()).into_iter().enumerate() {
+            let len = (disk.len() - offset).min(3000) as usize;
+            let data = vec![i as u8 + 1; len];
+            if disk.write_at(&data, offset).is_ok() {
+                let _ = disk.read_at(&mut vec![0u8; len], offset);
+            }
+        }
+        let _ = disk.flush();
+    }
+    let _ = std::fs::remove_file(&path);
+}
+
+/// Offsets to read and write: the start, an unaligned middle and the last bytes of a disk, as
+/// far as the disk has them.
+fn probe_offsets(len: u64) -> Vec<u64> {
+    [0, len / 3 + 7, len.saturating_sub(100)]
+        .into_iter()
+        .filter(|offset| *offset < len)
+        .collect()
 }
 
 #[cfg(test)]

@@ -1,0 +1,92 @@
+//! Choosing how to open a disk image: the format the user named, or, when they named none,
+//! qcow2 if the image starts with the qcow2 magic and raw otherwise. Only the image the user
+//! named is ever probed; backing files take their format from the overlay's header.
+
+use std::fs::File;
+use std::path::Path;
+
+use super::qcow::{QcowFile, MAGIC};
+use super::{DiskBackend, DiskError, RawFile};
+
+/// The format of a disk image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageFormat {
+    /// The file's bytes are the disk's bytes.
+    Raw,
+    /// A qcow2 image (version 2 or 3), possibly with a backing chain.
+    Qcow2,
+}
+
+/// Opens the disk image at `path` as `format`, or as the format its first bytes show if
+/// `format` is `None`; for reading only if `read_only`.
+pub fn open_disk(
+    path: &Path,
+    read_only: bool,
+    format: Option<ImageFormat>,
+) -> Result<Box<dyn DiskBackend>, DiskError> {
+    let format = match format {
+        Some(format) => format,
+        None => probe(path)?,
+    };
+    Ok(match format {
+        ImageFormat::Raw => Box::new(RawFile::open(path, read_only)?),
+        ImageFormat::Qcow2 => Box::new(QcowFile::open(path, read_only)?),
+    })
+}
+
+/// qcow2 if the file starts with the magic; raw otherwise, shorter files included.
+fn probe(path: &Path) -> Result<ImageFormat, DiskError> {
+    let open_error = |source| DiskError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = File::open(path).map_err(open_error)?;
+    let mut magic = [0u8; 4];
+    let mut got = 0;
+    while got < magic.len() {
+        match std::os::unix::fs::FileExt::read_at(
+            &file,
+            magic.get_mut(got..).unwrap_or_default(),
+            got as u64,
+        ) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(open_error(e)),
+        }
+    }
+    Ok(if got == magic.len() && magic == MAGIC {
+        ImageFormat::Qcow2
+    } else {
+        ImageFormat::Raw
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probes_only_the_magic() {
+        let dir = std::env::temp_dir();
+        let short = dir.join(format!("kiln-probe-short-{}", std::process::id()));
+        std::fs::write(&short, b"QF").unwrap();
+        assert_eq!(probe(&short).unwrap(), ImageFormat::Raw);
+        let fake = dir.join(format!("kiln-probe-fake-{}", std::process::id()));
+        std::fs::write(&fake, b"QFI\xfbjunk").unwrap();
+        assert_eq!(probe(&fake).unwrap(), ImageFormat::Qcow2);
+        // An explicit raw format opens even a file that looks like qcow2.
+        assert_eq!(
+            open_disk(&fake, true, Some(ImageFormat::Raw))
+                .unwrap()
+                .len(),
+            8
+        );
+        assert!(matches!(
+            open_disk(&fake, true, None),
+            Err(DiskError::Qcow { .. })
+        ));
+        std::fs::remove_file(short).unwrap();
+        std::fs::remove_file(fake).unwrap();
+    }
+}

@@ -1,0 +1,61 @@
+//! Backing files: resolving the name in the header, and opening the base read-only as the
+//! format the header's backing-format extension names. The format is never probed from a
+//! backing file's content: a raw base whose guest wrote a qcow2 header must stay raw.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use super::error::QcowError;
+use super::header::Header;
+use super::QcowFile;
+use crate::virtio::block::{DiskBackend, DiskError, RawFile};
+
+/// Backing files below the image the user named, at most.
+pub(super) const MAX_CHAIN_DEPTH: usize = 8;
+
+/// Opens the backing file of the image at `overlay`, if it names one. `chain` holds the
+/// canonical paths of the images above it, the image at `overlay` last.
+pub(super) fn open(
+    overlay: &Path,
+    header: &Header,
+    chain: &mut Vec<PathBuf>,
+) -> Result<Option<Box<dyn DiskBackend>>, QcowError> {
+    let Some(name) = &header.backing_name else {
+        return Ok(None);
+    };
+    let name = Path::new(OsStr::from_bytes(name));
+    let format = header
+        .backing_format
+        .as_deref()
+        .ok_or_else(|| QcowError::BackingFormatMissing(name.display().to_string()))?;
+    // A relative name is relative to the overlay's directory, not to Kiln's.
+    let path = match overlay.parent() {
+        Some(dir) if name.is_relative() => dir.join(name),
+        _ => name.to_path_buf(),
+    };
+    if chain.len() > MAX_CHAIN_DEPTH {
+        return Err(QcowError::ChainTooDeep(MAX_CHAIN_DEPTH));
+    }
+    let backing_error = |source: DiskError| QcowError::Backing {
+        path: path.clone(),
+        source: Box::new(source),
+    };
+    let canonical = fs::canonicalize(&path).map_err(|source| {
+        backing_error(DiskError::Open {
+            path: path.clone(),
+            source,
+        })
+    })?;
+    if chain.contains(&canonical) {
+        return Err(QcowError::ChainLoop(path));
+    }
+    chain.push(canonical);
+    let disk: Box<dyn DiskBackend> = match format {
+        "raw" => Box::new(RawFile::open(&path, true).map_err(backing_error)?),
+        "qcow2" => Box::new(QcowFile::open_in_chain(&path, true, chain).map_err(backing_error)?),
+        other => return Err(QcowError::BackingFormat(other.to_string())),
+    };
+    Ok(Some(disk))
+}
