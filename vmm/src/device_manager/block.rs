@@ -4,10 +4,10 @@
 use std::sync::{Arc, Mutex};
 
 use devices::virtio::block::{
-    Block, BlockConfig, BlockStats, CacheType as BlockCache, DiskBackend, RawFile,
+    Block, BlockConfig, BlockStats, CacheType as BlockCache, DiskBackend, ImageFormat,
 };
 
-use crate::config::{CacheType, DriveConfig};
+use crate::config::{CacheType, DiskFormat, DriveConfig};
 use crate::metrics::{Counter, MetricSource};
 
 /// Errors creating a block device.
@@ -30,16 +30,20 @@ pub enum BlockDeviceError {
     },
 }
 
-/// Opens the backing file of `drive`.
+/// Opens the image of `drive`: in its configured format, or, without one, as qcow2 if the
+/// image has the qcow2 magic and raw otherwise.
 pub fn open_disk(drive: &DriveConfig) -> Result<Box<dyn DiskBackend>, BlockDeviceError> {
     let id = drive.drive_id.clone();
     let path = drive
         .path_on_host
         .as_ref()
         .ok_or_else(|| BlockDeviceError::MissingPath(id.clone()))?;
-    let disk = RawFile::open(path, drive.is_read_only)
-        .map_err(|source| BlockDeviceError::Disk { id, source })?;
-    Ok(Box::new(disk))
+    let format = drive.format.map(|f| match f {
+        DiskFormat::Raw => ImageFormat::Raw,
+        DiskFormat::Qcow2 => ImageFormat::Qcow2,
+    });
+    devices::virtio::block::open_disk(path, drive.is_read_only, format)
+        .map_err(|source| BlockDeviceError::Disk { id, source })
 }
 
 /// Creates the virtio-block device for `drive`.
