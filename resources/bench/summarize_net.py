@@ -13,6 +13,9 @@ def fail(why):
     sys.exit(f"net.sh: {why}; the run printed:\n{text[-3000:]}")
 
 
+script_exit = re.search(r"^KILN-SCRIPT-EXIT rc=(\d+)", text, re.M)
+if not script_exit:
+    fail("the guest script never finished (no KILN-SCRIPT-EXIT line): the guest stopped early")
 expected = int(sys.argv[1]) << 20 if len(sys.argv) > 1 else None
 rates = {}
 moved = 0
