@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Block benchmark: inside the default guest, sequential O_DIRECT writes then reads of 256 MiB
-# on a raw virtio-block drive (busybox dd, 1 MiB blocks), and kiln's CPU time for the run.
+# on a virtio-block drive (busybox dd, 1 MiB blocks), and kiln's CPU time for the run, for
+# three images of the drive: raw, a fresh qcow2 overlay over a raw base, and a fully allocated
+# qcow2 image (qemu-img makes the images on the VMM's host; it is never part of Kiln).
 #
 #   resources/bench/block.sh
 #
@@ -16,6 +18,8 @@ trap 'rm -rf "$payload"' EXIT
 gcc -O2 -static -o "$payload/measure" resources/bench/measure.c
 cp target/release/kiln "$payload/kiln"
 cp "$guest/vmlinux" "$guest/initramfs.cpio.gz" "$payload/"
+mkdir -p "$payload/bin"
+cp /usr/bin/qemu-img "$payload/bin/qemu-img"
 
 cat >"$payload/bench-script" <<'SH'
 # busybox dd prints no rate, so the script times each transfer with /proc/uptime (10 ms).
@@ -46,10 +50,20 @@ cat >"$payload/vm.json" <<'JSON'
 JSON
 cat >"$payload/run.sh" <<'SH'
 #!/bin/sh
-truncate -s 256M data.img
-./measure KILN-GUEST-READY -- ./kiln --no-api --config-file vm.json </dev/null
+QEMU_IMG="$PWD/bin/qemu-img"
+for variant in raw qcow2-overlay qcow2-allocated; do
+    rm -f data.img base.raw
+    case $variant in
+    raw) truncate -s 256M data.img ;;
+    qcow2-overlay)
+        truncate -s 256M base.raw
+        $QEMU_IMG create -q -f qcow2 -b base.raw -F raw data.img ;;
+    qcow2-allocated) $QEMU_IMG create -q -f qcow2 -o preallocation=full data.img 256M ;;
+    esac
+    echo "BENCH-VARIANT $variant"
+    ./measure KILN-GUEST-READY -- ./kiln --no-api --config-file vm.json </dev/null
+done
 SH
-
 log=$(mktemp)
 bash resources/rig/run.sh "$payload" --timeout 900 | tee "$log" >/dev/null || true
 tr -d '\r' <"$log" | python3 resources/bench/summarize_block.py

@@ -1,25 +1,25 @@
-"""Summarises resources/bench/block.sh: guest dd throughput and kiln's CPU time."""
+"""Summarises resources/bench/block.sh: guest dd throughput and the VMM's CPU time, per image."""
 
 import re
 import sys
 
 text = sys.stdin.read()
-figures = {}
-for kind in ("WRITE", "READ"):
-    m = re.search(rf"^BENCH-{kind} bytes=(\d+) start=([\d.]+) end=([\d.]+)", text, re.M)
-    if not m:
-        sys.exit(f"block.sh: no {kind.lower()} figure in the run's output:\n{text[-3000:]}")
-    seconds = float(m.group(3)) - float(m.group(2))
-    figures[kind] = int(m.group(1)) / seconds / (1 << 20)
-m = re.search(r"^MEASURE .*cpu_us=(\d+) rc=(\d+)", text, re.M)
-if not m or m.group(2) != "0":
-    sys.exit(f"block.sh: kiln did not finish cleanly:\n{text[-3000:]}")
-process_cpu_s = int(m.group(1)) / 1e6
-threads = re.search(r"CPU time: VMM threads (\d+) ms, vCPU threads (\d+) ms", text)
-if not threads:
-    sys.exit(f"block.sh: kiln logged no CPU time:\n{text[-3000:]}")
-vmm_s, vcpu_s = int(threads.group(1)) / 1e3, int(threads.group(2)) / 1e3
-print(f"sequential write (O_DIRECT, 1 MiB): {figures['WRITE']:8.1f} MiB/s")
-print(f"sequential read  (O_DIRECT, 1 MiB): {figures['READ']:8.1f} MiB/s")
-print(f"VMM CPU time (event loop, devices): {vmm_s:8.2f} s for the run (boot included, 512 MiB moved)")
-print(f"vCPU threads CPU time (incl. guest): {vcpu_s:7.2f} s; whole process {process_cpu_s:.2f} s")
+parts = re.split(r"^BENCH-VARIANT (\S+)$", text, flags=re.M)
+if len(parts) < 3:
+    sys.exit(f"block.sh: no variant ran:\n{text[-3000:]}")
+print(f"{'image':<16} {'write MiB/s':>12} {'read MiB/s':>11} {'VMM CPU s':>10} {'vCPU CPU s':>11}")
+for variant, out in zip(parts[1::2], parts[2::2]):
+    figures = {}
+    for kind in ("WRITE", "READ"):
+        m = re.search(rf"^BENCH-{kind} bytes=(\d+) start=([\d.]+) end=([\d.]+)", out, re.M)
+        if not m:
+            sys.exit(f"block.sh: no {kind.lower()} figure for {variant}:\n{out[-3000:]}")
+        figures[kind] = int(m.group(1)) / (float(m.group(3)) - float(m.group(2))) / (1 << 20)
+    m = re.search(r"^MEASURE .*rc=(\d+)", out, re.M)
+    threads = re.search(r"CPU time: VMM threads (\d+) ms, vCPU threads (\d+) ms", out)
+    if not m or m.group(1) != "0" or not threads:
+        sys.exit(f"block.sh: kiln did not finish cleanly for {variant}:\n{out[-3000:]}")
+    vmm_s, vcpu_s = int(threads.group(1)) / 1e3, int(threads.group(2)) / 1e3
+    print(f"{variant:<16} {figures['WRITE']:12.1f} {figures['READ']:11.1f} {vmm_s:10.2f} {vcpu_s:11.2f}")
+print("(VMM CPU: the event-loop thread, device emulation included, for the whole run with boot;")
+print(" 512 MiB moved per image.)")
