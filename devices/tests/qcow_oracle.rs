@@ -202,6 +202,24 @@ fn backing_chains_read_and_write_like_qemu() {
     );
     assert_reads_like_qemu(&mid, 4096);
     assert_reads_like_qemu(&top, 4096);
+    // Depth 3: a third overlay, over top, over mid, over the raw base.
+    let third = dir.join("third.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "cluster_size=8192",
+        "-b",
+        "top.qcow2",
+        "-F",
+        "qcow2",
+        path(&third),
+    ]);
+    qemu_io(&third, "qcow2", &["write -P 0x79 1010k 20k"]);
+    assert_reads_like_qemu(&third, 4096);
+    assert_writes_like_qemu(&third, 13, 40);
     assert_writes_like_qemu(&top, 11, 60);
     // Depth 1 with a qcow2 base and 512-byte clusters over 2 MiB ones.
     let base2 = patterned(&dir, "base2.qcow2", "cluster_size=2097152");
