@@ -8,6 +8,7 @@
 //! subscriber that calls it when a queue event fires.
 
 pub mod block;
+mod guest_queue;
 pub mod mmio;
 pub mod net;
 

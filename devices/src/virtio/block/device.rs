@@ -1,9 +1,7 @@
 //! The virtio-block device: its features and config space, its queue once the driver activates
 //! it, the queue loop, and the thin event-loop subscriber that runs the loop on a queue event.
 
-use std::num::Wrapping;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
@@ -15,6 +13,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::disk::DiskBackend;
 use super::execute::{self, ExecuteError, Executor, SECTOR_SIZE};
 use super::request::{Rejected, Request};
+use crate::virtio::guest_queue::{check_avail_index, GuestErrors, QueueCheckError};
 use crate::virtio::{
     ActivateError, Interrupt, VirtioDevice, FEATURE_EVENT_IDX, FEATURE_VERSION_1,
     INTERRUPT_USED_RING, TYPE_BLOCK,
@@ -26,8 +25,6 @@ pub const QUEUE_SIZE: u16 = 256;
 const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
 /// Descriptors per request, indirect tables included.
 const MAX_DESCRIPTORS: usize = QUEUE_SIZE as usize;
-/// Guest errors logged in full before the log thins out.
-const GUEST_ERRORS_LOGGED: u64 = 10;
 
 /// What the device promises about writes the guest has not flushed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,22 +72,6 @@ enum State {
         queue: Queue,
         interrupt: Arc<Interrupt>,
     },
-}
-
-/// Counts guest-triggered errors and logs only some: the first few, then every power of two,
-/// so that a hostile or broken driver cannot flood the host log.
-#[derive(Debug, Default)]
-struct GuestErrors {
-    count: u64,
-}
-
-impl GuestErrors {
-    fn record(&mut self, error: &dyn std::fmt::Display) {
-        self.count = self.count.saturating_add(1);
-        if self.count <= GUEST_ERRORS_LOGGED || self.count.is_power_of_two() {
-            log::warn!("virtio-block: {error} ({} errors so far)", self.count);
-        }
-    }
 }
 
 /// A virtio-block device with one request queue.
@@ -143,7 +124,7 @@ impl Block {
             config_space,
             queue_evts: [queue_evt],
             state: State::Inactive,
-            guest_errors: GuestErrors::default(),
+            guest_errors: GuestErrors::new("virtio-block"),
         })
     }
 
@@ -219,21 +200,15 @@ fn drain(
     }
 }
 
-/// Refuses an available index more than a queue's worth ahead. `pop_descriptor_chain` hides
-/// that error as "nothing available" while `enable_notification` keeps reporting work, which
-/// would spin the queue loop forever.
-fn check_avail_index(queue: &Queue, mem: &GuestMemoryMmap) -> Result<(), BlockError> {
-    let avail = queue
-        .avail_idx(mem, Ordering::Acquire)
-        .map_err(BlockError::Queue)?;
-    let pending = (avail - Wrapping(queue.next_avail())).0;
-    if pending > queue.size() {
-        return Err(BlockError::AvailIndex {
-            pending,
-            size: queue.size(),
-        });
+impl From<QueueCheckError> for BlockError {
+    fn from(e: QueueCheckError) -> Self {
+        match e {
+            QueueCheckError::Queue(e) => BlockError::Queue(e),
+            QueueCheckError::AvailIndex { pending, size } => {
+                BlockError::AvailIndex { pending, size }
+            }
+        }
     }
-    Ok(())
 }
 
 /// Parses and runs one chain and writes its status; returns the used length. A chain too broken

@@ -25,10 +25,11 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::ring::{self, GuestErrors};
+use super::ring;
 use super::rx::Rx;
 use super::tap::{FrameIo, Tap, TapError};
 use super::tx::Tx;
+use crate::virtio::guest_queue::GuestErrors;
 use crate::virtio::{
     ActivateError, Interrupt, VirtioDevice, FEATURE_EVENT_IDX, FEATURE_VERSION_1,
     INTERRUPT_USED_RING, TYPE_NET,
@@ -241,7 +242,7 @@ impl Net {
             rx: Rx::new(),
             tx: Tx::default(),
             stats: Arc::new(NetStats::default()),
-            guest_errors: GuestErrors::default(),
+            guest_errors: GuestErrors::new("virtio-net"),
             tap_watch: TapWatch::Idle,
             tap_failed: false,
         })

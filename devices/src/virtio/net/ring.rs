@@ -1,6 +1,6 @@
 //! The parts of the split-queue protocol virtio-net handles itself rather than through
 //! `Queue::add_used`: publishing several used entries at once, and deciding whether the driver
-//! wants an interrupt. Also the guest-error log shared by both queues.
+//! wants an interrupt.
 //!
 //! A frame spread over several receive chains (mergeable buffers) must appear in the used ring
 //! all at once: the driver reads `num_buffers` from the first chain and fetches the others
@@ -14,9 +14,8 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, Le32};
 
 use super::NetError;
+use crate::virtio::guest_queue::{GuestErrors, QueueCheckError};
 
-/// Guest errors logged in full before the log thins out.
-const GUEST_ERRORS_LOGGED: u64 = 10;
 /// Size of the used ring header (flags, idx) and of one used element (id, len).
 const USED_HEADER: u64 = 4;
 const USED_ELEM: u64 = 8;
@@ -24,38 +23,13 @@ const USED_ELEM: u64 = 8;
 const AVAIL_HEADER: u64 = 4;
 const AVAIL_ELEM: u64 = 2;
 
-/// Counts guest-triggered errors and logs only some: the first few, then every power of two,
-/// so that a hostile or broken driver cannot flood the host log.
-#[derive(Debug, Default)]
-pub struct GuestErrors {
-    count: u64,
-}
-
-impl GuestErrors {
-    /// Counts `error`, and logs it if it is among the few that are logged.
-    pub fn record(&mut self, error: &dyn std::fmt::Display) {
-        self.count = self.count.saturating_add(1);
-        if self.count <= GUEST_ERRORS_LOGGED || self.count.is_power_of_two() {
-            log::warn!("virtio-net: {error} ({} errors so far)", self.count);
+impl From<QueueCheckError> for NetError {
+    fn from(e: QueueCheckError) -> Self {
+        match e {
+            QueueCheckError::Queue(e) => NetError::Queue(e),
+            QueueCheckError::AvailIndex { pending, size } => NetError::AvailIndex { pending, size },
         }
     }
-}
-
-/// Refuses an available index more than a queue's worth ahead. `pop_descriptor_chain` hides
-/// that error as "nothing available" while `enable_notification` keeps reporting work, which
-/// would spin the queue loop forever.
-pub fn check_avail_index(queue: &Queue, mem: &GuestMemoryMmap) -> Result<(), NetError> {
-    let avail = queue
-        .avail_idx(mem, Ordering::Acquire)
-        .map_err(NetError::Queue)?;
-    let pending = (avail - Wrapping(queue.next_avail())).0;
-    if pending > queue.size() {
-        return Err(NetError::AvailIndex {
-            pending,
-            size: queue.size(),
-        });
-    }
-    Ok(())
 }
 
 /// Puts `entries` (head index, used length) in the used ring and then publishes them with one

@@ -16,8 +16,9 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 use super::chain::RxBuffers;
-use super::ring::{self, GuestErrors};
+use super::ring;
 use super::{FrameIo, NetError, NetStats, MAX_FRAME_LEN, VNET_HDR_LEN};
+use crate::virtio::guest_queue::{check_avail_index, GuestErrors};
 
 /// Offset of `num_buffers` in `virtio_net_hdr_v1`.
 const NUM_BUFFERS_OFFSET: usize = 10;
@@ -117,7 +118,7 @@ fn deliver(
     let mut raced = false;
     while capacity < needed {
         let Some(chain) = queue.pop_descriptor_chain(mem) else {
-            ring::check_avail_index(queue, mem)?;
+            check_avail_index(queue, mem)?;
             // Ask for a kick at the next buffer the driver posts. Turned on before giving the
             // taken chains back: virtio-queue asks for the kick at `next_avail`.
             if !raced && queue.enable_notification(mem).map_err(NetError::Queue)? {

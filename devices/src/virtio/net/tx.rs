@@ -13,8 +13,9 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 use super::chain;
-use super::ring::{self, GuestErrors};
+use super::ring;
 use super::{FrameIo, NetError, NetStats, VNET_HDR_LEN};
+use crate::virtio::guest_queue::{check_avail_index, GuestErrors};
 
 /// Tap write failures logged in full before the log thins out.
 const WRITE_ERRORS_LOGGED: u64 = 10;
@@ -42,7 +43,7 @@ impl Tx {
         // driver adds in between would otherwise wait for a kick that never comes.
         loop {
             queue.disable_notification(mem).map_err(NetError::Queue)?;
-            ring::check_avail_index(queue, mem)?;
+            check_avail_index(queue, mem)?;
             while let Some(chain) = queue.pop_descriptor_chain(mem) {
                 let head = chain.head_index();
                 match chain::gather(mem, chain, &mut self.frame) {
