@@ -18,10 +18,13 @@ use std::sync::OnceLock;
 
 use common::linux::{run_scenarios, script_drive, Outcome, Scenario};
 
-/// The guest counts on its console until Ctrl-Alt-Del reboots it.
+/// The guest counts on its console until Ctrl-Alt-Del reboots it, with the size (in sectors)
+/// it sees for the drive that `PATCH /drives` swaps.
 const COUNTER: &str = r#"
 i=0
-while [ $i -lt 600 ]; do i=$((i + 1)); echo "COUNT $i"; sleep 0.2; done
+while [ $i -lt 600 ]; do
+    i=$((i + 1)); echo "COUNT $i SIZE $(cat /sys/block/vdc/size)"; sleep 0.2
+done
 "#;
 
 /// Drives kiln through its socket. `api METHOD PATH [BODY]` prints the HTTP status and leaves
@@ -43,6 +46,7 @@ api() {
 }
 state() { api GET / >/dev/null; sed 's/.*"state":"\([^"]*\)".*/\1/' resp.txt; }
 count() { grep -a '^COUNT' kiln.out | tail -n1 | tr -d '\r' | cut -d' ' -f2; }
+size() { grep -a '^COUNT' kiln.out | tail -n1 | tr -d '\r' | cut -d' ' -f4; }
 echo "API-STATE-BEFORE=$(state)"
 echo "API-PAUSE-BEFORE-START=$(api PATCH /vm '{"state": "Paused"}') $(cat resp.txt)"
 echo "API-LOGGER=$(api PUT /logger '{"log_path": "api.log", "level": "Info", "show_level": true}')"
@@ -50,6 +54,7 @@ echo "API-METRICS=$(api PUT /metrics '{"metrics_path": "metrics.ndjson"}')"
 echo "API-BOOT-SOURCE=$(api PUT /boot-source '{"kernel_image_path": "vmlinux", "boot_args": "console=ttyS0 reboot=k panic=1 i8042.noaux kiln.script=/dev/vdb"}')"
 echo "API-ROOTFS=$(api PUT /drives/rootfs '{"drive_id": "rootfs", "path_on_host": "api-rootfs.img", "is_root_device": true, "is_read_only": false}')"
 echo "API-SCRIPT=$(api PUT /drives/script '{"drive_id": "script", "path_on_host": "counter.script", "is_root_device": false, "is_read_only": true}')"
+echo "API-SWAP-DRIVE=$(api PUT /drives/swap '{"drive_id": "swap", "path_on_host": "swap1.img", "is_root_device": false, "is_read_only": true}')"
 echo "API-MACHINE=$(api PUT /machine-config '{"vcpu_count": 2, "mem_size_mib": 256}')"
 echo "API-START=$(api PUT /actions '{"action_type": "InstanceStart"}')"
 echo "API-STATE-AFTER-START=$(state)"
@@ -61,6 +66,10 @@ sleep 1; c1=$(count); sleep 3; c2=$(count)
 echo "API-RESUME=$(api PATCH /vm '{"state": "Resumed"}')"
 sleep 3; c3=$(count)
 echo "API-COUNTS=$c1 $c2 $c3"
+echo "API-SIZE-BEFORE-PATCH=$(size)"
+echo "API-PATCH-DRIVE=$(api PATCH /drives/swap '{"drive_id": "swap", "path_on_host": "swap2.img"}')"
+sleep 2
+echo "API-SIZE-AFTER-PATCH=$(size)"
 echo "API-FLUSH=$(api PUT /actions '{"action_type": "FlushMetrics"}')"
 echo "API-CTRL-ALT-DEL=$(api PUT /actions '{"action_type": "SendCtrlAltDel"}')"
 i=0; while kill -0 $KILN 2>/dev/null && [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done
@@ -79,9 +88,11 @@ fn scenarios() -> Vec<Scenario> {
         name: "api-getting-started",
         config: String::new(),
         files: vec![("counter.script".into(), script_drive(COUNTER))],
-        before: "cp rootfs.ext4 api-rootfs.img".into(),
+        before:
+            "cp rootfs.ext4 api-rootfs.img && truncate -s 1M swap1.img && truncate -s 3M swap2.img"
+                .into(),
         run: DRIVER.into(),
-        after: "rm -f api-rootfs.img".into(),
+        after: "rm -f api-rootfs.img swap1.img swap2.img".into(),
         ..Default::default()
     }]
 }
@@ -163,4 +174,17 @@ fn log_and_metrics_reach_the_configured_files() {
     let lines: u32 = value("API-METRICS-LINES").parse().unwrap();
     assert!(lines >= 1);
     assert_eq!(value("API-METRICS-VCPU"), "yes");
+}
+
+#[test]
+fn patching_a_drive_swaps_its_file_and_the_guest_sees_the_new_size() {
+    assert_eq!(value("API-SWAP-DRIVE"), "204");
+    assert_eq!(value("API-SIZE-BEFORE-PATCH"), "2048");
+    assert_eq!(value("API-PATCH-DRIVE"), "204", "{}", outcome().output);
+    assert_eq!(
+        value("API-SIZE-AFTER-PATCH"),
+        "6144",
+        "{}",
+        outcome().output
+    );
 }
