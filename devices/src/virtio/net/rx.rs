@@ -115,21 +115,21 @@ fn deliver(
     let needed = frame.len() as u64;
     let mut chains: Vec<(u16, RxBuffers)> = Vec::new();
     let mut capacity = 0u64;
-    let mut raced = false;
     while capacity < needed {
         let Some(chain) = queue.pop_descriptor_chain(mem) else {
             check_avail_index(queue, mem)?;
             // Ask for a kick at the next buffer the driver posts. Turned on before giving the
-            // taken chains back: virtio-queue asks for the kick at `next_avail`.
-            if !raced && queue.enable_notification(mem).map_err(NetError::Queue)? {
-                // The driver posted more meanwhile.
-                raced = true;
+            // taken chains back: virtio-queue asks for the kick at `next_avail`. It must be
+            // re-armed every time the ring runs dry: with EVENT_IDX the driver kicks only when
+            // its index crosses `avail_event`, so an event index left behind by buffers that
+            // arrived meanwhile would never be crossed again and receive would stall for good.
+            // Each retry takes at least one more chain, and a full ring ends the loop below.
+            if queue.enable_notification(mem).map_err(NetError::Queue)? {
                 continue;
             }
             queue.set_next_avail(start);
             return Ok(Outcome::Deferred);
         };
-        raced = false;
         let head = chain.head_index();
         match RxBuffers::parse(mem, chain) {
             Ok(bufs) if !mergeable && bufs.capacity < needed => {
