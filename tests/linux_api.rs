@@ -13,10 +13,9 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
-use common::linux::{run_scenarios, script_drive, Outcome, Scenario};
+use common::linux::{outcome_of, script_drive, Outcome, Outcomes, Scenario};
 
 /// The guest counts on its console until Ctrl-Alt-Del reboots it, with the size (in sectors)
 /// it sees for the drive that `PATCH /drives` swaps.
@@ -98,17 +97,12 @@ fn scenarios() -> Vec<Scenario> {
 }
 
 fn outcome() -> &'static Outcome {
-    static OUTCOMES: OnceLock<(BTreeMap<String, Outcome>, String)> = OnceLock::new();
-    let (outcomes, log) = OUTCOMES.get_or_init(|| run_scenarios(&scenarios()));
-    outcomes
-        .get("api-getting-started")
-        .unwrap_or_else(|| panic!("the scenario did not finish; the run printed:\n{log}"))
+    static OUTCOMES: Outcomes = OnceLock::new();
+    outcome_of(&OUTCOMES, scenarios, "api-getting-started")
 }
 
 fn value(key: &str) -> String {
-    let o = outcome();
-    o.value(key)
-        .unwrap_or_else(|| panic!("no {key}= line in:\n{}", o.output))
+    outcome().expect_value(key)
 }
 
 #[test]

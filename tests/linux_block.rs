@@ -15,10 +15,9 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
-use common::linux::{run_scenarios, script_drive, Outcome, Scenario};
+use common::linux::{finished_script, script_drive, Outcome, Outcomes, Scenario};
 
 /// One drive of a config: (drive_id, path, is_root_device, is_read_only, cache_type).
 type Drive<'a> = (&'a str, &'a str, bool, bool, &'a str);
@@ -146,69 +145,58 @@ fn scenarios() -> Vec<Scenario> {
 }
 
 fn outcome(name: &str) -> &'static Outcome {
-    static OUTCOMES: OnceLock<(BTreeMap<String, Outcome>, String)> = OnceLock::new();
-    let (outcomes, log) = OUTCOMES.get_or_init(|| run_scenarios(&scenarios()));
-    let o = outcomes
-        .get(name)
-        .unwrap_or_else(|| panic!("scenario {name} did not finish; the run printed:\n{log}"));
-    assert_eq!(o.rc, 0, "{name}: kiln exited {}:\n{}", o.rc, o.output);
-    assert_eq!(
-        o.value("KILN-SCRIPT-EXIT rc").as_deref(),
-        Some("0"),
-        "{name}:\n{}",
-        o.output
-    );
-    o
-}
-
-fn value(o: &Outcome, key: &str) -> String {
-    o.value(key)
-        .unwrap_or_else(|| panic!("no {key}= line in:\n{}", o.output))
+    static OUTCOMES: Outcomes = OnceLock::new();
+    finished_script(&OUTCOMES, scenarios, name)
 }
 
 #[test]
 fn boots_from_the_ext4_root_on_vda_with_drives_in_order() {
     let o = outcome("block-root");
-    assert_eq!(value(o, "GUEST-ROOT"), "/dev/root ext4 rw");
+    assert_eq!(o.expect_value("GUEST-ROOT"), "/dev/root ext4 rw");
     assert!(
         o.has_line("root=/dev/vda rw"),
         "the cmdline names the root:\n{}",
         o.output
     );
-    assert_eq!(value(o, "GUEST-VDA-SERIAL"), "rootfs");
-    assert_eq!(value(o, "GUEST-VDB-SERIAL"), "ro-disk");
-    assert_eq!(value(o, "GUEST-VDB-SECTORS"), "2048");
+    assert_eq!(o.expect_value("GUEST-VDA-SERIAL"), "rootfs");
+    assert_eq!(o.expect_value("GUEST-VDB-SERIAL"), "ro-disk");
+    assert_eq!(o.expect_value("GUEST-VDB-SECTORS"), "2048");
 }
 
 #[test]
 fn read_only_drive_refuses_writes_and_stays_unchanged() {
     let o = outcome("block-root");
-    assert_eq!(value(o, "GUEST-VDB-RO"), "1");
-    assert_eq!(value(o, "GUEST-RO-WRITE"), "failed");
-    assert_eq!(value(o, "GUEST-RO-DEVICE-WRITE"), "failed");
-    assert_eq!(value(o, "HOST-RO-UNCHANGED"), "yes");
+    assert_eq!(o.expect_value("GUEST-VDB-RO"), "1");
+    assert_eq!(o.expect_value("GUEST-RO-WRITE"), "failed");
+    assert_eq!(o.expect_value("GUEST-RO-DEVICE-WRITE"), "failed");
+    assert_eq!(o.expect_value("HOST-RO-UNCHANGED"), "yes");
 }
 
 #[test]
 fn a_64mib_file_written_in_the_guest_is_intact_on_the_host() {
     let o = outcome("block-root");
-    assert_eq!(value(o, "HOST-E2FSCK-RC"), "0", "{}", o.output);
-    let guest = value(o, "GUEST-BIG-SHA");
+    assert_eq!(o.expect_value("HOST-E2FSCK-RC"), "0", "{}", o.output);
+    let guest = o.expect_value("GUEST-BIG-SHA");
     assert_eq!(guest.len(), 64, "{guest}");
-    assert_eq!(value(o, "HOST-BIG-SHA"), guest);
+    assert_eq!(o.expect_value("HOST-BIG-SHA"), guest);
 }
 
 #[test]
 fn writeback_flushes_reach_the_disk_and_unsafe_ones_do_not() {
     let writeback = outcome("flush-writeback");
-    assert_eq!(value(writeback, "GUEST-FSYNC"), "done");
-    let synced: u32 = value(writeback, "HOST-SYNC-CALLS").parse().unwrap();
+    assert_eq!(writeback.expect_value("GUEST-FSYNC"), "done");
+    let synced: u32 = writeback.expect_value("HOST-SYNC-CALLS").parse().unwrap();
     assert!(
         synced > 0,
         "no fdatasync with Writeback:\n{}",
         writeback.output
     );
     let unsafe_ = outcome("flush-unsafe");
-    assert_eq!(value(unsafe_, "GUEST-FSYNC"), "done");
-    assert_eq!(value(unsafe_, "HOST-SYNC-CALLS"), "0", "{}", unsafe_.output);
+    assert_eq!(unsafe_.expect_value("GUEST-FSYNC"), "done");
+    assert_eq!(
+        unsafe_.expect_value("HOST-SYNC-CALLS"),
+        "0",
+        "{}",
+        unsafe_.output
+    );
 }

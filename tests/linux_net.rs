@@ -14,10 +14,9 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
-use common::linux::{run_scenarios, script_drive, Outcome, Scenario};
+use common::linux::{finished_script, script_drive, Outcome, Outcomes, Scenario};
 
 /// iproute2 from the payload: busybox sh would run its own, smaller `ip` applet.
 const IP: &str = "$PWD/bin/ip";
@@ -142,53 +141,40 @@ rm -f guest2.log"#
 }
 
 fn outcome(name: &str) -> &'static Outcome {
-    static OUTCOMES: OnceLock<(BTreeMap<String, Outcome>, String)> = OnceLock::new();
-    let (outcomes, log) =
-        OUTCOMES.get_or_init(|| run_scenarios(&[single_guest(), bridged_guests()]));
-    let o = outcomes
-        .get(name)
-        .unwrap_or_else(|| panic!("scenario {name} did not finish; the run printed:\n{log}"));
-    assert_eq!(o.rc, 0, "{name}: kiln exited {}:\n{}", o.rc, o.output);
-    assert_eq!(
-        o.value("KILN-SCRIPT-EXIT rc").as_deref(),
-        Some("0"),
-        "{name}:\n{}",
-        o.output
-    );
-    o
-}
-
-fn value(o: &Outcome, key: &str) -> String {
-    o.value(key)
-        .unwrap_or_else(|| panic!("no {key}= line in:\n{}", o.output))
+    static OUTCOMES: Outcomes = OnceLock::new();
+    finished_script(&OUTCOMES, || vec![single_guest(), bridged_guests()], name)
 }
 
 #[test]
 fn guest_pings_the_host_end_of_its_tap() {
     let o = outcome("net-single");
-    assert_eq!(value(o, "GUEST-MAC"), "06:00:ac:10:00:02");
-    assert_eq!(value(o, "GUEST-PING"), "ok", "{}", o.output);
+    assert_eq!(o.expect_value("GUEST-MAC"), "06:00:ac:10:00:02");
+    assert_eq!(o.expect_value("GUEST-PING"), "ok", "{}", o.output);
 }
 
 #[test]
 fn a_100mib_tcp_transfer_each_way_arrives_intact() {
     let o = outcome("net-single");
-    assert_eq!(value(o, "GUEST-SEND-RC"), "0", "{}", o.output);
-    let to_host = value(o, "GUEST-SENT-SHA");
+    assert_eq!(o.expect_value("GUEST-SEND-RC"), "0", "{}", o.output);
+    let to_host = o.expect_value("GUEST-SENT-SHA");
     assert_eq!(to_host.len(), 64);
-    assert_eq!(value(o, "HOST-RECV-SHA"), to_host, "guest -> host");
+    assert_eq!(o.expect_value("HOST-RECV-SHA"), to_host, "guest -> host");
     assert_eq!(
-        value(o, "GUEST-RECV-SHA"),
-        value(o, "HOST-SENT-SHA"),
+        o.expect_value("GUEST-RECV-SHA"),
+        o.expect_value("HOST-SENT-SHA"),
         "host -> guest"
     );
-    assert_eq!(value(o, "HOST-NETNS-LEFT"), "0", "the namespace is removed");
+    assert_eq!(
+        o.expect_value("HOST-NETNS-LEFT"),
+        "0",
+        "the namespace is removed"
+    );
 }
 
 #[test]
 fn two_guests_on_one_bridge_reach_each_other() {
     let o = outcome("net-bridge");
-    assert_eq!(value(o, "GUEST-3-REACHED-2"), "yes", "{}", o.output);
-    assert_eq!(value(o, "GUEST-2-REACHED-3"), "yes", "{}", o.output);
-    assert_eq!(value(o, "HOST-GUEST2-RC"), "0", "{}", o.output);
+    assert_eq!(o.expect_value("GUEST-3-REACHED-2"), "yes", "{}", o.output);
+    assert_eq!(o.expect_value("GUEST-2-REACHED-3"), "yes", "{}", o.output);
+    assert_eq!(o.expect_value("HOST-GUEST2-RC"), "0", "{}", o.output);
 }

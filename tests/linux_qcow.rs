@@ -14,10 +14,9 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
-use common::linux::{run_scenarios, script_drive, Outcome, Scenario};
+use common::linux::{finished_script, script_drive, Outcome, Outcomes, Scenario};
 
 fn config(root: &str, format: Option<&str>, script: &str) -> String {
     let format = format
@@ -82,32 +81,16 @@ qemu-img check base.qcow2 >/dev/null; echo "HOST-BASE-CHECK-RC=$?"
 }
 
 fn outcome(name: &str) -> &'static Outcome {
-    static OUTCOMES: OnceLock<(BTreeMap<String, Outcome>, String)> = OnceLock::new();
-    let (outcomes, log) = OUTCOMES.get_or_init(|| run_scenarios(&scenarios()));
-    let o = outcomes
-        .get(name)
-        .unwrap_or_else(|| panic!("scenario {name} did not finish; the run printed:\n{log}"));
-    assert_eq!(o.rc, 0, "{name}: kiln exited {}:\n{}", o.rc, o.output);
-    assert_eq!(
-        o.value("KILN-SCRIPT-EXIT rc").as_deref(),
-        Some("0"),
-        "{name}:\n{}",
-        o.output
-    );
-    o
-}
-
-fn value(o: &Outcome, key: &str) -> String {
-    o.value(key)
-        .unwrap_or_else(|| panic!("no {key}= line in:\n{}", o.output))
+    static OUTCOMES: Outcomes = OnceLock::new();
+    finished_script(&OUTCOMES, scenarios, name)
 }
 
 #[test]
 fn boots_from_a_qcow2_overlay_and_writes_only_the_overlay() {
     let o = outcome("qcow-overlay");
-    assert_eq!(value(o, "GUEST-ROOT"), "ext4 rw");
-    assert_eq!(value(o, "HOST-BASE-UNCHANGED"), "yes", "{}", o.output);
-    assert_eq!(value(o, "HOST-CHECK-RC"), "0", "{}", o.output);
+    assert_eq!(o.expect_value("GUEST-ROOT"), "ext4 rw");
+    assert_eq!(o.expect_value("HOST-BASE-UNCHANGED"), "yes", "{}", o.output);
+    assert_eq!(o.expect_value("HOST-CHECK-RC"), "0", "{}", o.output);
     assert!(
         o.has_line("No errors were found on the image."),
         "{}",
@@ -117,11 +100,14 @@ fn boots_from_a_qcow2_overlay_and_writes_only_the_overlay() {
 
 #[test]
 fn committed_writes_are_found_when_booting_the_base() {
-    let written = value(outcome("qcow-overlay"), "GUEST-WRITTEN-SHA");
+    let written = outcome("qcow-overlay").expect_value("GUEST-WRITTEN-SHA");
     assert_eq!(written.len(), 64);
-    assert_eq!(value(outcome("qcow-overlay"), "HOST-COMMIT-RC"), "0");
-    assert_eq!(value(outcome("qcow-overlay"), "HOST-BASE-CHECK-RC"), "0");
+    assert_eq!(outcome("qcow-overlay").expect_value("HOST-COMMIT-RC"), "0");
+    assert_eq!(
+        outcome("qcow-overlay").expect_value("HOST-BASE-CHECK-RC"),
+        "0"
+    );
     let base = outcome("qcow-committed-base");
-    assert_eq!(value(base, "GUEST-MARKER"), "kiln was here");
-    assert_eq!(value(base, "GUEST-READ-SHA"), written);
+    assert_eq!(base.expect_value("GUEST-MARKER"), "kiln was here");
+    assert_eq!(base.expect_value("GUEST-READ-SHA"), written);
 }

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
 use super::TempDir;
 
@@ -69,6 +70,12 @@ impl Outcome {
         self.output
             .lines()
             .find_map(|l| l.strip_prefix(&prefix).map(|v| v.trim().to_string()))
+    }
+
+    /// Like [`Outcome::value`], failing the test when there is no such line.
+    pub fn expect_value(&self, key: &str) -> String {
+        self.value(key)
+            .unwrap_or_else(|| panic!("no {key}= line in:\n{}", self.output))
     }
 
     /// The value of `key=` on the guest's `KILN-GUEST` lines.
@@ -213,4 +220,37 @@ pub fn run_scenarios(scenarios: &[Scenario]) -> (BTreeMap<String, Outcome>, Stri
         String::from_utf8_lossy(&out.stderr)
     );
     (parse_outcomes(&String::from_utf8_lossy(&out.stdout)), log)
+}
+
+/// The outcomes of a test binary's one payload run, and everything the run printed.
+pub type Outcomes = OnceLock<(BTreeMap<String, Outcome>, String)>;
+
+/// The outcome of scenario `name`; the first call runs `scenarios` for every test of the binary.
+pub fn outcome_of(
+    cache: &'static Outcomes,
+    scenarios: impl FnOnce() -> Vec<Scenario>,
+    name: &str,
+) -> &'static Outcome {
+    let (outcomes, log) = cache.get_or_init(|| run_scenarios(&scenarios()));
+    outcomes
+        .get(name)
+        .unwrap_or_else(|| panic!("scenario {name} did not finish; the run printed:\n{log}"))
+}
+
+/// [`outcome_of`] for a scenario whose guest runs a `kiln.script=` script: checks that kiln
+/// exited 0 and the script finished with 0.
+pub fn finished_script(
+    cache: &'static Outcomes,
+    scenarios: impl FnOnce() -> Vec<Scenario>,
+    name: &str,
+) -> &'static Outcome {
+    let o = outcome_of(cache, scenarios, name);
+    assert_eq!(o.rc, 0, "{name}: kiln exited {}:\n{}", o.rc, o.output);
+    assert_eq!(
+        o.value("KILN-SCRIPT-EXIT rc").as_deref(),
+        Some("0"),
+        "{name}:\n{}",
+        o.output
+    );
+    o
 }

@@ -72,6 +72,19 @@ impl Interrupt {
     }
 }
 
+/// Copies the part of `space` at `offset` into `data`; an access past the end of the config
+/// space leaves `data` zeroed, whatever the driver asked for.
+pub(crate) fn read_config_space(space: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let src = usize::try_from(offset).ok().and_then(|start| {
+        let end = start.checked_add(data.len())?;
+        space.get(start..end)
+    });
+    if let Some(src) = src {
+        data.copy_from_slice(src);
+    }
+}
+
 /// Why a device could not be activated.
 #[derive(Debug, thiserror::Error)]
 pub enum ActivateError {

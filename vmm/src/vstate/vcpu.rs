@@ -365,7 +365,7 @@ impl VcpuThread {
 
     fn run_once(&mut self) -> RunOutcome {
         let index = self.vcpu.index;
-        let exits = self.vcpu.exits.clone();
+        let exits = &self.vcpu.exits;
         match self.vcpu.fd.run() {
             Ok(VcpuExit::IoIn(port, data)) => {
                 exits.count(0);

@@ -15,8 +15,8 @@ use super::execute::{self, ExecuteError, Executor, SECTOR_SIZE};
 use super::request::{Rejected, Request};
 use crate::virtio::guest_queue::{check_avail_index, GuestErrors, QueueCheckError};
 use crate::virtio::{
-    ActivateError, Interrupt, VirtioDevice, FEATURE_EVENT_IDX, FEATURE_VERSION_1,
-    INTERRUPT_USED_RING, TYPE_BLOCK,
+    read_config_space, ActivateError, Interrupt, VirtioDevice, FEATURE_EVENT_IDX,
+    FEATURE_VERSION_1, INTERRUPT_USED_RING, TYPE_BLOCK,
 };
 
 /// The size of the one request queue.
@@ -266,14 +266,7 @@ impl VirtioDevice for Block {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        data.fill(0);
-        let src = usize::try_from(offset).ok().and_then(|start| {
-            let end = start.checked_add(data.len())?;
-            self.config_space.get(start..end)
-        });
-        if let Some(src) = src {
-            data.copy_from_slice(src);
-        }
+        read_config_space(&self.config_space, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {

@@ -31,8 +31,8 @@ use super::tap::{FrameIo, Tap, TapError};
 use super::tx::Tx;
 use crate::virtio::guest_queue::GuestErrors;
 use crate::virtio::{
-    ActivateError, Interrupt, VirtioDevice, FEATURE_EVENT_IDX, FEATURE_VERSION_1,
-    INTERRUPT_USED_RING, TYPE_NET,
+    read_config_space, ActivateError, Interrupt, VirtioDevice, FEATURE_EVENT_IDX,
+    FEATURE_VERSION_1, INTERRUPT_USED_RING, TYPE_NET,
 };
 
 /// The size of each queue.
@@ -376,14 +376,7 @@ impl VirtioDevice for Net {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        data.fill(0);
-        let src = usize::try_from(offset).ok().and_then(|start| {
-            let end = start.checked_add(data.len())?;
-            self.config_space.get(start..end)
-        });
-        if let Some(src) = src {
-            data.copy_from_slice(src);
-        }
+        read_config_space(&self.config_space, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
