@@ -88,6 +88,11 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
     let config = cli.config_file.as_deref().map(load_config).transpose()?;
     let console_input = std::io::stdin().is_terminal();
     let metrics = Arc::new(Metrics::default());
+    if let Some(path) = &cli.metrics_path {
+        metrics
+            .set_sink(path)
+            .map_err(|e| Error::Config(e.to_string()))?;
+    }
     let host = |serial_out| HostOptions {
         serial_out,
         console_input,

@@ -43,6 +43,9 @@ struct Cli {
     /// Path to a file or FIFO for the log; stderr when absent.
     #[arg(long)]
     log_path: Option<PathBuf>,
+    /// Path to a file or FIFO for the metrics, as `PUT /metrics` sets it.
+    #[arg(long)]
+    metrics_path: Option<PathBuf>,
     /// Log level: Off, Error, Warning, Info, Debug or Trace.
     #[arg(long, default_value = "Info")]
     level: String,

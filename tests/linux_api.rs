@@ -115,7 +115,7 @@ fn the_getting_started_sequence_boots_the_guest() {
         "API-MACHINE",
         "API-START",
     ] {
-        assert_eq!(value(step), "204", "{step}:\n{}", outcome().output);
+        assert_eq!(value(step), "204", "{step}:\n{}", outcome().tail());
     }
     assert_eq!(value("API-STATE-AFTER-START"), "Running");
 }
@@ -145,7 +145,7 @@ fn pause_stops_the_guest_and_resume_continues_it() {
         .split_whitespace()
         .map(|c| c.parse().unwrap())
         .collect();
-    assert_eq!(counts.len(), 3, "{:?}", outcome().output);
+    assert_eq!(counts.len(), 3, "{:?}", outcome().tail());
     assert_eq!(counts[0], counts[1], "the counter moved while paused");
     assert!(
         counts[2] > counts[1],
@@ -156,7 +156,7 @@ fn pause_stops_the_guest_and_resume_continues_it() {
 #[test]
 fn ctrl_alt_del_shuts_the_guest_down_and_kiln_exits_0() {
     assert_eq!(value("API-CTRL-ALT-DEL"), "204");
-    assert_eq!(outcome().rc, 0, "{}", outcome().output);
+    assert_eq!(outcome().rc, 0, "{}", outcome().tail());
 }
 
 #[test]
@@ -174,7 +174,7 @@ fn log_and_metrics_reach_the_configured_files() {
 fn patching_a_drive_swaps_its_file_and_the_guest_sees_the_new_size() {
     assert_eq!(value("API-SWAP-DRIVE"), "204");
     assert_eq!(value("API-SIZE-BEFORE-PATCH"), "2048");
-    assert_eq!(value("API-PATCH-DRIVE"), "204", "{}", outcome().output);
+    assert_eq!(value("API-PATCH-DRIVE"), "204", "{}", outcome().tail());
     assert_eq!(
         value("API-SIZE-AFTER-PATCH"),
         "6144",

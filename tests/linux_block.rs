@@ -156,7 +156,7 @@ fn boots_from_the_ext4_root_on_vda_with_drives_in_order() {
     assert!(
         o.has_line("root=/dev/vda rw"),
         "the cmdline names the root:\n{}",
-        o.output
+        o.tail()
     );
     assert_eq!(o.expect_value("GUEST-VDA-SERIAL"), "rootfs");
     assert_eq!(o.expect_value("GUEST-VDB-SERIAL"), "ro-disk");
@@ -175,7 +175,7 @@ fn read_only_drive_refuses_writes_and_stays_unchanged() {
 #[test]
 fn a_64mib_file_written_in_the_guest_is_intact_on_the_host() {
     let o = outcome("block-root");
-    assert_eq!(o.expect_value("HOST-E2FSCK-RC"), "0", "{}", o.output);
+    assert_eq!(o.expect_value("HOST-E2FSCK-RC"), "0", "{}", o.tail());
     let guest = o.expect_value("GUEST-BIG-SHA");
     assert_eq!(guest.len(), 64, "{guest}");
     assert_eq!(o.expect_value("HOST-BIG-SHA"), guest);

@@ -80,9 +80,9 @@ fn assert_booted(name: &str, cpus: u8) -> &'static Outcome {
     assert!(
         o.has_line("KILN-GUEST-READY"),
         "{name}: no marker:\n{}",
-        o.output
+        o.tail()
     );
-    assert_eq!(o.rc, 0, "{name}: kiln exited {}:\n{}", o.rc, o.output);
+    assert_eq!(o.rc, 0, "{name}: kiln exited {}:\n{}", o.rc, o.tail());
     let online = if cpus == 1 {
         "0".to_string()
     } else {
@@ -92,7 +92,7 @@ fn assert_booted(name: &str, cpus: u8) -> &'static Outcome {
         o.guest_value("cpus-online"),
         Some(online),
         "{name}:\n{}",
-        o.output
+        o.tail()
     );
     assert_eq!(o.guest_value("nproc"), Some(cpus.to_string()), "{name}");
     assert_eq!(
@@ -107,7 +107,7 @@ fn assert_protocol(o: &Outcome, protocol: &str) {
     assert!(
         o.has_line(&format!("via {protocol}")),
         "expected a {protocol} entry:\n{}",
-        o.output
+        o.tail()
     );
 }
 
@@ -135,7 +135,7 @@ fn reboot_k_ends_through_the_i8042() {
     assert!(
         o.has_line("The guest stopped the VM (i8042 reset)"),
         "{}",
-        o.output
+        o.tail()
     );
 }
 
@@ -145,7 +145,7 @@ fn reboot_t_ends_through_a_triple_fault() {
     assert!(
         o.has_line("triple fault (KVM_EXIT_SHUTDOWN)"),
         "{}",
-        o.output
+        o.tail()
     );
 }
 
@@ -158,7 +158,7 @@ fn boot_timer_logs_the_guest_boot_time() {
         .find_map(|l| l.split("Guest-boot-time =").nth(1))
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no Guest-boot-time line:\n{}", o.output));
+        .unwrap_or_else(|| panic!("no Guest-boot-time line:\n{}", o.tail()));
     assert!(us > 0);
     assert!(
         !outcome("pvh-1").has_line("Guest-boot-time"),
@@ -169,9 +169,9 @@ fn boot_timer_logs_the_guest_boot_time() {
 #[test]
 fn demo_session_runs_its_commands() {
     let o = assert_booted("demo", 2);
-    assert!(o.has_line("kiln# uname -a"), "{}", o.output);
-    assert!(o.output.contains("Linux"), "{}", o.output);
-    assert!(o.has_line("kiln# free -m"), "{}", o.output);
+    assert!(o.has_line("kiln# uname -a"), "{}", o.tail());
+    assert!(o.output.contains("Linux"), "{}", o.tail());
+    assert!(o.has_line("kiln# free -m"), "{}", o.tail());
 }
 
 #[test]

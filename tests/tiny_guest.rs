@@ -82,6 +82,23 @@ fn boot_timer_is_absent_without_the_flag() {
 }
 
 #[test]
+fn metrics_path_gets_the_final_counts_at_exit() {
+    let dir = TempDir::new("tiny-metrics");
+    let metrics = dir.path("metrics.json");
+    let out = boot(
+        false,
+        Ending::I8042Reset,
+        &["--metrics-path", metrics.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    // The tiny kernel writes its two lines to the UART and resets through port 0x64.
+    let io_out = last["vcpu"]["exit_io_out"].as_u64().unwrap();
+    assert!(io_out > 20, "{text}");
+}
+
+#[test]
 fn serial_output_can_go_to_a_file() {
     let dir = TempDir::new("tiny");
     let kernel = dir.write("vmlinux", tiny_kernel::build(false, Ending::I8042Reset));

@@ -82,9 +82,12 @@ mkdir -p /run/netns
 # Guest -> host, then host -> guest. tcpbench gives up by itself if the guest never shows up.
 (\$NS ./tcpbench recv 5001 && \$NS ./tcpbench send 172.16.0.2 5002 $((mib << 20))) &
 bench=\$!
-\$NS ./measure KILN-GUEST-READY -- ./kiln --no-api --config-file vm.json </dev/null
+\$NS ./measure KILN-GUEST-READY -- ./kiln --no-api --config-file vm.json \\
+    --metrics-path metrics.json </dev/null
 wait \$bench
 echo "HOST-BENCH-RC=\$?"
+# The device's own counts, one line of increases per flush.
+sed 's/^/NET-METRICS /' metrics.json
 \$IP netns del kiln-netbench
 SH
 

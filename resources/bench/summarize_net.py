@@ -3,6 +3,7 @@
 Reads the run's output on stdin; the optional argument is the MiB sent each way, checked
 against what tcpbench reports."""
 
+import json
 import re
 import sys
 
@@ -38,6 +39,14 @@ threads = re.search(r"CPU time: VMM threads (\d+) ms, vCPU threads (\d+) ms", te
 if not threads:
     fail("kiln logged no CPU time")
 vmm_s, vcpu_s = int(threads.group(1)) / 1e3, int(threads.group(2)) / 1e3
+counts = {"net_eth0": {}, "vcpu": {}}
+for line in re.findall(r"^NET-METRICS (.*)", text, re.M):
+    flushed = json.loads(line)
+    for group, totals in counts.items():
+        for name, value in flushed.get(group, {}).items():
+            totals[name] = totals.get(name, 0) + value
+if not counts["net_eth0"]:
+    fail("kiln wrote no net_eth0 metrics")
 gib = moved / (1 << 30)
 for label, (gbit, mib_s, seconds) in rates.items():
     print(f"{label}: {gbit:.3f} Gbit/s ({mib_s:.1f} MiB/s, {seconds:.1f} s)")
@@ -45,3 +54,6 @@ print(f"VMM CPU time per GiB: {vmm_s / gib:.2f} s "
       f"(VMM threads {vmm_s:.2f} s for {gib:.2f} GiB moved in total, boot included)")
 print(f"vCPU threads CPU time per GiB: {vcpu_s / gib:.2f} s "
       f"({vcpu_s:.2f} s, guest included); whole process {process_cpu_s:.2f} s")
+for group, totals in counts.items():
+    print(f"{group} counts, boot and both transfers: "
+          + ", ".join(f"{k} {v}" for k, v in sorted(totals.items()) if v))

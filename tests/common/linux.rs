@@ -32,6 +32,15 @@ pub struct Scenario {
     /// Shell commands run after kiln, on the VMM's host (e.g. checking images); their output
     /// is part of the scenario's output.
     pub after: String,
+    /// Seconds kiln may run before the payload kills it; [`SCENARIO_TIMEOUT_SECS`] when unset.
+    /// Bulk transfers set more: nested TCG is slow, and slower still on a loaded machine.
+    pub timeout_secs: Option<u32>,
+}
+
+impl Scenario {
+    fn timeout(&self) -> u32 {
+        self.timeout_secs.unwrap_or(SCENARIO_TIMEOUT_SECS)
+    }
 }
 
 /// Host tools a scenario may use in `before`/`after`/`wrapper`, copied into the payload's
@@ -72,10 +81,18 @@ impl Outcome {
             .find_map(|l| l.strip_prefix(&prefix).map(|v| v.trim().to_string()))
     }
 
+    /// The last lines of the output: what a failure message shows, since CI logs keep only
+    /// part of a long message and the end says how the scenario stopped.
+    pub fn tail(&self) -> String {
+        let lines: Vec<&str> = self.output.lines().collect();
+        let start = lines.len().saturating_sub(TAIL_LINES);
+        lines[start..].join("\n")
+    }
+
     /// Like [`Outcome::value`], failing the test when there is no such line.
     pub fn expect_value(&self, key: &str) -> String {
         self.value(key)
-            .unwrap_or_else(|| panic!("no {key}= line in:\n{}", self.output))
+            .unwrap_or_else(|| panic!("no {key}= line in output ending:\n{}", self.tail()))
     }
 
     /// The value of `key=` on the guest's `KILN-GUEST` lines.
@@ -111,7 +128,10 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Seconds one scenario may take before the payload kills it.
+/// Lines of a scenario's output a failure message shows.
+const TAIL_LINES: usize = 40;
+
+/// Seconds one scenario's kiln may run, by default, before the payload kills it.
 const SCENARIO_TIMEOUT_SECS: u32 = 120;
 
 fn write_payload(dir: &Path, artifacts: &Path, scenarios: &[Scenario]) {
@@ -152,7 +172,8 @@ fn write_payload(dir: &Path, artifacts: &Path, scenarios: &[Scenario]) {
         }
         let run = if s.run.is_empty() {
             format!(
-                "timeout {SCENARIO_TIMEOUT_SECS} {wrapper} ./kiln --no-api --config-file {config} {args} </dev/null 2>&1",
+                "timeout {timeout} {wrapper} ./kiln --no-api --config-file {config} {args} </dev/null 2>&1",
+                timeout = s.timeout(),
                 wrapper = s.wrapper,
                 args = s.args.join(" "),
             )
@@ -206,7 +227,7 @@ pub fn run_scenarios(scenarios: &[Scenario]) -> (BTreeMap<String, Outcome>, Stri
     let artifacts = guest_artifacts();
     let dir = TempDir::new("payload");
     write_payload(&dir.0, &artifacts, scenarios);
-    let timeout = 120 + SCENARIO_TIMEOUT_SECS as usize * scenarios.len();
+    let timeout: u32 = 120 + scenarios.iter().map(Scenario::timeout).sum::<u32>();
     let out = Command::new("bash")
         .arg(repo_root().join("resources/rig/run.sh"))
         .arg(&dir.0)
@@ -245,12 +266,18 @@ pub fn finished_script(
     name: &str,
 ) -> &'static Outcome {
     let o = outcome_of(cache, scenarios, name);
-    assert_eq!(o.rc, 0, "{name}: kiln exited {}:\n{}", o.rc, o.output);
+    assert_eq!(
+        o.rc,
+        0,
+        "{name}: kiln exited {}; its output ends:\n{}",
+        o.rc,
+        o.tail()
+    );
     assert_eq!(
         o.value("KILN-SCRIPT-EXIT rc").as_deref(),
         Some("0"),
-        "{name}:\n{}",
-        o.output
+        "{name}: the script failed; the output ends:\n{}",
+        o.tail()
     );
     o
 }

@@ -130,6 +130,7 @@ pub struct Vmm {
     paused: bool,
     drives: Vec<AttachedDrive>,
     legacy: LegacyDevices,
+    metrics: Arc<Metrics>,
     _mem: GuestMemoryMmap,
     _vm: Vm,
 }
@@ -169,7 +170,7 @@ impl Vmm {
         let timer = TimerFd::new().map_err(|e| BuildError::EventFd(e.into()))?;
         event_manager.add_subscriber(Arc::new(Mutex::new(MetricsTimer {
             timer,
-            metrics: parts.metrics,
+            metrics: parts.metrics.clone(),
         })));
         Ok(Self {
             vcpus: parts.vcpus,
@@ -179,6 +180,7 @@ impl Vmm {
             paused: false,
             drives: parts.drives,
             legacy: parts.legacy,
+            metrics: parts.metrics,
             _mem: parts.mem,
             _vm: parts.vm,
         })
@@ -319,6 +321,10 @@ impl Vmm {
                 Some(guest @ VmStop::Guest(_)) if matches!(stop, VmStop::Guest(_)) => stop = guest,
                 _ => {}
             }
+        }
+        // As Firecracker does, the last counts reach the metrics file before the process ends.
+        if let Err(e) = self.metrics.flush() {
+            log::warn!("{e}");
         }
         Ok(stop)
     }

@@ -111,7 +111,8 @@ fn deliver(
     guest_errors: &mut GuestErrors,
     used_any: &mut bool,
 ) -> Result<Outcome, NetError> {
-    let start = queue.next_avail();
+    // Where the chains this frame takes begin: the frame gives them back by rewinding here.
+    let mut start = queue.next_avail();
     let needed = frame.len() as u64;
     let mut chains: Vec<(u16, RxBuffers)> = Vec::new();
     let mut capacity = 0u64;
@@ -165,6 +166,8 @@ fn deliver(
                 if !chains.is_empty() {
                     return Ok(Outcome::Dropped);
                 }
+                // The broken chain is used now: a later rewind must not hand it out again.
+                start = queue.next_avail();
             }
         }
     }

@@ -67,6 +67,24 @@ fn a_broken_chain_after_a_good_one_costs_the_merged_frame() {
     assert_eq!(guest.used(RX_USED).last(), Some(&(2, 112)));
 }
 
+#[test]
+fn a_broken_chain_before_too_few_buffers_is_returned_once() {
+    let guest = Guest::new();
+    let (rxq, txq) = (guest.rxq(), guest.txq());
+    let mut rig = guest.net(&rxq, &txq, MRG);
+    // A broken chain, then one good buffer too small for the frame: the frame waits.
+    let descs = [desc(DATA, 8, W, 0), desc(DATA + 0x1000, 100, W, 0)];
+    rxq.add_desc_chains(&descs, 0).unwrap();
+    rig.wire.send(&frame(0, 150)).unwrap();
+    rig.net.process_rx().unwrap();
+    assert_eq!(guest.used(RX_USED), [(0, 0)]);
+    assert!(rig.net.rx.has_pending());
+    // More buffers: the frame goes into the good ones, and the broken chain is not used again.
+    rx_chains(&rxq, 2, 1, 100);
+    rig.net.process_rx().unwrap();
+    assert_eq!(guest.used(RX_USED), [(0, 0), (1, 100), (2, 62)]);
+}
+
 /// Offers the transmit chain `descs` at descriptor 0 and a good chain after it; returns the
 /// used entries and the frames on the wire.
 fn transmit_before_good(descs: &[RawDescriptor]) -> (Vec<(u32, u32)>, Vec<Vec<u8>>, u64) {
