@@ -1,6 +1,6 @@
 //! CPUID for a vCPU: KVM's supported set, normalised so the guest sees its own APIC ID, a
-//! topology that matches the vCPU count, the hypervisor bit, and KVM's paravirtual leaves (so it
-//! picks kvm-clock).
+//! topology that matches the vCPU count, the hypervisor and TSC-deadline bits, and KVM's
+//! paravirtual leaves (so it picks kvm-clock).
 
 use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
 
@@ -54,6 +54,7 @@ const LEAF_AMD_SIZES: u32 = 0x8000_0008;
 const LEAVES_BRAND_STRING: std::ops::RangeInclusive<u32> = 0x8000_0002..=0x8000_0004;
 
 const ECX_HYPERVISOR: u32 = 1 << 31;
+const ECX_TSC_DEADLINE: u32 = 1 << 24;
 const EDX_HTT: u32 = 1 << 28;
 const ECX_AMD_CMP_LEGACY: u32 = 1 << 1;
 const ECX_AMD_TOPOEXT: u32 = 1 << 22;
@@ -76,7 +77,11 @@ fn normalize_entry(entry: &mut kvm_cpuid_entry2, topo: VcpuTopology, intel: bool
     match entry.function {
         LEAF_FEATURES => {
             entry.ebx = (entry.ebx & 0x0000_ffff) | (apic_id << 24) | (count << 16);
-            entry.ecx |= ECX_HYPERVISOR;
+            // KVM's in-kernel LAPIC always emulates TSC-deadline mode, but the supported CPUID
+            // leaves the bit to the VMM. Without it Linux must calibrate the LAPIC timer against
+            // the PIT; when that fails (as it does nested) every CPU falls back to periodic PIT
+            // broadcast ticks, with no one-shot timers and no NOHZ.
+            entry.ecx |= ECX_HYPERVISOR | ECX_TSC_DEADLINE;
             if topo.count > 1 {
                 entry.edx |= EDX_HTT;
             } else {
@@ -220,6 +225,7 @@ mod tests {
         let f = find(&cpuid, LEAF_FEATURES, 0);
         assert_eq!(f.ebx, 0x0304_0800);
         assert_ne!(f.ecx & ECX_HYPERVISOR, 0);
+        assert_ne!(f.ecx & ECX_TSC_DEADLINE, 0);
         assert_ne!(f.edx & EDX_HTT, 0);
 
         let smt = find(&cpuid, LEAF_EXT_TOPOLOGY, 0);
