@@ -433,7 +433,11 @@ else
     echo "HOST-ROOT-IS-JAIL=no"
 fi
 echo "JAIL-START=$(api /actions '{"action_type": "InstanceStart"}')"
+# A guest that never stops must not hang the payload.
+(sleep 120; kill -9 $KILN 2>/dev/null) &
+WATCHDOG=$!
 wait $KILN; rc=$?
+kill $WATCHDOG 2>/dev/null
 cat kiln.out
 debugfs -R 'cat /jailed.txt' rootfs.ext4 2>/dev/null | sed 's/^/HOST-FILE=/'
 exit $rc

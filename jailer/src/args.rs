@@ -17,6 +17,8 @@ use crate::sys;
 
 /// The longest `--id`, as in Firecracker.
 const MAX_ID_LEN: usize = 64;
+/// Names the jailer itself creates at the jail root, which the exec file cannot take.
+const RESERVED_NAMES: &[&str] = &["dev", "run", "old_root"];
 
 /// kiln-jailer: builds a jail (chroot, namespaces, cgroup, resource limits) for one kiln
 /// process, drops privileges and execs kiln inside it, as Firecracker's jailer does.
@@ -81,6 +83,10 @@ pub enum ArgsError {
     ExecNotFile(PathBuf),
     #[error("--exec-file '{0}' has no UTF-8 file name.")]
     ExecName(PathBuf),
+    #[error("--exec-file '{0}': the jail root needs that name for itself; rename the file.")]
+    ReservedName(PathBuf),
+    #[error("kiln's --id comes from the jailer's --id; remove it after '--'.")]
+    KilnId,
     #[error(transparent)]
     Elf(#[from] ElfError),
     #[error("--{flag} 0 would run kiln as root; pass --allow-root to allow it.")]
@@ -124,6 +130,10 @@ impl JailSpec {
     /// Checks every argument.
     pub fn validate(cli: Cli) -> Result<JailSpec, ArgsError> {
         check_id(&cli.id)?;
+        let kiln_id = |a: &OsString| a == "--id" || a.to_string_lossy().starts_with("--id=");
+        if cli.kiln_args.iter().any(kiln_id) {
+            return Err(ArgsError::KilnId);
+        }
         let exec_err = |source| ArgsError::ExecFile {
             path: cli.exec_file.clone(),
             source,
@@ -137,6 +147,9 @@ impl JailSpec {
             .and_then(|n| n.to_str())
             .ok_or_else(|| ArgsError::ExecName(exec_file.clone()))?
             .to_string();
+        if RESERVED_NAMES.contains(&exec_name.as_str()) {
+            return Err(ArgsError::ReservedName(exec_file));
+        }
         elf::check_static(&exec_file)?;
         if !cli.allow_root {
             if cli.uid == 0 {
@@ -255,6 +268,34 @@ mod tests {
         assert_eq!(cli.kiln_args, vec!["--api-sock", "/run/api.sock"]);
         assert_eq!(cli.chroot_base_dir, Path::new("/srv/jailer"));
         assert_eq!(cli.cgroup_version, 1);
+    }
+
+    fn cli(exec_file: &Path, kiln_args: &[&str]) -> Cli {
+        let mut args = vec!["kiln-jailer", "--id", "vm", "--uid", "1", "--gid", "1"];
+        args.extend(["--exec-file", exec_file.to_str().unwrap(), "--"]);
+        args.extend(kiln_args);
+        Cli::try_parse_from(args).unwrap()
+    }
+
+    #[test]
+    fn kiln_gets_its_id_from_the_jailer_only() {
+        for arg in ["--id", "--id=other"] {
+            let err = JailSpec::validate(cli(Path::new("/bin/sh"), &[arg, "x"])).unwrap_err();
+            assert!(matches!(err, ArgsError::KilnId), "{arg}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_exec_file_cannot_take_a_name_the_jail_uses() {
+        let dir = std::env::temp_dir().join(format!("kiln-jailer-args-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for name in RESERVED_NAMES {
+            let path = dir.join(name);
+            std::fs::write(&path, "").unwrap();
+            let err = JailSpec::validate(cli(&path, &[])).unwrap_err();
+            assert!(matches!(err, ArgsError::ReservedName(_)), "{name}: {err}");
+        }
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
