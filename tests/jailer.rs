@@ -488,12 +488,12 @@ fn a_jailed_kiln_boots_the_linux_guest_from_a_rootfs_in_the_jail() {
         "JAIL-MACHINE",
         "JAIL-START",
     ] {
-        assert_eq!(o.expect_value(step), "204", "{step}:\n{}", o.output);
+        assert_eq!(o.expect_value(step), "204", "{step}:\n{}", o.tail());
     }
     assert_eq!(o.expect_value("GUEST-ROOT"), "/dev/root ext4 rw");
     assert_eq!(o.expect_value("GUEST-WROTE"), "yes");
     assert_eq!(o.expect_value("HOST-FILE"), "jailed");
     assert_eq!(o.expect_value("HOST-UID"), "4242 4242 4242 4242");
     assert_eq!(o.expect_value("HOST-GID"), "4243 4243 4243 4243");
-    assert_eq!(o.expect_value("HOST-ROOT-IS-JAIL"), "yes", "{}", o.output);
+    assert_eq!(o.expect_value("HOST-ROOT-IS-JAIL"), "yes", "{}", o.tail());
 }
