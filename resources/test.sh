@@ -15,7 +15,7 @@ fi
 
 step "Host tools for the end-to-end checks"
 missing=()
-for pkg in strace e2fsprogs qemu-utils iproute2; do
+for pkg in strace e2fsprogs qemu-utils iproute2 binutils; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -37,6 +37,10 @@ bash resources/guest/build.sh >/dev/null
 
 step "Test rig"
 bash resources/rig/setup.sh >/dev/null
+
+step "Static release build of kiln and kiln-jailer (tests/jailer.rs runs them)"
+KILN_STATIC_DIR="$(bash resources/build-static.sh | tail -n1)"
+export KILN_STATIC_DIR
 
 step "Unit and integration tests"
 cargo test --workspace --doc

@@ -11,6 +11,7 @@
 )]
 
 pub mod http;
+pub mod jailer;
 pub mod linux;
 pub mod tiny_kernel;
 
