@@ -41,6 +41,11 @@ fn linux64_entry_prints_and_i8042_reset_exits_zero() {
     let out = boot(false, Ending::I8042Reset, &[]);
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
     assert_eq!(stdout(&out), "KILN-TINY entry=LINUX64\nTINY-DONE\n");
+    assert!(
+        stderr(&out).contains("CPU time: VMM threads "),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]

@@ -311,17 +311,18 @@ impl Vmm {
                 }
             }
         }
-        log_cpu_usage();
         // An error on any vCPU outranks a guest-initiated stop seen on another one.
         let mut stop = VmStop::Guest("i8042 reset");
+        let mut vcpu_cpu = std::time::Duration::ZERO;
         for handle in &mut self.handles {
-            handle.finish();
+            vcpu_cpu += handle.finish().unwrap_or_default();
             match handle.stop_reason() {
                 Some(error @ VmStop::Error(_)) => stop = error,
                 Some(guest @ VmStop::Guest(_)) if matches!(stop, VmStop::Guest(_)) => stop = guest,
                 _ => {}
             }
         }
+        log_cpu_usage(vcpu_cpu);
         // As Firecracker does, the last counts reach the metrics file before the process ends.
         if let Err(e) = self.metrics.flush() {
             log::warn!("{e}");
@@ -330,21 +331,15 @@ impl Vmm {
     }
 }
 
-/// Logs the CPU time of the VMM thread and of the vCPU threads (which includes guest time).
-fn log_cpu_usage() {
-    let threads = crate::cpu_usage::threads();
-    let (vcpus, others): (Vec<_>, Vec<_>) = threads
-        .iter()
-        .partition(|t| t.name.starts_with("kiln_vcpu"));
-    let total = |ts: &[&crate::cpu_usage::ThreadCpu]| {
-        ts.iter()
-            .map(|t| t.cpu)
-            .sum::<std::time::Duration>()
-            .as_millis()
+/// Logs the CPU time of the vCPU threads (which includes guest time) and of the rest of the
+/// process (the VMM, API and event-loop threads: device emulation and the API).
+fn log_cpu_usage(vcpus: std::time::Duration) {
+    let Some(process) = crate::cpu_usage::process() else {
+        return;
     };
     log::info!(
         "CPU time: VMM threads {} ms, vCPU threads {} ms",
-        total(&others),
-        total(&vcpus)
+        process.saturating_sub(vcpus).as_millis(),
+        vcpus.as_millis()
     );
 }

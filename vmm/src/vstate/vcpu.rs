@@ -322,7 +322,8 @@ impl VcpuThread {
         }
     }
 
-    fn run(mut self) {
+    /// Runs the state machine until told to finish; returns the thread's CPU time.
+    fn run(mut self) -> Option<Duration> {
         let mut state = State::Paused;
         loop {
             state = match state {
@@ -331,7 +332,7 @@ impl VcpuThread {
                     Err(_) => State::Exited,
                 },
                 State::Running => self.running(),
-                State::Exited => return,
+                State::Exited => return crate::cpu_usage::this_thread(),
             };
         }
     }
@@ -440,7 +441,8 @@ impl VcpuThread {
 #[derive(Debug)]
 pub struct VcpuHandle {
     index: u8,
-    thread: Option<JoinHandle<()>>,
+    /// Returns the thread's CPU time when it ends.
+    thread: Option<JoinHandle<Option<Duration>>>,
     events: Sender<VcpuEvent>,
     responses: Receiver<VcpuResponse>,
 }
@@ -481,8 +483,9 @@ impl VcpuHandle {
         })
     }
 
-    /// Ends the thread and waits for it.
-    pub fn finish(&mut self) {
+    /// Ends the thread and waits for it; returns the CPU time it used (guest time included),
+    /// the first time only.
+    pub fn finish(&mut self) -> Option<Duration> {
         // A thread that already left has dropped its receiver; that is fine.
         let _ = self.events.send(VcpuEvent::Finish);
         if let Some(thread) = self.thread.take() {
@@ -492,15 +495,17 @@ impl VcpuHandle {
                 }
                 std::thread::sleep(Duration::from_millis(1));
             }
-            if thread.join().is_err() {
-                log::error!("vCPU {} thread panicked", self.index);
+            match thread.join() {
+                Ok(cpu) => return cpu,
+                Err(_) => log::error!("vCPU {} thread panicked", self.index),
             }
         }
+        None
     }
 }
 
 impl Drop for VcpuHandle {
     fn drop(&mut self) {
-        self.finish();
+        let _ = self.finish();
     }
 }

@@ -11,7 +11,6 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
 
 use super::VNET_HDR_LEN;
 
@@ -46,8 +45,12 @@ pub enum TapError {
     /// Another process (or another device) has the tap open.
     #[error("The tap '{0}' is busy: another process has it open.")]
     Busy(String),
-    /// The tap belongs to another user or group, or the process lacks CAP_NET_ADMIN.
-    #[error("Permission denied attaching to the tap '{0}': it belongs to another user.")]
+    /// The tap belongs to another user or group, or the process lacks CAP_NET_ADMIN (which
+    /// is also what a missing tap looks like to an unprivileged process).
+    #[error(
+        "Permission denied attaching to the tap '{0}': it belongs to another user, or does not \
+         exist."
+    )]
     PermissionDenied(String),
     /// TUNSETIFF failed otherwise, e.g. the interface is not a tap.
     #[error("Failed to attach to the tap '{name}' (is it a tap device?): {source}")]
@@ -75,10 +78,6 @@ impl Tap {
     /// Attaches to the existing tap `name`, non-blocking, with 12-byte virtio-net headers.
     pub fn open_named(name: &str) -> Result<Tap, TapError> {
         let ifr_name = ifr_name(name)?;
-        // TUNSETIFF on an unknown name would create a transient tap nobody configured.
-        if !Path::new("/sys/class/net").join(name).exists() {
-            return Err(TapError::Missing(name.to_string()));
-        }
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -109,8 +108,33 @@ impl Tap {
             file,
             name: name.to_string(),
         };
+        // TUNSETIFF on an unknown name creates a transient tap nobody configured (given
+        // CAP_NET_ADMIN). A tap someone set up is persistent, or held open by another process
+        // and then busy; so a transient one here is one just created, and goes away with the fd.
+        // (Asked of the tap itself, not of /sys, which a jail does not have.)
+        if !tap.is_persistent()? {
+            return Err(TapError::Missing(name.to_string()));
+        }
         tap.set_vnet_hdr_size(VNET_HDR_LEN)?;
         Ok(tap)
+    }
+
+    /// Whether the tap outlives its file descriptors (`ip tuntap add` makes it so).
+    fn is_persistent(&self) -> Result<bool, TapError> {
+        // SAFETY: an all-zero ifreq is valid: a NUL name and a zero union.
+        let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+        // SAFETY: `file` is an attached tun fd and `ifr` a valid ifreq the kernel writes
+        // within its size.
+        let ret = unsafe { libc::ioctl(self.file.as_raw_fd(), libc::TUNGETIFF, &mut ifr) };
+        if ret < 0 {
+            return Err(TapError::Attach {
+                name: self.name.clone(),
+                source: io::Error::last_os_error(),
+            });
+        }
+        // SAFETY: TUNGETIFF fills the flags member of the union.
+        let flags = unsafe { ifr.ifr_ifru.ifru_flags };
+        Ok(i32::from(flags) & libc::IFF_PERSIST != 0)
     }
 
     /// The interface name.
@@ -208,6 +232,7 @@ impl FrameIo for Tap {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
     use std::process::Command;
 
     #[test]
