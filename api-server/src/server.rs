@@ -5,12 +5,8 @@
 //! 400 by micro-http itself, a client that goes away mid-request is dropped, and errors from
 //! micro-http are logged and the loop goes on, as in Firecracker.
 //!
-//! Known limitation of dbs-uhttp 0.3 (micro-http's crates.io fork, edge-triggered): when the
-//! rest of a request arrives more than about 640 us after its first bytes, it answers 500
-//! "Resource temporarily unavailable" and then answers the completed request too, so that
-//! client reads one response too many. Clients that write each request at once (curl, Go,
-//! Python's http.client, the Firecracker SDKs) are not affected. The ignored test
-//! `a_slow_client_split_across_writes` checks a fix.
+//! HTTP comes from dbs-uhttp (micro-http's crates.io fork), patched so that a request whose
+//! bytes arrive in several parts waits for the rest: see third_party/dbs-uhttp/KILN-PATCHES.md.
 
 use std::sync::Arc;
 use std::time::Duration;

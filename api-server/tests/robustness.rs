@@ -160,12 +160,9 @@ fn a_request_split_across_writes() {
     );
 }
 
-/// KNOWN LIMITATION of dbs-uhttp 0.3 (micro-http's crates.io fork): its edge-triggered read
-/// loop retries EAGAIN for about 640 us, then answers 500 "Resource temporarily unavailable"
-/// for a request whose rest arrives later, and answers the request again when it completes.
-/// Firecracker's own micro_http (level-triggered) does not. Run with `--ignored` to check a fix.
+/// dbs-uhttp 0.3.2 as published answers such a request 500 and then once more; Kiln builds a
+/// patched copy (third_party/dbs-uhttp/KILN-PATCHES.md).
 #[test]
-#[ignore]
 fn a_slow_client_split_across_writes() {
     assert_eq!(
         split_request_status("slow", std::time::Duration::from_millis(50)),

@@ -198,9 +198,20 @@ pub fn split_request_status(name: &str, pause: std::time::Duration) -> u16 {
     let api = Api::start(name);
     let mut stream = api.connect();
     let bytes = request("PATCH", "/vm", Some(r#"{"state": "Resumed"}"#));
-    let (head, tail) = bytes.split_at(30);
-    stream.write_all(head).unwrap();
-    std::thread::sleep(pause);
-    stream.write_all(tail).unwrap();
-    read_reply(&mut stream).status
+    // In the request line, at the end of the head, and inside the body.
+    let cuts = [10, bytes.len() - 21, bytes.len() - 5];
+    let mut start = 0;
+    for cut in cuts {
+        stream.write_all(&bytes[start..cut]).unwrap();
+        std::thread::sleep(pause);
+        start = cut;
+    }
+    stream.write_all(&bytes[start..]).unwrap();
+    let status = read_reply(&mut stream).status;
+    // One request, one response: nothing more arrives.
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_millis(100)))
+        .unwrap();
+    assert!(stream.read(&mut [0u8; 1]).is_err(), "a second response");
+    status
 }
