@@ -6,12 +6,10 @@
 #
 # The payload's run.sh puts tap0 (172.16.0.1/24) in a network namespace it creates and
 # removes; the guest (2 vCPUs, 512 MiB, initramfs + a script drive) takes 172.16.0.2/24.
-# Guest -> host: busybox `dd if=/dev/zero | nc` into `tcpbench recv` (timed from the first byte
-# to EOF; busybox nc shuts down its write side as soon as stdin ends, so the EOF is not delayed).
-# Host -> guest: `tcpbench send` into a busybox `nc -l > /dev/null` (timed from connect to the
-# guest's close, which busybox nc does as soon as it sees EOF). Both are timed on the host end
-# (CLOCK_MONOTONIC), one after the other. Busybox nc moves data 1 KiB per read()/write(), so
-# the guest's side spends more CPU per byte than a real application would.
+# Both ends run tcpbench.c (static, 1 MiB reads and writes, as iperf3 would): the guest gets it
+# on a second raw drive. Guest -> host is timed by the host's `tcpbench recv` from the first
+# byte to EOF; host -> guest by the host's `tcpbench send` from connect to the guest's close
+# after EOF. Both on the host end (CLOCK_MONOTONIC), one after the other.
 #
 # Runs directly on hardware KVM, inside the nested QEMU/SVM rig on kvm_pvm hosts; there the
 # figures include the cost of nested virtualization under TCG and are far below bare metal.
@@ -40,17 +38,20 @@ mkdir "$payload/bin"
 cp "$(command -v ip)" "$payload/bin/ip"
 
 # The guest script: the host -> guest listener waits first, then guest -> host runs, then the
-# script waits for the listener to exit (it does when the host closes its end).
+# script waits for the listener, which exits when the host closes its end.
 cat >"$payload/bench-script" <<SH
 ip link set eth0 up
 ip addr add 172.16.0.2/24 dev eth0
-sleep 600 | nc -l -p 5002 >/dev/null &
-dd if=/dev/zero bs=1M count=$mib 2>/dev/null | nc 172.16.0.1 5001
+cat /dev/vdb > /tmp/tcpbench && chmod +x /tmp/tcpbench
+/tmp/tcpbench recv 5002 >/dev/null &
+/tmp/tcpbench send 172.16.0.1 5001 $((mib << 20)) >/dev/null
 echo "GUEST-G2H-RC=\$?"
-i=0
-while pidof nc >/dev/null && [ \$i -lt 1800 ]; do sleep 1; i=\$((i + 1)); done
+wait
 SH
 truncate -s 4096 "$payload/bench-script"
+# A raw drive holding the static tcpbench; the zeros after the ELF do not matter to it.
+cp "$payload/tcpbench" "$payload/tools.img"
+truncate -s 4M "$payload/tools.img"
 cat >"$payload/vm.json" <<'JSON'
 {
   "boot-source": {
@@ -61,6 +62,8 @@ cat >"$payload/vm.json" <<'JSON'
   "machine-config": {"vcpu_count": 2, "mem_size_mib": 512},
   "drives": [
     {"drive_id": "script", "path_on_host": "bench-script", "is_root_device": false,
+     "is_read_only": true},
+    {"drive_id": "tools", "path_on_host": "tools.img", "is_root_device": false,
      "is_read_only": true}
   ],
   "network-interfaces": [

@@ -1,5 +1,6 @@
 /*
- * The host end of resources/bench/net.sh: one TCP transfer, timed on this side.
+ * Both ends of resources/bench/net.sh (the host and, from a drive, the guest): one TCP transfer,
+ * timed on this side.
  *
  *   tcpbench recv PORT              listen on 0.0.0.0:PORT, accept one connection, read until
  *                                   EOF; prints  BENCH-G2H bytes=N seconds=S
