@@ -29,6 +29,21 @@ fn load_config(path: &std::path::Path) -> Result<VmConfig, Error> {
     VmConfig::from_json(&json).map_err(|e| Error::Config(e.to_string()))
 }
 
+/// The config file's `logger` and `metrics` sections, applied as `PUT /logger` and
+/// `PUT /metrics` would be.
+fn apply_logger_and_metrics(config: &VmConfig, metrics: &Metrics) -> Result<(), Error> {
+    if let Some(settings) = &config.logger {
+        vmm::logger::reconfigure(settings)
+            .map_err(|e| Error::Config(format!("Invalid logger: {e}")))?;
+    }
+    if let Some(settings) = &config.metrics {
+        metrics
+            .set_sink(&settings.metrics_path)
+            .map_err(|e| Error::Config(format!("Invalid metrics: {e}")))?;
+    }
+    Ok(())
+}
+
 fn serial_output(config: Option<&VmConfig>) -> Result<Box<dyn Write + Send>, Error> {
     match config.and_then(|c| c.serial.as_ref()) {
         None => Ok(Box::new(std::io::stdout())),
@@ -92,6 +107,9 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
         metrics
             .set_sink(path)
             .map_err(|e| Error::Config(e.to_string()))?;
+    }
+    if let Some(config) = &config {
+        apply_logger_and_metrics(config, &metrics)?;
     }
     let host = |serial_out| HostOptions {
         serial_out,

@@ -104,6 +104,34 @@ fn metrics_path_gets_the_final_counts_at_exit() {
 }
 
 #[test]
+fn config_file_logger_and_metrics_sections_are_applied() {
+    let dir = TempDir::new("tiny-sections");
+    let kernel = dir.write("vmlinux", tiny_kernel::build(false, Ending::I8042Reset));
+    let (log, metrics) = (dir.path("kiln.log"), dir.path("kiln.metrics"));
+    let config = format!(
+        r#"{{"boot-source": {{"kernel_image_path": "{}"}},
+            "logger": {{"log_path": "{}", "level": "Debug", "show_level": true}},
+            "metrics": {{"metrics_path": "{}"}}}}"#,
+        kernel.display(),
+        log.display(),
+        metrics.display()
+    );
+    let config = dir.write("vm.json", config);
+    let out = run_kiln(
+        &["--no-api", "--config-file", config.to_str().unwrap()],
+        TIMEOUT,
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        log.contains(":INFO] ") && log.contains("Started 1 vCPUs"),
+        "{log}"
+    );
+    let metrics = std::fs::read_to_string(&metrics).unwrap();
+    assert!(metrics.contains("\"exit_io_out\""), "{metrics}");
+}
+
+#[test]
 fn serial_output_can_go_to_a_file() {
     let dir = TempDir::new("tiny");
     let kernel = dir.write("vmlinux", tiny_kernel::build(false, Ending::I8042Reset));

@@ -124,6 +124,9 @@ impl VmResources {
             serial: self.serial.clone(),
             drives: self.drives.clone(),
             network_interfaces: self.network_interfaces.clone(),
+            // Applied when set, through the API or from the file; not part of the VM.
+            logger: None,
+            metrics: None,
         })
     }
 

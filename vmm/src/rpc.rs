@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::config::{BootSourceConfig, DriveConfig, MachineConfig, NetworkInterfaceConfig};
+pub use crate::config::{LoggerSettings, MetricsSettings};
 
 /// What the API asks the VMM to do.
 #[derive(Debug, Clone, PartialEq)]
@@ -106,35 +107,6 @@ pub struct NetworkInterfaceUpdate {
     /// A new transmit rate limiter (not implemented yet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tx_rate_limiter: Option<serde_json::Value>,
-}
-
-/// `PUT /logger`, as Firecracker takes it.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct LoggerSettings {
-    /// A file or FIFO for the log.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub log_path: Option<PathBuf>,
-    /// Off, Error, Warning, Info, Debug or Trace.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub level: Option<String>,
-    /// Whether lines show their level.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub show_level: Option<bool>,
-    /// Whether lines show their source file and line.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub show_log_origin: Option<bool>,
-    /// Only log lines from this module.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub module: Option<String>,
-}
-
-/// `PUT /metrics`, as Firecracker takes it.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct MetricsSettings {
-    /// A file or FIFO for the metrics, one JSON object per line.
-    pub metrics_path: PathBuf,
 }
 
 /// The VM's state as `GET /` reports it.

@@ -9,6 +9,7 @@ mod boot_source;
 mod drive;
 mod machine;
 mod net;
+mod observability;
 mod serial;
 
 pub use boot_source::BootSourceConfig;
@@ -17,6 +18,7 @@ pub use drive::{
 };
 pub use machine::{HugePages, MachineConfig, MAX_VCPUS};
 pub use net::{validate_interfaces, MacAddr, NetworkInterfaceConfig};
+pub use observability::{LoggerSettings, MetricsSettings};
 pub use serial::SerialConfig;
 
 use serde::Deserialize;
@@ -57,6 +59,10 @@ pub struct VmConfig {
     pub drives: Vec<DriveConfig>,
     /// Network interfaces, in configuration order.
     pub network_interfaces: Vec<NetworkInterfaceConfig>,
+    /// The log's destination and format, applied before the VM is built.
+    pub logger: Option<LoggerSettings>,
+    /// The metrics' destination, set before the VM is built.
+    pub metrics: Option<MetricsSettings>,
 }
 
 /// The file as written. Sections Kiln does not implement are kept as raw JSON so that an empty
@@ -79,9 +85,9 @@ struct ConfigFile {
     #[serde(default)]
     vsock: serde_json::Value,
     #[serde(default)]
-    logger: serde_json::Value,
+    logger: Option<LoggerSettings>,
     #[serde(default)]
-    metrics: serde_json::Value,
+    metrics: Option<MetricsSettings>,
     #[serde(rename = "mmds-config", default)]
     mmds_config: serde_json::Value,
     #[serde(default)]
@@ -109,8 +115,6 @@ impl VmConfig {
             ("cpu-config", &file.cpu_config),
             ("balloon", &file.balloon),
             ("vsock", &file.vsock),
-            ("logger", &file.logger),
-            ("metrics", &file.metrics),
             ("mmds-config", &file.mmds_config),
             ("entropy", &file.entropy),
             ("memory-hotplug", &file.memory_hotplug),
@@ -129,6 +133,8 @@ impl VmConfig {
             serial: file.serial,
             drives: file.drives,
             network_interfaces: file.network_interfaces,
+            logger: file.logger,
+            metrics: file.metrics,
         })
     }
 }
@@ -209,6 +215,31 @@ mod tests {
         );
         let json = format!(
             r#"{{"boot-source": {{"kernel_image_path": "{}"}}, "serial": {{"path": "/x"}}}}"#,
+            k.0.display()
+        );
+        assert!(error_of(&json).contains("unknown field `path`"));
+    }
+
+    #[test]
+    fn logger_and_metrics_sections_take_what_the_api_takes() {
+        let k = kernel();
+        let json = format!(
+            r#"{{"boot-source": {{"kernel_image_path": "{}"}},
+                "logger": {{"log_path": "/tmp/kiln.log", "level": "Debug", "show_level": true}},
+                "metrics": {{"metrics_path": "/tmp/kiln.metrics"}}}}"#,
+            k.0.display()
+        );
+        let cfg = VmConfig::from_json(&json).unwrap();
+        let logger = cfg.logger.unwrap();
+        assert_eq!(logger.log_path.as_deref(), Some("/tmp/kiln.log".as_ref()));
+        assert_eq!(logger.level.as_deref(), Some("Debug"));
+        assert_eq!(logger.show_level, Some(true));
+        assert_eq!(
+            cfg.metrics.unwrap().metrics_path,
+            std::path::PathBuf::from("/tmp/kiln.metrics")
+        );
+        let json = format!(
+            r#"{{"boot-source": {{"kernel_image_path": "{}"}}, "metrics": {{"path": "/x"}}}}"#,
             k.0.display()
         );
         assert!(error_of(&json).contains("unknown field `path`"));
