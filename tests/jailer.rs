@@ -401,6 +401,8 @@ fn a_handle_that_is_not_a_network_namespace_is_refused() {
 const GUEST_SCRIPT: &str = r#"
 echo "GUEST-ROOT=$(awk '$2 == "/" {print $1, $3, substr($4, 1, 2)}' /proc/mounts | tail -n1)"
 echo "jailed" >/jailed.txt && sync && echo "GUEST-WROTE=yes"
+ip link set eth0 up && ip addr add 172.16.5.2/24 dev eth0
+ping -c 2 -W 5 172.16.5.1 >/dev/null && echo "GUEST-PING=ok" || echo "GUEST-PING=failed"
 "#;
 
 /// Starts the jailer, hard-links the guest into the jail, configures kiln through its API with
@@ -410,8 +412,16 @@ const JAIL_BOOT: &str = r#"
 BASE=$PWD/jails
 ROOT=$BASE/kiln/linux-jail/root
 SOCK=$ROOT/run/kiln.socket
+# The jailed uid owns the tap, as it must to attach to it without CAP_NET_ADMIN.
+IP=$PWD/bin/ip
+mkdir -p /run/netns
+$IP netns add kjn
+$IP netns exec kjn $IP tuntap add dev tap0 mode tap user 4242
+$IP -n kjn addr add 172.16.5.1/24 dev tap0
+$IP -n kjn link set tap0 up
 ./static/kiln-jailer --id linux-jail --exec-file static/kiln --uid 4242 --gid 4243 \
-    --chroot-base-dir "$BASE" -- --api-sock /run/kiln.socket </dev/null >kiln.out 2>&1 &
+    --chroot-base-dir "$BASE" --netns /run/netns/kjn -- --api-sock /run/kiln.socket \
+    </dev/null >kiln.out 2>&1 &
 KILN=$!
 i=0; while [ ! -S "$SOCK" ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i + 1)); done
 ln vmlinux "$ROOT/vmlinux"
@@ -425,6 +435,7 @@ echo "JAIL-BOOT-SOURCE=$(api /boot-source '{"kernel_image_path": "vmlinux", "boo
 echo "JAIL-ROOTFS=$(api /drives/rootfs '{"drive_id": "rootfs", "path_on_host": "rootfs.ext4", "is_root_device": true, "is_read_only": false}')"
 echo "JAIL-SCRIPT=$(api /drives/script '{"drive_id": "script", "path_on_host": "script.img", "is_root_device": false, "is_read_only": true}')"
 echo "JAIL-MACHINE=$(api /machine-config '{"vcpu_count": 2, "mem_size_mib": 256}')"
+echo "JAIL-NET=$(api /network-interfaces/eth0 '{"iface_id": "eth0", "host_dev_name": "tap0"}')"
 echo "HOST-UID=$(awk '/^Uid:/ {print $2, $3, $4, $5}' /proc/$KILN/status)"
 echo "HOST-GID=$(awk '/^Gid:/ {print $2, $3, $4, $5}' /proc/$KILN/status)"
 if [ "$(stat -L -c %d:%i /proc/$KILN/root/)" = "$(stat -c %d:%i "$ROOT")" ]; then
@@ -440,6 +451,7 @@ wait $KILN; rc=$?
 kill $WATCHDOG 2>/dev/null
 cat kiln.out
 debugfs -R 'cat /jailed.txt' rootfs.ext4 2>/dev/null | sed 's/^/HOST-FILE=/'
+$IP netns del kjn
 exit $rc
 "#;
 
@@ -486,6 +498,7 @@ fn a_jailed_kiln_boots_the_linux_guest_from_a_rootfs_in_the_jail() {
         "JAIL-ROOTFS",
         "JAIL-SCRIPT",
         "JAIL-MACHINE",
+        "JAIL-NET",
         "JAIL-START",
     ] {
         assert_eq!(o.expect_value(step), "204", "{step}:\n{}", o.tail());
@@ -493,6 +506,8 @@ fn a_jailed_kiln_boots_the_linux_guest_from_a_rootfs_in_the_jail() {
     assert_eq!(o.expect_value("GUEST-ROOT"), "/dev/root ext4 rw");
     assert_eq!(o.expect_value("GUEST-WROTE"), "yes");
     assert_eq!(o.expect_value("HOST-FILE"), "jailed");
+    // The jailed kiln attached to its tap in the network namespace it joined.
+    assert_eq!(o.expect_value("GUEST-PING"), "ok", "{}", o.tail());
     assert_eq!(o.expect_value("HOST-UID"), "4242 4242 4242 4242");
     assert_eq!(o.expect_value("HOST-GID"), "4243 4243 4243 4243");
     assert_eq!(o.expect_value("HOST-ROOT-IS-JAIL"), "yes", "{}", o.tail());
