@@ -4,6 +4,7 @@
 
 use std::fs::OpenOptions;
 use std::io::{IsTerminal, Write};
+use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
 
 use api_server::ApiMetrics;
@@ -14,6 +15,7 @@ use vmm::controller::Controller;
 use vmm::metrics::{Counter, MetricSource, Metrics};
 use vmm::resources::VmResources;
 use vmm::rpc::api_channel;
+use vmm::seccomp::{SeccompFilters, ThreadKind};
 use vmm::vstate::vcpu::VmStop;
 
 use crate::terminal::RawTerminal;
@@ -98,8 +100,25 @@ fn outcome(stop: VmStop) -> Result<(), Error> {
     }
 }
 
+/// The seccomp filters the command line asks for: the built-in ones unless `--no-seccomp` or
+/// `--seccomp-filter` says otherwise.
+fn seccomp_filters(cli: &Cli) -> Result<SeccompFilters, Error> {
+    let filters = if cli.no_seccomp {
+        log::warn!("Seccomp filtering is off (--no-seccomp).");
+        Ok(SeccompFilters::none())
+    } else if let Some(path) = &cli.seccomp_filter {
+        log::info!("Using the seccomp filters in {}", path.display());
+        SeccompFilters::from_file(path)
+    } else {
+        SeccompFilters::builtin()
+    };
+    // Firecracker ends with its generic error status for a bad filter file, too.
+    filters.map_err(|e| Error::Run(e.to_string()))
+}
+
 /// Runs the microVM the command line describes until it stops.
 pub fn run(cli: &Cli) -> Result<(), Error> {
+    let seccomp = Arc::new(seccomp_filters(cli)?);
     let config = cli.config_file.as_deref().map(load_config).transpose()?;
     let console_input = std::io::stdin().is_terminal();
     let metrics = Arc::new(Metrics::default());
@@ -117,6 +136,7 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
         boot_timer: cli.boot_timer,
         start: Timestamp::now(),
         metrics: metrics.clone(),
+        seccomp: seccomp.clone(),
     };
     // Open what can fail before the terminal changes mode.
     let serial_out = serial_output(config.as_ref())?;
@@ -141,14 +161,26 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
     let api_metrics = Arc::new(ApiMetrics::new());
     metrics.add_source(Arc::new(ApiCounters(api_metrics.clone())));
     let max_payload = cli.http_api_max_payload_size;
+    let (confined_tx, confined_rx) = sync_channel(1);
+    let api_seccomp = seccomp.clone();
     std::thread::Builder::new()
         .name("kiln_api".into())
         .spawn(move || {
-            if let Err(e) = api_server::serve(server, sender, max_payload, api_metrics) {
-                log::error!("The API server stopped: {e}");
+            // Confined before it accepts a connection; a thread that cannot be stays idle.
+            let confined = api_seccomp.apply(ThreadKind::Api);
+            let ok = confined.is_ok();
+            if confined_tx.send(confined).is_ok() && ok {
+                if let Err(e) = api_server::serve(server, sender, max_payload, api_metrics) {
+                    log::error!("The API server stopped: {e}");
+                }
             }
         })
         .map_err(|e| run_error(&e))?;
+    match confined_rx.recv() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(run_error(&e)),
+        Err(_) => return Err(Error::Run("The API thread ended at its start.".into())),
+    }
     log::info!("Serving the API on {}", cli.api_sock.display());
 
     let resources = config.clone().map(VmResources::from).unwrap_or_default();

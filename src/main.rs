@@ -55,6 +55,13 @@ struct Cli {
     /// Show the source file and line of each log line.
     #[arg(long)]
     show_log_origin: bool,
+    /// Run without seccomp filters. Not recommended.
+    #[arg(long, conflicts_with = "seccomp_filter")]
+    no_seccomp: bool,
+    /// Path to compiled seccomp filters to use instead of the built-in ones: the format of
+    /// Firecracker's seccompiler-bin, with programs for "vmm", "api" and "vcpu".
+    #[arg(long)]
+    seccomp_filter: Option<PathBuf>,
 }
 
 fn parse_instance_id(id: &str) -> Result<String, String> {

@@ -17,6 +17,7 @@ use crate::device_manager::{block, legacy, mmio, net};
 use crate::loader::{self, LoaderError};
 use crate::metrics::Metrics;
 use crate::runtime::{AttachedDrive, Subscriber, Vmm, VmmParts};
+use crate::seccomp::SeccompFilters;
 use crate::vstate::memory::{create_guest_memory, MemoryError};
 use crate::vstate::vcpu::{install_kick_handler, Vcpu, VcpuConfig, VcpuError, VcpuExitCounters};
 use crate::vstate::vm::{Vm, VmError};
@@ -81,6 +82,8 @@ pub struct HostOptions {
     pub start: Timestamp,
     /// Where devices and vCPUs register their counters.
     pub metrics: Arc<Metrics>,
+    /// The seccomp filters the VMM and vCPU threads install when the VM starts.
+    pub seccomp: Arc<SeccompFilters>,
 }
 
 impl std::fmt::Debug for HostOptions {
@@ -239,5 +242,6 @@ pub fn build(config: &VmConfig, host: HostOptions) -> Result<Vmm, BuildError> {
         devices: subscribers,
         drives,
         metrics: host.metrics,
+        seccomp: host.seccomp,
     })
 }

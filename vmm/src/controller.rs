@@ -25,6 +25,9 @@ pub enum ControllerError {
     /// The API thread is gone before the VM started.
     #[error("The API server stopped before the microVM was started.")]
     ApiGone,
+    /// The VM was built but its vCPUs did not start.
+    #[error("{0}")]
+    StartFailed(ActionError),
 }
 
 /// The state the API sees: the configuration, the instance's identity and the metrics.
@@ -99,8 +102,10 @@ impl Controller {
         .map(|()| VmmData::Empty)
     }
 
-    /// Serves the API until `InstanceStart` boots the VM; returns the started VM. A failed
-    /// start is answered with its error and the API keeps serving.
+    /// Serves the API until `InstanceStart` boots the VM; returns the started VM. A VM that
+    /// cannot be built is answered with the error and the API keeps serving. A built VM whose
+    /// vCPUs do not start is answered with the error and ends the service: by then this thread
+    /// may be under its seccomp filter, which does not let it build another VM.
     pub fn serve_until_started(
         &mut self,
         api: &ApiReceiver,
@@ -116,34 +121,51 @@ impl Controller {
                 let _ = request.reply.send(result);
                 continue;
             }
-            match self.start(host()) {
-                Ok(vmm) => {
+            let mut vmm = match self.build(host()) {
+                Ok(vmm) => vmm,
+                Err(e) => {
+                    log::error!("InstanceStart failed: {e}");
+                    let _ = request.reply.send(Err(e));
+                    continue;
+                }
+            };
+            match vmm.start() {
+                Ok(()) => {
                     let _ = request.reply.send(Ok(VmmData::Empty));
                     return Ok(vmm);
                 }
                 Err(e) => {
-                    log::error!("InstanceStart failed: {e}");
-                    let _ = request.reply.send(Err(e));
+                    let e = start_error(&e);
+                    let _ = request.reply.send(Err(e.clone()));
+                    return Err(ControllerError::StartFailed(e));
                 }
             }
         }
     }
 
+    /// Builds the configured VM, its vCPUs paused.
+    fn build(&self, host: HostOptions) -> Result<Vmm, ActionError> {
+        let config = self.resources.vm_config()?;
+        build(&config, host).map_err(|e| start_error(&e))
+    }
+
     /// Builds the configured VM and starts its vCPUs.
     pub fn start(&self, host: HostOptions) -> Result<Vmm, ActionError> {
-        let config = self.resources.vm_config()?;
-        let error =
-            |e: &dyn std::fmt::Display| ActionError(format!("Cannot start the microVM: {e}"));
-        let mut vmm = build(&config, host).map_err(|e| error(&e))?;
-        vmm.start().map_err(|e| error(&e))?;
+        let mut vmm = self.build(host)?;
+        vmm.start().map_err(|e| start_error(&e))?;
         Ok(vmm)
     }
+}
+
+fn start_error(e: &dyn std::fmt::Display) -> ActionError {
+    ActionError(format!("Cannot start the microVM: {e}"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::BootSourceConfig;
+    use crate::seccomp::SeccompFilters;
 
     fn controller() -> Controller {
         Controller::new("vm-7", VmResources::default(), Arc::new(Metrics::default()))
@@ -199,6 +221,7 @@ mod tests {
             boot_timer: false,
             start: devices::boot_timer::Timestamp::now(),
             metrics: Arc::new(Metrics::default()),
+            seccomp: Arc::new(SeccompFilters::none()),
         };
         let err = c.start(host).unwrap_err();
         assert_eq!(

@@ -17,4 +17,5 @@ pub mod metrics;
 pub mod resources;
 pub mod rpc;
 pub mod runtime;
+pub mod seccomp;
 pub mod vstate;

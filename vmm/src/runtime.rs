@@ -22,6 +22,7 @@ use crate::metrics::Metrics;
 use crate::rpc::{
     ActionError, ActionResult, ApiReceiver, DriveUpdate, InstanceState, VmmAction, VmmData,
 };
+use crate::seccomp::{SeccompError, SeccompFilters, ThreadKind};
 use crate::vstate::vcpu::{Vcpu, VcpuError, VcpuEvent, VcpuHandle, VcpuResponse, VmStop};
 use crate::vstate::vm::Vm;
 
@@ -46,6 +47,9 @@ pub enum RuntimeError {
     /// The API's eventfd could not be watched.
     #[error("Failed to watch the API channel: {0}")]
     ApiEventFd(std::io::Error),
+    /// The VMM thread could not install its seccomp filter.
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
 }
 
 /// A device (or other event source) served by the VMM thread's event loop.
@@ -118,6 +122,7 @@ pub(crate) struct VmmParts {
     pub devices: Vec<Subscriber>,
     pub drives: Vec<AttachedDrive>,
     pub metrics: Arc<Metrics>,
+    pub seccomp: Arc<SeccompFilters>,
 }
 
 /// A built VM.
@@ -131,6 +136,7 @@ pub struct Vmm {
     drives: Vec<AttachedDrive>,
     legacy: LegacyDevices,
     metrics: Arc<Metrics>,
+    seccomp: Arc<SeccompFilters>,
     _mem: GuestMemoryMmap,
     _vm: Vm,
 }
@@ -181,16 +187,21 @@ impl Vmm {
             drives: parts.drives,
             legacy: parts.legacy,
             metrics: parts.metrics,
+            seccomp: parts.seccomp,
             _mem: parts.mem,
             _vm: parts.vm,
         })
     }
 
-    /// Starts the vCPU threads and lets them run guest code.
+    /// Starts the vCPU threads and lets them run guest code. Each vCPU thread, and then this
+    /// thread, installs its seccomp filter before the first guest instruction runs; this
+    /// thread's is there for good even when starting fails later.
     pub fn start(&mut self) -> Result<(), RuntimeError> {
         for vcpu in self.vcpus.drain(..) {
-            self.handles.push(vcpu.start()?);
+            self.handles.push(vcpu.start(self.seccomp.clone())?);
         }
+        // After the vCPU threads exist, so that they are not under this filter as well.
+        self.seccomp.apply(ThreadKind::Vmm)?;
         for (index, handle) in self.handles.iter().enumerate() {
             match handle.request(VcpuEvent::Resume)? {
                 VcpuResponse::Resumed => {}

@@ -14,9 +14,13 @@
 //! The VMM sends an event on the vCPU's channel and then kicks the thread with a signal, which
 //! makes a blocked `KVM_RUN` return `EINTR`. A kick can land just before the thread enters
 //! `KVM_RUN`, so the VMM repeats it until the thread acknowledges.
+//!
+//! A vCPU thread installs the vCPU seccomp filter before anything else (see
+//! [`crate::seccomp`]). The kick's handler is installed for the whole process while the VM is
+//! built, before any filter, so taking the signal needs only `rt_sigreturn` from the filter.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::sync::mpsc::{channel, sync_channel, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -33,6 +37,7 @@ use crate::arch::x86_64::interrupts::set_lint;
 use crate::arch::x86_64::msr::{boot_msrs, MsrError};
 use crate::arch::x86_64::regs::{self, EntryPoint, RegsError};
 use crate::metrics::{Counter, MetricSource};
+use crate::seccomp::{SeccompError, SeccompFilters, ThreadKind};
 
 /// The kinds of vCPU exit the metrics count.
 const EXIT_KINDS: [&str; 8] = [
@@ -104,6 +109,9 @@ pub enum VcpuError {
     /// The vCPU thread could not be spawned.
     #[error("Failed to spawn the thread for vCPU {index}: {source}")]
     Spawn { index: u8, source: std::io::Error },
+    /// The vCPU thread could not install its seccomp filter.
+    #[error("vCPU {index}: {source}")]
+    Seccomp { index: u8, source: SeccompError },
     /// The vCPU thread is gone.
     #[error("vCPU {0} stopped responding.")]
     Gone(u8),
@@ -248,15 +256,35 @@ impl Vcpu {
         Ok(())
     }
 
-    /// Starts the vCPU's thread, paused.
-    pub fn start(self) -> Result<VcpuHandle, VcpuError> {
+    /// Starts the vCPU's thread, paused, and returns once the thread has installed its seccomp
+    /// filter: from then on it runs nothing the filter does not allow.
+    pub fn start(self, seccomp: Arc<SeccompFilters>) -> Result<VcpuHandle, VcpuError> {
         let index = self.index;
         let (event_tx, event_rx) = channel();
         let (response_tx, response_rx) = channel();
+        let (confined_tx, confined_rx) = sync_channel(1);
         let thread = std::thread::Builder::new()
             .name(format!("kiln_vcpu{index}"))
-            .spawn(move || VcpuThread::new(self, event_rx, response_tx).run())
+            .spawn(move || {
+                let confined = seccomp.apply(ThreadKind::Vcpu);
+                let ok = confined.is_ok();
+                // The VMM waits for this answer; if it is gone, so is the reason to run.
+                if confined_tx.send(confined).is_ok() && ok {
+                    VcpuThread::new(self, event_rx, response_tx).run()
+                } else {
+                    None
+                }
+            })
             .map_err(|source| VcpuError::Spawn { index, source })?;
+        match confined_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(source)) => {
+                // The thread has returned, or is about to.
+                let _ = thread.join();
+                return Err(VcpuError::Seccomp { index, source });
+            }
+            Err(_) => return Err(VcpuError::Gone(index)),
+        }
         Ok(VcpuHandle {
             index,
             thread: Some(thread),
