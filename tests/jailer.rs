@@ -114,6 +114,8 @@ fn a_jailed_kiln_runs_confined_in_its_v1_cgroup_and_netns() {
     assert_eq!(kiln.status("Uid"), format!("{UID}\t{UID}\t{UID}\t{UID}"));
     assert_eq!(kiln.status("Gid"), format!("{GID}\t{GID}\t{GID}\t{GID}"));
     assert_eq!(kiln.status("Groups"), "");
+    // The VM runs, so every thread, the main one included, is under its seccomp filter.
+    assert_eq!(kiln.status("Seccomp"), "2");
     // The jail is its root, holding only what the jailer put there and the kernel.
     let proc_root = Path::new("/proc").join(kiln.pid.to_string()).join("root");
     assert_eq!(dev_ino(&proc_root), dev_ino(&kiln.root));
