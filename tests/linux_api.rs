@@ -44,8 +44,10 @@ api() {
     fi
 }
 state() { api GET / >/dev/null; sed 's/.*"state":"\([^"]*\)".*/\1/' resp.txt; }
-count() { grep -a '^COUNT' kiln.out | tail -n1 | tr -d '\r' | cut -d' ' -f2; }
-size() { grep -a '^COUNT' kiln.out | tail -n1 | tr -d '\r' | cut -d' ' -f4; }
+# Whole counter lines only: a kernel message or a log line can land in the middle of one.
+counter() { tr -d '\r' <kiln.out | grep -a -E '^COUNT [0-9]+ SIZE [0-9]+$' | tail -n1; }
+count() { counter | cut -d' ' -f2; }
+size() { counter | cut -d' ' -f4; }
 echo "API-STATE-BEFORE=$(state)"
 echo "API-PAUSE-BEFORE-START=$(api PATCH /vm '{"state": "Paused"}') $(cat resp.txt)"
 echo "API-LOGGER=$(api PUT /logger '{"log_path": "api.log", "level": "Info", "show_level": true}')"
@@ -143,7 +145,10 @@ fn pause_stops_the_guest_and_resume_continues_it() {
     assert_eq!(value("API-RESUME"), "204");
     let counts: Vec<u32> = value("API-COUNTS")
         .split_whitespace()
-        .map(|c| c.parse().unwrap())
+        .map(|c| {
+            c.parse()
+                .unwrap_or_else(|_| panic!("count {c:?}; the output ends:\n{}", outcome().tail()))
+        })
         .collect();
     assert_eq!(counts.len(), 3, "{:?}", outcome().tail());
     assert_eq!(counts[0], counts[1], "the counter moved while paused");
