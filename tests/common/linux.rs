@@ -222,8 +222,48 @@ pub fn parse_outcomes(output: &str) -> BTreeMap<String, Outcome> {
     outcomes
 }
 
+/// What kiln logs when the guest triple-faults (KVM_EXIT_SHUTDOWN).
+const TRIPLE_FAULT: &str = "The guest stopped the VM (triple fault (KVM_EXIT_SHUTDOWN)).";
+
+/// Whether a scenario's guest triple-faulted without asking to (only `reboot=t` asks to).
+fn unexpected_triple_fault(scenario: &Scenario, outcome: Option<&Outcome>) -> bool {
+    let asked = [&scenario.config, &scenario.before, &scenario.run]
+        .iter()
+        .any(|t| t.contains("reboot=t"));
+    !asked && outcome.is_some_and(|o| o.output.contains(TRIPLE_FAULT))
+}
+
 /// Runs `scenarios` in one payload and returns their outcomes by name, plus the whole log.
+///
+/// A scenario whose guest triple-faults without asking to runs once more, in a fresh rig, and
+/// the test output says so. In the nested rig (QEMU TCG emulating SVM, kvm_amd in L1) idle
+/// guests triple-fault now and then, about one in eight when two guests run side by side,
+/// with no guest message before it; the rig's own L1 kernel once died of a corrupted stack in
+/// the same conditions. On hardware KVM there is no retry to need. A second triple fault
+/// fails the test.
 pub fn run_scenarios(scenarios: &[Scenario]) -> (BTreeMap<String, Outcome>, String) {
+    let (mut outcomes, mut log) = run_payload(scenarios);
+    let again: Vec<Scenario> = scenarios
+        .iter()
+        .filter(|s| unexpected_triple_fault(s, outcomes.get(s.name)))
+        .cloned()
+        .collect();
+    if !again.is_empty() {
+        let names: Vec<&str> = again.iter().map(|s| s.name).collect();
+        eprintln!(
+            "kiln-e2e: WARNING: the guest of {names:?} triple-faulted without asking to; \
+             running it once more in a fresh rig (see tests/common/linux.rs run_scenarios)"
+        );
+        let (retried, retry_log) = run_payload(&again);
+        outcomes.extend(retried);
+        log.push_str("\n--- retry of a triple-faulted scenario ---\n");
+        log.push_str(&retry_log);
+    }
+    (outcomes, log)
+}
+
+/// Runs `scenarios` in one rig boot.
+fn run_payload(scenarios: &[Scenario]) -> (BTreeMap<String, Outcome>, String) {
     let artifacts = guest_artifacts();
     let dir = TempDir::new("payload");
     write_payload(&dir.0, &artifacts, scenarios);
