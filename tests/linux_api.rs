@@ -44,8 +44,10 @@ api() {
     fi
 }
 state() { api GET / >/dev/null; sed 's/.*"state":"\([^"]*\)".*/\1/' resp.txt; }
-# Whole counter lines only: a kernel message or a log line can land in the middle of one.
-counter() { tr -d '\r' <kiln.out | grep -a -E '^COUNT [0-9]+ SIZE [0-9]+$' | tail -n1; }
+# Whole counter lines only: a kernel message or a log line can land in the middle of one, and
+# the last one may still be arriving; a finished console line ends in CR LF.
+CR=$(printf '\r')
+counter() { grep -a -E "^COUNT [0-9]+ SIZE [0-9]+$CR\$" kiln.out | tail -n1 | tr -d '\r'; }
 count() { counter | cut -d' ' -f2; }
 size() { counter | cut -d' ' -f4; }
 echo "API-STATE-BEFORE=$(state)"
