@@ -71,22 +71,8 @@ struct ApiCounters(Arc<ApiMetrics>);
 
 impl MetricSource for ApiCounters {
     fn counters(&self) -> Vec<Counter> {
-        let mut counters: Vec<Counter> = self
-            .0
-            .snapshot()
-            .into_iter()
-            .map(|(route, total)| Counter {
-                group: "api_server".into(),
-                name: route,
-                total,
-            })
-            .collect();
-        counters.push(Counter {
-            group: "api_server".into(),
-            name: "faults".into(),
-            total: self.0.faults(),
-        });
-        counters
+        let faults = ("faults".to_string(), self.0.faults());
+        Counter::group("api_server", self.0.snapshot().into_iter().chain([faults]))
     }
 }
 

@@ -21,6 +21,23 @@ pub struct Counter {
     pub total: u64,
 }
 
+impl Counter {
+    /// The counters of `group` from (name, total) pairs.
+    pub fn group<N: Into<String>>(
+        group: &str,
+        totals: impl IntoIterator<Item = (N, u64)>,
+    ) -> Vec<Counter> {
+        totals
+            .into_iter()
+            .map(|(name, total)| Counter {
+                group: group.to_string(),
+                name: name.into(),
+                total,
+            })
+            .collect()
+    }
+}
+
 /// Something that keeps counters.
 pub trait MetricSource: Send + Sync {
     /// The current totals.

@@ -82,14 +82,6 @@ impl BlockMetrics {
 
 impl MetricSource for BlockMetrics {
     fn counters(&self) -> Vec<Counter> {
-        self.stats
-            .snapshot()
-            .into_iter()
-            .map(|(name, total)| Counter {
-                group: self.group.clone(),
-                name: name.into(),
-                total,
-            })
-            .collect()
+        Counter::group(&self.group, self.stats.snapshot())
     }
 }

@@ -61,21 +61,6 @@ impl NetMetrics {
 
 impl MetricSource for NetMetrics {
     fn counters(&self) -> Vec<Counter> {
-        let s = &self.stats;
-        [
-            ("rx_bytes_count", s.rx_bytes()),
-            ("rx_packets_count", s.rx_packets()),
-            ("rx_drops", s.rx_drops()),
-            ("tx_bytes_count", s.tx_bytes()),
-            ("tx_packets_count", s.tx_packets()),
-            ("tx_drops", s.tx_drops()),
-        ]
-        .into_iter()
-        .map(|(name, total)| Counter {
-            group: self.group.clone(),
-            name: name.into(),
-            total,
-        })
-        .collect()
+        Counter::group(&self.group, self.stats.snapshot())
     }
 }

@@ -65,15 +65,8 @@ impl VcpuExitCounters {
 
 impl MetricSource for VcpuExitCounters {
     fn counters(&self) -> Vec<Counter> {
-        EXIT_KINDS
-            .iter()
-            .zip(&self.0)
-            .map(|(name, value)| Counter {
-                group: "vcpu".into(),
-                name: (*name).into(),
-                total: value.load(Ordering::Relaxed),
-            })
-            .collect()
+        let totals = self.0.iter().map(|value| value.load(Ordering::Relaxed));
+        Counter::group("vcpu", EXIT_KINDS.iter().copied().zip(totals))
     }
 }
 

@@ -113,6 +113,18 @@ impl NetStats {
         self.tx_drops.load(Ordering::Relaxed)
     }
 
+    /// Every counter with its name in Firecracker's `net_<iface_id>` metrics group.
+    pub fn snapshot(&self) -> [(&'static str, u64); 6] {
+        [
+            ("rx_bytes_count", self.rx_bytes()),
+            ("rx_packets_count", self.rx_packets()),
+            ("rx_drops", self.rx_drops()),
+            ("tx_bytes_count", self.tx_bytes()),
+            ("tx_packets_count", self.tx_packets()),
+            ("tx_drops", self.tx_drops()),
+        ]
+    }
+
     pub(super) fn rx_delivered(&self, bytes: usize) {
         self.rx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
         self.rx_packets.fetch_add(1, Ordering::Relaxed);
