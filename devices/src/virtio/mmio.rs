@@ -396,6 +396,9 @@ mod tests {
         fn set_acked_features(&mut self, features: u64) {
             self.acked_features = features;
         }
+        fn config_space(&self) -> &[u8] {
+            &self.config
+        }
         fn read_config(&self, offset: u64, data: &mut [u8]) {
             let start = offset as usize;
             if let Some(src) = self.config.get(start..start + data.len()) {

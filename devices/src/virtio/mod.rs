@@ -115,11 +115,23 @@ pub trait VirtioDevice: Send {
     /// Records the features the driver accepted (a subset of `avail_features`).
     fn set_acked_features(&mut self, features: u64);
 
-    /// Reads the device config space at `offset`. Reads past its end leave `data` zeroed.
-    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// The device config space.
+    fn config_space(&self) -> &[u8];
 
-    /// Writes the device config space at `offset`; most devices ignore writes.
-    fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// Reads the device config space at `offset`. Reads past its end leave `data` zeroed.
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_space(self.config_space(), offset, data);
+    }
+
+    /// Writes the device config space at `offset`. By default the write is ignored: the
+    /// fields Kiln's devices offer are all read-only, set from the VMM's configuration.
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        log::debug!(
+            "virtio device type {}: ignored a {}-byte config write at {offset:#x}",
+            self.device_type(),
+            data.len()
+        );
+    }
 
     /// Starts the device once the driver sets DRIVER_OK. `queues` are valid (checked by the
     /// transport) and in queue order.

@@ -15,8 +15,8 @@ use super::execute::{self, ExecuteError, Executor, SECTOR_SIZE};
 use super::request::{Rejected, Request};
 use crate::virtio::guest_queue::{check_avail_index, GuestErrors, QueueCheckError};
 use crate::virtio::{
-    read_config_space, ActivateError, Interrupt, VirtioDevice, FEATURE_EVENT_IDX,
-    FEATURE_VERSION_1, INTERRUPT_USED_RING, TYPE_BLOCK,
+    ActivateError, Interrupt, VirtioDevice, FEATURE_EVENT_IDX, FEATURE_VERSION_1,
+    INTERRUPT_USED_RING, TYPE_BLOCK,
 };
 
 /// The size of the one request queue.
@@ -265,16 +265,8 @@ impl VirtioDevice for Block {
         // feature changes how the device serves requests.
     }
 
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        read_config_space(&self.config_space, offset, data);
-    }
-
-    fn write_config(&mut self, offset: u64, data: &[u8]) {
-        // Every field the device offers is read-only.
-        log::debug!(
-            "virtio-block: ignored a {}-byte config write at {offset:#x}",
-            data.len()
-        );
+    fn config_space(&self) -> &[u8] {
+        &self.config_space
     }
 
     fn activate(

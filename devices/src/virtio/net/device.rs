@@ -31,8 +31,8 @@ use super::tap::{FrameIo, Tap, TapError};
 use super::tx::Tx;
 use crate::virtio::guest_queue::GuestErrors;
 use crate::virtio::{
-    read_config_space, ActivateError, Interrupt, VirtioDevice, FEATURE_EVENT_IDX,
-    FEATURE_VERSION_1, INTERRUPT_USED_RING, TYPE_NET,
+    ActivateError, Interrupt, VirtioDevice, FEATURE_EVENT_IDX, FEATURE_VERSION_1,
+    INTERRUPT_USED_RING, TYPE_NET,
 };
 
 /// The size of each queue.
@@ -387,16 +387,8 @@ impl VirtioDevice for Net {
         self.acked_features = features & self.avail_features;
     }
 
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        read_config_space(&self.config_space, offset, data);
-    }
-
-    fn write_config(&mut self, offset: u64, data: &[u8]) {
-        // Every field is read-only: the MAC and MTU come from the VMM's configuration.
-        log::debug!(
-            "virtio-net: ignored a {}-byte config write at {offset:#x}",
-            data.len()
-        );
+    fn config_space(&self) -> &[u8] {
+        &self.config_space
     }
 
     fn activate(
