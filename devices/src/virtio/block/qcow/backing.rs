@@ -14,13 +14,50 @@ use crate::virtio::block::{DiskBackend, DiskError, RawFile};
 
 /// Backing files below the image the user named, at most.
 pub(super) const MAX_CHAIN_DEPTH: usize = 8;
+/// Bytes of L1 and refcount tables a whole chain may hold: a writable image with the largest
+/// tables QEMU allows (40 MiB), and room for its backing files.
+const MAX_CHAIN_TABLE_BYTES: u64 = 64 << 20;
+
+/// The images opened so far in one chain, from the image the user named down.
+#[derive(Debug)]
+pub(super) struct Chain {
+    /// Their canonical paths.
+    paths: Vec<PathBuf>,
+    /// Bytes of L1 and refcount tables they hold.
+    pub table_bytes: u64,
+    /// The guest bytes the image the user named can read from the next image down: no more
+    /// than the smallest virtual size above it.
+    pub reach: u64,
+}
+
+impl Chain {
+    /// The chain of the image the user named, at `canonical`.
+    pub fn new(canonical: PathBuf) -> Chain {
+        Chain {
+            paths: vec![canonical],
+            table_bytes: 0,
+            reach: u64::MAX,
+        }
+    }
+
+    /// Accounts for `bytes` of tables an image is about to load, or refuses them if the chain
+    /// would pass its bound.
+    pub fn charge(&mut self, bytes: u64) -> Result<(), QcowError> {
+        self.table_bytes = self
+            .table_bytes
+            .checked_add(bytes)
+            .filter(|total| *total <= MAX_CHAIN_TABLE_BYTES)
+            .ok_or(QcowError::ChainTables(MAX_CHAIN_TABLE_BYTES))?;
+        Ok(())
+    }
+}
 
 /// Opens the backing file of the image at `overlay`, if it names one. `chain` holds the
-/// canonical paths of the images above it, the image at `overlay` last.
+/// images above it, the image at `overlay` last.
 pub(super) fn open(
     overlay: &Path,
     header: &Header,
-    chain: &mut Vec<PathBuf>,
+    chain: &mut Chain,
 ) -> Result<Option<Box<dyn DiskBackend>>, QcowError> {
     let Some(name) = &header.backing_name else {
         return Ok(None);
@@ -35,7 +72,7 @@ pub(super) fn open(
         Some(dir) if name.is_relative() => dir.join(name),
         _ => name.to_path_buf(),
     };
-    if chain.len() > MAX_CHAIN_DEPTH {
+    if chain.paths.len() > MAX_CHAIN_DEPTH {
         return Err(QcowError::ChainTooDeep(MAX_CHAIN_DEPTH));
     }
     let backing_error = |source: DiskError| QcowError::Backing {
@@ -48,10 +85,10 @@ pub(super) fn open(
             source,
         })
     })?;
-    if chain.contains(&canonical) {
+    if chain.paths.contains(&canonical) {
         return Err(QcowError::ChainLoop(path));
     }
-    chain.push(canonical);
+    chain.paths.push(canonical);
     let disk: Box<dyn DiskBackend> = match format {
         "raw" => Box::new(RawFile::open(&path, true).map_err(backing_error)?),
         "qcow2" => Box::new(QcowFile::open_in_chain(&path, true, chain).map_err(backing_error)?),

@@ -66,14 +66,24 @@ pub enum QcowError {
     /// The dirty bit and a writable open.
     #[error("The image is marked dirty (incompatible feature bit 0), so its refcounts may be stale and it may only be opened read-only; repair it with 'qemu-img check -r all'.")]
     Dirty,
-    /// A table that lies outside the file, is unaligned, or is too large.
-    #[error("The {table} (offset {offset:#x}, {bytes} bytes) is unaligned, larger than {limit} bytes, or outside the file.")]
+    /// A table that lies outside the file or is unaligned.
+    #[error("The {table} (offset {offset:#x}, {bytes} bytes) is unaligned or outside the file.")]
     Table {
         table: &'static str,
         offset: u64,
         bytes: u64,
-        limit: u64,
     },
+    /// An L1 table over QEMU's limit.
+    #[error(
+        "The L1 table has {entries} entries ({bytes} bytes), more than the 32 MiB QEMU allows."
+    )]
+    L1TooLarge { entries: u32, bytes: u64 },
+    /// A refcount table over QEMU's limit.
+    #[error("The refcount table has {clusters} clusters ({bytes} bytes), more than the 8 MiB QEMU allows.")]
+    RefcountTableTooLarge { clusters: u32, bytes: u64 },
+    /// A chain whose tables together pass Kiln's bound.
+    #[error("The L1 and refcount tables of the backing chain would take more than {} MiB of memory.", .0 >> 20)]
+    ChainTables(u64),
     /// An L1 table too small for the virtual size.
     #[error(
         "The L1 table has {l1_size} entries but the virtual size of {size} bytes needs {needed}."

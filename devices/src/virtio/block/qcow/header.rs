@@ -15,8 +15,10 @@ const V2_HEADER_LENGTH: u32 = 72;
 const V3_MIN_HEADER_LENGTH: u32 = 104;
 /// Bytes the fixed fields need, compression_type included.
 pub(super) const FIXED_HEADER_BYTES: usize = 112;
-/// The largest L1 or refcount table held in memory, as QEMU's 32 MiB limit on L1 tables.
-pub(super) const MAX_TABLE_BYTES: u64 = 32 << 20;
+/// The largest L1 table QEMU opens (QCOW_MAX_L1_SIZE).
+const MAX_L1_BYTES: u64 = 32 << 20;
+/// The largest refcount table QEMU opens or grows (QCOW_MAX_REFTABLE_SIZE).
+pub(super) const MAX_REFCOUNT_TABLE_BYTES: u64 = 8 << 20;
 /// The longest backing file name QEMU writes.
 const MAX_BACKING_NAME: u32 = 1023;
 
@@ -260,10 +262,17 @@ impl Header {
             .join(", ")
     }
 
-    /// Checks the L1 and refcount tables against the file length and Kiln's memory bounds.
+    /// Checks the L1 and refcount tables against QEMU's limits, the virtual size and the file
+    /// length, before anything sized by them is allocated.
     pub fn check_tables(&self, file_len: u64) -> Result<(), QcowError> {
         let cluster_size = 1u64 << self.cluster_bits;
         let l1_bytes = u64::from(self.l1_size) * 8;
+        if l1_bytes > MAX_L1_BYTES {
+            return Err(QcowError::L1TooLarge {
+                entries: self.l1_size,
+                bytes: l1_bytes,
+            });
+        }
         check_table(
             "L1 table",
             self.l1_table_offset,
@@ -271,9 +280,7 @@ impl Header {
             cluster_size,
             file_len,
         )?;
-        // Each L1 entry maps one L2 table of cluster_size / 8 clusters.
-        let per_l1 = cluster_size * (cluster_size / 8);
-        let needed = self.size.div_ceil(per_l1);
+        let needed = self.l1_entries_for(self.size);
         if u64::from(self.l1_size) < needed {
             return Err(QcowError::L1TooSmall {
                 l1_size: self.l1_size,
@@ -282,6 +289,12 @@ impl Header {
             });
         }
         let refcount_bytes = u64::from(self.refcount_table_clusters) << self.cluster_bits;
+        if refcount_bytes > MAX_REFCOUNT_TABLE_BYTES {
+            return Err(QcowError::RefcountTableTooLarge {
+                clusters: self.refcount_table_clusters,
+                bytes: refcount_bytes,
+            });
+        }
         check_table(
             "refcount table",
             self.refcount_table_offset,
@@ -289,6 +302,13 @@ impl Header {
             cluster_size,
             file_len,
         )
+    }
+
+    /// The L1 entries that map the first `size` bytes of the disk: each maps one L2 table of
+    /// cluster_size / 8 clusters.
+    pub fn l1_entries_for(&self, size: u64) -> u64 {
+        let per_l1 = 1u64 << (2 * self.cluster_bits - 3);
+        size.div_ceil(per_l1)
     }
 }
 
@@ -300,7 +320,6 @@ fn check_table(
     file_len: u64,
 ) -> Result<(), QcowError> {
     let fits = offset.is_multiple_of(cluster_size)
-        && bytes <= MAX_TABLE_BYTES
         && offset.checked_add(bytes).is_some_and(|end| end <= file_len)
         // A table at offset 0 would overlap the header.
         && (bytes == 0 || offset != 0);
@@ -311,7 +330,6 @@ fn check_table(
             table,
             offset,
             bytes,
-            limit: MAX_TABLE_BYTES,
         })
     }
 }
@@ -437,7 +455,13 @@ pub(super) mod tests {
         header.refcount_table_clusters = u32::MAX;
         assert!(matches!(
             header.check_tables(u64::MAX),
-            Err(QcowError::Table { .. })
+            Err(QcowError::RefcountTableTooLarge { .. })
+        ));
+        let mut header = Header::parse(&v3_header()).unwrap();
+        header.l1_size = u32::MAX;
+        assert!(matches!(
+            header.check_tables(u64::MAX),
+            Err(QcowError::L1TooLarge { .. })
         ));
     }
 }

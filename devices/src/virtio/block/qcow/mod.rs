@@ -20,6 +20,11 @@
 //! | backing.rs     | resolving and opening the backing chain                              |
 //! | io.rs          | the read and write paths                                             |
 //!
+//! Memory. Every table sized by a header field is checked against QEMU's limits (32 MiB of L1
+//! table, 8 MiB of refcount table), the virtual size and the file length before it is read. A
+//! read-only image (every backing file) loads only the L1 entries that the disk above it can
+//! reach, and a whole chain holds at most 64 MiB of L1 and refcount tables.
+//!
 //! Crash consistency. New clusters are always taken past the end of the file, and metadata is
 //! written through in an order that leaves a crash at any point with, at worst, leaked clusters:
 //!
@@ -46,17 +51,20 @@ mod fuzz_tests;
 mod header;
 mod io;
 mod l2;
+#[cfg(test)]
+mod limits_tests;
 mod refcount;
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 pub use error::QcowError;
 pub(crate) use header::MAGIC;
 
 use super::{DiskBackend, DiskError};
+use backing::Chain;
 use cache::TableCache;
 use header::{Header, FIXED_HEADER_BYTES, OFFSET_AUTOCLEAR};
 use refcount::Refcounts;
@@ -76,6 +84,9 @@ pub struct QcowFile {
     backing: Option<Box<dyn DiskBackend>>,
     /// The last compressed cluster read, by host offset, decompressed.
     last_compressed: Option<(u64, Vec<u8>)>,
+    /// Bytes of L1 and refcount tables held by the chain when this image was opened: for the
+    /// image the user named, by the whole chain.
+    table_bytes: u64,
 }
 
 impl fmt::Debug for QcowFile {
@@ -85,6 +96,7 @@ impl fmt::Debug for QcowFile {
             .field("cluster_bits", &self.cluster_bits)
             .field("size", &self.size)
             .field("has_backing", &self.backing.is_some())
+            .field("table_bytes", &self.table_bytes)
             .finish_non_exhaustive()
     }
 }
@@ -153,14 +165,14 @@ impl QcowFile {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::open_in_chain(path, read_only, &mut vec![canonical])
+        Self::open_in_chain(path, read_only, &mut Chain::new(canonical))
     }
 
     /// Opens an image whose canonical path ends `chain`.
     fn open_in_chain(
         path: &Path,
         read_only: bool,
-        chain: &mut Vec<PathBuf>,
+        chain: &mut Chain,
     ) -> Result<QcowFile, DiskError> {
         let file = OpenOptions::new()
             .read(true)
@@ -188,7 +200,7 @@ impl QcowFile {
         file_len: u64,
         path: &Path,
         read_only: bool,
-        chain: &mut Vec<PathBuf>,
+        chain: &mut Chain,
     ) -> Result<QcowFile, QcowError> {
         let read = |what| move |source| QcowError::Read { what, source };
         let mut fixed = [0u8; FIXED_HEADER_BYTES];
@@ -199,20 +211,31 @@ impl QcowFile {
         let header = Header::parse(&first)?;
         header.check_features(!read_only)?;
         header.check_tables(file_len)?;
-        let l1 = read_table(
-            &file,
-            header.l1_table_offset,
-            header.l1_size.into(),
-            "L1 table",
-        )?;
+        // Only the L1 entries the chain's disk can reach are loaded from a read-only image: a
+        // backing file under a small overlay, or a header whose L1 table is far larger than its
+        // virtual size, costs no memory for the rest. A writable image holds all of them, since
+        // every data write is checked against every L2 table they name.
+        let reach = chain.reach.min(header.size);
+        let l1_entries = if read_only {
+            header.l1_entries_for(reach)
+        } else {
+            header.l1_size.into()
+        };
+        let refcount_entries = if read_only {
+            0
+        } else {
+            u64::from(header.refcount_table_clusters) << (cluster_bits - 3)
+        };
+        chain.charge((l1_entries + refcount_entries) * 8)?;
+        chain.reach = reach;
+        let l1 = read_table(&file, header.l1_table_offset, l1_entries, "L1 table")?;
         let refcounts = if read_only {
             None
         } else {
-            let entries = u64::from(header.refcount_table_clusters) << (cluster_bits - 3);
             let table = read_table(
                 &file,
                 header.refcount_table_offset,
-                entries,
+                refcount_entries,
                 "refcount table",
             )?;
             // Autoclear features (bitmaps) describe data Kiln does not keep up to date:
@@ -242,6 +265,7 @@ impl QcowFile {
             refcounts,
             backing,
             last_compressed: None,
+            table_bytes: chain.table_bytes,
         })
     }
 }

@@ -12,7 +12,7 @@ use std::ops::Range;
 use std::os::unix::fs::FileExt;
 
 use super::cache::TableCache;
-use super::header::{MAX_TABLE_BYTES, OFFSET_REFCOUNT_TABLE};
+use super::header::{MAX_REFCOUNT_TABLE_BYTES, OFFSET_REFCOUNT_TABLE};
 use super::{corrupt, entry_offset};
 
 /// Reads entry `index` of a refcount block whose entries are `1 << order` bits wide.
@@ -228,8 +228,8 @@ impl Refcounts {
             }
             entries += per_cluster;
         }
-        if entries * 8 > MAX_TABLE_BYTES {
-            return Err(corrupt("the refcount table would grow past 32 MiB"));
+        if entries * 8 > MAX_REFCOUNT_TABLE_BYTES {
+            return Err(corrupt("the refcount table would grow past 8 MiB"));
         }
         let clusters = entries / per_cluster;
         let old_offset = self.table_offset;
