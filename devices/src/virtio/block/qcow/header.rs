@@ -29,7 +29,7 @@ const EXT_FEATURE_NAMES: u32 = 0x6803_f857;
 
 /// Incompatible feature bits.
 pub(super) const INCOMPAT_DIRTY: u64 = 1 << 0;
-const INCOMPAT_CORRUPT: u64 = 1 << 1;
+pub(super) const INCOMPAT_CORRUPT: u64 = 1 << 1;
 const INCOMPAT_DATA_FILE: u64 = 1 << 2;
 const INCOMPAT_COMPRESSION: u64 = 1 << 3;
 const INCOMPAT_EXTENDED_L2: u64 = 1 << 4;
@@ -41,6 +41,7 @@ const INCOMPAT_KNOWN: u64 = INCOMPAT_DIRTY
 
 /// Byte offsets of the fields Kiln rewrites.
 pub(super) const OFFSET_REFCOUNT_TABLE: u64 = 48;
+pub(super) const OFFSET_INCOMPATIBLE: u64 = 72;
 pub(super) const OFFSET_AUTOCLEAR: u64 = 88;
 
 /// The parsed header and the extensions Kiln uses.

@@ -89,6 +89,7 @@ impl QcowFile {
     }
 
     pub(super) fn read_guest(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.check_usable()?;
         for chunk in self.chunks(offset, buf.len())? {
             let part = buf.get_mut(chunk.range).unwrap_or_default();
             let at = chunk.cluster + chunk.within as u64;
@@ -144,6 +145,7 @@ impl QcowFile {
     }
 
     pub(super) fn write_guest(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.check_usable()?;
         if self.read_only {
             return Err(read_only());
         }
@@ -156,7 +158,7 @@ impl QcowFile {
     fn write_cluster(&mut self, chunk: &Chunk, data: &[u8]) -> io::Result<()> {
         let mapping = self.mapping(chunk.cluster)?;
         if let Mapping::Data { host, copied: true } = mapping {
-            self.check_overlap(host)?;
+            self.check_data_write(host)?;
             return self.file.write_all_at(data, host + chunk.within as u64);
         }
         // Anything else gets a whole new cluster: the old contents merged with the write.
@@ -181,10 +183,10 @@ impl QcowFile {
                 host: Some(host),
                 copied: true,
             } => {
-                self.check_overlap(host)?;
+                self.check_data_write(host)?;
                 host
             }
-            _ => self.allocate()?,
+            _ => self.allocate_data()?,
         };
         self.file.write_all_at(&cluster, host)?;
         self.set_l2_entry(chunk.cluster, host | COPIED)?;
@@ -219,6 +221,19 @@ impl QcowFile {
     fn allocate(&mut self) -> io::Result<u64> {
         let refcounts = self.refcounts.as_mut().ok_or_else(read_only)?;
         refcounts.allocate(&self.file)
+    }
+
+    /// Allocates a cluster for guest data, once it is checked not to be metadata: a corrupt
+    /// table may name a cluster past the end of the file, where new clusters go. The check
+    /// comes first, so a refused write leaves the refcounts as they were.
+    fn allocate_data(&mut self) -> io::Result<u64> {
+        let next = self.refcounts.as_ref().ok_or_else(read_only)?.next_free();
+        self.check_data_write(next)?;
+        let host = self.allocate()?;
+        if host != next {
+            return Err(corrupt("the allocator placed a data cluster out of order"));
+        }
+        Ok(host)
     }
 
     /// Drops one reference to the host cluster at `host`.
@@ -262,20 +277,5 @@ impl QcowFile {
             &(table | COPIED).to_be_bytes(),
             self.l1_offset + l1 as u64 * 8,
         )
-    }
-
-    /// Refuses to write guest data over the header, the L1 table or the refcount table, where
-    /// a corrupt L2 entry could point.
-    fn check_overlap(&self, host: u64) -> io::Result<()> {
-        let l1_end = self.l1_offset + self.l1.len() as u64 * 8;
-        let in_l1 = (self.l1_offset..l1_end).contains(&host);
-        let in_refcounts = self
-            .refcounts
-            .as_ref()
-            .is_some_and(|r| r.table_range().contains(&host));
-        if host == 0 || in_l1 || in_refcounts {
-            return Err(corrupt("an L2 entry points into the image's metadata"));
-        }
-        Ok(())
     }
 }

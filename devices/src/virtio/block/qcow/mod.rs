@@ -19,6 +19,7 @@
 //! | cache.rs       | the LRU cache of L2 tables and refcount blocks                       |
 //! | backing.rs     | resolving and opening the backing chain                              |
 //! | io.rs          | the read and write paths                                             |
+//! | overlap.rs     | refusing data writes that would land on metadata; the corrupt bit    |
 //!
 //! Memory. Every table sized by a header field is checked against QEMU's limits (32 MiB of L1
 //! table, 8 MiB of refcount table), the virtual size and the file length before it is read. A
@@ -40,7 +41,8 @@
 //!
 //! `flush` is one fdatasync. The write-through order holds for a killed process; ordering
 //! against power loss between flushes is not enforced with barriers (the guest's flush is).
-//! Kiln never sets the dirty bit and refuses to write an image that has it set.
+//! Kiln never sets the dirty bit and refuses to write an image that has it set. It sets the
+//! corrupt bit, as QEMU does, when a data write would land on metadata (overlap.rs).
 
 mod backing;
 mod cache;
@@ -53,6 +55,7 @@ mod io;
 mod l2;
 #[cfg(test)]
 mod limits_tests;
+mod overlap;
 mod refcount;
 
 use std::fmt;
@@ -73,6 +76,11 @@ use refcount::Refcounts;
 pub struct QcowFile {
     file: File,
     read_only: bool,
+    version: u32,
+    /// The incompatible feature bits of the header.
+    incompatible: u64,
+    /// Marked corrupt by this open: every request fails.
+    broken: bool,
     cluster_bits: u32,
     /// The virtual disk size.
     size: u64,
@@ -257,6 +265,9 @@ impl QcowFile {
         Ok(QcowFile {
             file,
             read_only,
+            version: header.version,
+            incompatible: header.incompatible,
+            broken: false,
             cluster_bits,
             size: header.size,
             l1,
@@ -284,6 +295,7 @@ impl DiskBackend for QcowFile {
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
+        self.check_usable()?;
         if self.read_only {
             return Ok(());
         }

@@ -161,6 +161,11 @@ impl Refcounts {
         self.set(file, offset, new)
     }
 
+    /// The refcount table's entries: the offsets of the refcount blocks.
+    pub fn table(&self) -> &[u64] {
+        &self.table
+    }
+
     /// The host bytes the refcount table occupies.
     pub fn table_range(&self) -> Range<u64> {
         self.table_offset..self.table_offset + self.table.len() as u64 * 8
@@ -174,6 +179,11 @@ impl Refcounts {
             .and_then(|len| offset.checked_add(len))
             .ok_or_else(|| corrupt("the image file would grow past 2^64 bytes"))?;
         Ok(offset)
+    }
+
+    /// Where the next cluster [`Refcounts::allocate`] returns lies.
+    pub fn next_free(&self) -> u64 {
+        self.next_free
     }
 
     /// Allocates one cluster: its refcount is 1 on disk when this returns.
