@@ -195,3 +195,78 @@ fn a_socket_in_use_is_refused_and_a_stale_one_replaced() {
     let _third = Kiln::start(&sock);
     assert_eq!(state(&sock), "Not started");
 }
+
+/// `PATCH /drives` under the VMM's seccomp filter, with image locks: naming the drive's own
+/// image again (to pick up a new size) reopens it although the drive holds its lock, while an
+/// image another kiln (or QEMU) writes is refused with the lock's message.
+#[test]
+fn patch_drives_reopens_the_drives_own_image_and_refuses_a_locked_one() {
+    let dir = TempDir::new("api-patch");
+    let sock = dir.path("api.sock");
+    let kernel = dir.write("vmlinux", tiny_kernel::build(false, Ending::HaltForever));
+    let image = dir.write("disk.img", vec![0u8; 1 << 20]);
+    let other = dir.write("other.img", vec![0u8; 1 << 20]);
+    let _kiln = Kiln::start(&sock);
+    let boot = format!(r#"{{"kernel_image_path": "{}"}}"#, kernel.display());
+    assert_eq!(
+        request(&sock, "PUT", "/boot-source", Some(&boot)).status,
+        204
+    );
+    let drive = |path: &Path| {
+        format!(
+            r#"{{"drive_id": "data", "path_on_host": "{}", "is_root_device": false}}"#,
+            path.display()
+        )
+    };
+    assert_eq!(
+        request(&sock, "PUT", "/drives/data", Some(&drive(&image))).status,
+        204
+    );
+    let start = request(
+        &sock,
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type": "InstanceStart"}"#),
+    );
+    assert_eq!(start.status, 204, "{start:?}");
+
+    let patch = |path: &Path| {
+        let body = format!(
+            r#"{{"drive_id": "data", "path_on_host": "{}"}}"#,
+            path.display()
+        );
+        request(&sock, "PATCH", "/drives/data", Some(&body))
+    };
+    std::fs::write(&image, vec![0u8; 2 << 20]).unwrap();
+    let same = patch(&image);
+    assert_eq!(same.status, 204, "{same:?}");
+
+    // A second kiln writing the other image holds its lock.
+    let sock2 = dir.path("api2.sock");
+    let _kiln2 = Kiln::start(&sock2);
+    assert_eq!(
+        request(&sock2, "PUT", "/boot-source", Some(&boot)).status,
+        204
+    );
+    assert_eq!(
+        request(&sock2, "PUT", "/drives/data", Some(&drive(&other))).status,
+        204
+    );
+    let start = request(
+        &sock2,
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type": "InstanceStart"}"#),
+    );
+    assert_eq!(start.status, 204, "{start:?}");
+    assert_eq!(
+        fault(&patch(&other)),
+        format!(
+            "Drive 'data': The disk image '{}' is locked: Failed to get \"write\" lock; is another process using the image?",
+            other.display()
+        )
+    );
+    // The refused swap left the drive, and kiln, serving.
+    assert_eq!(state(&sock), "Running");
+    assert_eq!(patch(&image).status, 204);
+}

@@ -276,8 +276,16 @@ impl Vmm {
         let mut config = drive.config.clone();
         config.path_on_host = Some(path);
         config.validate().map_err(|e| ActionError(e.to_string()))?;
-        let disk = block::open_disk(&config).map_err(|e| ActionError(e.to_string()))?;
-        lock(&drive.device).swap_disk(disk);
+        if block::same_image(&config, &drive.config) {
+            // The drive's own open holds the image's lock: close it before opening again.
+            let old = drive.config.clone();
+            lock(&drive.device)
+                .reopen_disk(|| block::open_disk(&config), || block::open_disk(&old))
+                .map_err(|e| ActionError(e.to_string()))?;
+        } else {
+            let disk = block::open_disk(&config).map_err(|e| ActionError(e.to_string()))?;
+            lock(&drive.device).swap_disk(disk);
+        }
         lock(&drive.transport)
             .notify_config_change()
             .map_err(|e| ActionError(format!("Failed to notify the guest: {e}")))?;

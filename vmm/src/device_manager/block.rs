@@ -46,6 +46,17 @@ pub fn open_disk(drive: &DriveConfig) -> Result<Box<dyn DiskBackend>, BlockDevic
         .map_err(|source| BlockDeviceError::Disk { id, source })
 }
 
+/// Whether two drives name the same image file (by device and inode, whatever the paths), so
+/// that opening one while the other is open would meet the other's image lock.
+pub fn same_image(a: &DriveConfig, b: &DriveConfig) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let id = |drive: &DriveConfig| {
+        let meta = std::fs::metadata(drive.path_on_host.as_ref()?).ok()?;
+        Some((meta.dev(), meta.ino()))
+    };
+    matches!((id(a), id(b)), (Some(a), Some(b)) if a == b)
+}
+
 /// Creates the virtio-block device for `drive`.
 pub fn create(drive: &DriveConfig) -> Result<Arc<Mutex<Block>>, BlockDeviceError> {
     let id = drive.drive_id.clone();
@@ -83,5 +94,38 @@ impl BlockMetrics {
 impl MetricSource for BlockMetrics {
     fn counters(&self) -> Vec<Counter> {
         Counter::group(&self.group, self.stats.snapshot())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drive(path: &std::path::Path) -> DriveConfig {
+        serde_json::from_value(serde_json::json!({
+            "drive_id": "d", "path_on_host": path, "is_root_device": false,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_same_image_is_recognised_through_another_path() {
+        let dir = std::env::temp_dir().join(format!("kiln-same-image-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (a, b, link) = (dir.join("a"), dir.join("b"), dir.join("link"));
+        std::fs::write(&a, [0u8; 512]).unwrap();
+        std::fs::write(&b, [0u8; 512]).unwrap();
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&a, &link).unwrap();
+        assert!(same_image(&drive(&a), &drive(&link)));
+        assert!(same_image(&drive(&a), &drive(&dir.join(".").join("a"))));
+        assert!(!same_image(&drive(&a), &drive(&b)));
+        assert!(!same_image(&drive(&a), &drive(&dir.join("missing"))));
+        // Two opens of one writable image conflict; reopening needs the first closed.
+        let first = open_disk(&drive(&a)).unwrap();
+        assert!(open_disk(&drive(&link)).is_err());
+        drop(first);
+        open_disk(&drive(&link)).unwrap();
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -19,6 +19,31 @@ use crate::virtio::{
     INTERRUPT_USED_RING, TYPE_BLOCK,
 };
 
+/// The disk of a device whose image is being reopened, or could not be: every request fails.
+struct Closed;
+
+impl DiskBackend for Closed {
+    fn len(&self) -> u64 {
+        0
+    }
+
+    fn read_at(&mut self, _buf: &mut [u8], _offset: u64) -> std::io::Result<()> {
+        Err(closed())
+    }
+
+    fn write_at(&mut self, _buf: &[u8], _offset: u64) -> std::io::Result<()> {
+        Err(closed())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Err(closed())
+    }
+}
+
+fn closed() -> std::io::Error {
+    std::io::Error::other("the disk image is closed")
+}
+
 /// The size of the one request queue.
 pub const QUEUE_SIZE: u16 = 256;
 /// Data descriptors per request: a chain as long as the queue, less header and status.
@@ -141,6 +166,34 @@ impl Block {
             field.copy_from_slice(&capacity);
         }
         self.executor.set_disk(disk);
+    }
+
+    /// Like [`Block::swap_disk`] with the disk `open` returns, but closes the current disk
+    /// first: its image's locks go with it, so `open` may lock the same image again (a
+    /// `PATCH /drives` that names the drive's own image, to pick up a new size). If `open`
+    /// fails, the disk `restore` opens is served instead, and the error returned.
+    pub fn reopen_disk<E>(
+        &mut self,
+        open: impl FnOnce() -> Result<Box<dyn DiskBackend>, E>,
+        restore: impl FnOnce() -> Result<Box<dyn DiskBackend>, E>,
+    ) -> Result<(), E> {
+        // The caller holds this device's lock, so no request sees the closed disk.
+        self.executor.set_disk(Box::new(Closed));
+        match open() {
+            Ok(disk) => {
+                self.swap_disk(disk);
+                Ok(())
+            }
+            Err(e) => {
+                match restore() {
+                    Ok(old) => self.swap_disk(old),
+                    Err(_) => log::error!(
+                        "The image of a block device could not be reopened; its requests fail."
+                    ),
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Serves every request the driver has made available, then raises the used-ring interrupt

@@ -33,6 +33,12 @@ pub enum DiskError {
     /// The size of the image could not be determined.
     #[error("Failed to get the size of the disk image '{path}': {source}")]
     Size { path: PathBuf, source: io::Error },
+    /// Another user of the image (Kiln, QEMU, qemu-img) does not let Kiln use it.
+    #[error("The disk image '{path}' is locked: {source}")]
+    Lock {
+        path: PathBuf,
+        source: super::lock::ImageLockError,
+    },
     /// The image is a qcow2 image Kiln cannot serve.
     #[error("The qcow2 image '{path}' cannot be used: {source}")]
     Qcow {

@@ -13,6 +13,7 @@
 //!                            raw.rs        RawFile: a raw image or host block device
 //!                            qcow/         QcowFile: a qcow2 image and its backing chain
 //!                            format.rs     open_disk: picks RawFile or QcowFile
+//!                            lock.rs       QEMU's image locks, on every image either opens
 //! ```
 //!
 //! The guest is not trusted: a malformed chain costs it an IOERR status (or, when not even the
@@ -22,6 +23,7 @@ mod device;
 mod disk;
 mod execute;
 mod format;
+mod lock;
 mod qcow;
 mod raw;
 mod request;
@@ -32,6 +34,7 @@ pub mod test_utils;
 pub use device::{Block, BlockConfig, BlockError, CacheType};
 pub use disk::{DiskBackend, DiskError};
 pub use format::{open_disk, ImageFormat};
+pub use lock::ImageLockError;
 pub use qcow::{QcowError, QcowFile};
 pub use raw::RawFile;
 pub use stats::BlockStats;

@@ -1,5 +1,5 @@
 //! Raw disk images: a regular file or a host block device whose bytes are the guest's disk,
-//! one to one.
+//! one to one, locked as QEMU locks them (lock.rs) for as long as it is open.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
@@ -7,6 +7,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use super::disk::{DiskBackend, DiskError};
+use super::lock::{lock_image, Access};
 
 /// A raw image file.
 #[derive(Debug)]
@@ -26,6 +27,15 @@ impl RawFile {
                 path: path.to_path_buf(),
                 source,
             })?;
+        let access = if read_only {
+            Access::Read
+        } else {
+            Access::Write
+        };
+        lock_image(&file, access).map_err(|source| DiskError::Lock {
+            path: path.to_path_buf(),
+            source,
+        })?;
         // Seeking to the end works for host block devices too, whose metadata length is 0.
         let len = file
             .seek(SeekFrom::End(0))

@@ -4,6 +4,7 @@
 
 mod hostile;
 
+use std::path::Path;
 use std::sync::Mutex;
 
 use event_manager::{EventManager, SubscriberOps};
@@ -448,4 +449,37 @@ fn a_swapped_disk_changes_capacity_and_contents() {
     block.process_queue().unwrap();
     assert_eq!(guest.status(), OK);
     assert_eq!(guest.read(DATA, 512), vec![7u8; 512]);
+}
+
+/// A drive reopening its own image: with `swap_disk` the new open would meet the old open's
+/// image lock; `reopen_disk` closes the old disk first, and falls back to `restore`.
+#[test]
+fn a_drive_reopens_its_own_locked_image() {
+    use crate::virtio::block::{DiskError, RawFile};
+    let path = std::env::temp_dir().join(format!("kiln-reopen-{}", std::process::id()));
+    std::fs::write(&path, vec![3u8; 4096]).unwrap();
+    let guest = Guest::new();
+    let vq = guest.queue();
+    let (mut block, _irq) = guest.block(&vq, writeback(), false);
+    let open = || RawFile::open(&path, false).map(|d| Box::new(d) as Box<dyn DiskBackend>);
+    block.swap_disk(open().unwrap());
+    assert!(matches!(open(), Err(DiskError::Lock { .. })));
+    // The image grew: reopening it shows the new capacity.
+    std::fs::write(&path, vec![3u8; 8192]).unwrap();
+    block.reopen_disk(open, open).unwrap();
+    let mut capacity = [0u8; 8];
+    block.read_config(0, &mut capacity);
+    assert_eq!(u64::from_le_bytes(capacity), 16);
+    // A failed reopen serves the restored disk.
+    let missing = || {
+        RawFile::open(Path::new("/nonexistent/kiln"), false)
+            .map(|d| Box::new(d) as Box<dyn DiskBackend>)
+    };
+    assert!(block.reopen_disk(missing, open).is_err());
+    guest.header(VIRTIO_BLK_T_IN, 1);
+    vq.add_desc_chains(&chain(512, W), 0).unwrap();
+    block.process_queue().unwrap();
+    assert_eq!(guest.status(), OK);
+    assert_eq!(guest.read(DATA, 512), vec![3u8; 512]);
+    std::fs::remove_file(path).unwrap();
 }

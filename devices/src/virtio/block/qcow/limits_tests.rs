@@ -153,8 +153,7 @@ fn a_chain_loads_only_the_tables_its_disk_reaches() {
         ..Craft::tiny()
     });
     // Read-only, each image holds the one L1 entry a 1 MiB disk needs.
-    let disk = QcowFile::open(&top, true).unwrap();
-    assert_eq!(disk.table_bytes, 9 * 8);
+    assert_eq!(QcowFile::open(&top, true).unwrap().table_bytes, 9 * 8);
     // Writable, the top image holds its whole L1 table (a data write is checked against every
     // L2 table it names) and its refcount table, as QEMU does; the backing files one entry.
     let disk = QcowFile::open(&top, false).unwrap();

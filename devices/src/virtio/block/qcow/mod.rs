@@ -66,6 +66,7 @@ use std::path::Path;
 pub use error::QcowError;
 pub(crate) use header::MAGIC;
 
+use super::lock::{lock_image, Access};
 use super::{DiskBackend, DiskError};
 use backing::Chain;
 use cache::TableCache;
@@ -190,6 +191,16 @@ impl QcowFile {
                 path: path.to_path_buf(),
                 source,
             })?;
+        // Locked before a byte is read, so a writer elsewhere cannot change what is parsed.
+        let access = if read_only {
+            Access::Read
+        } else {
+            Access::WriteResize
+        };
+        lock_image(&file, access).map_err(|source| DiskError::Lock {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let file_len = file
             .metadata()
             .map_err(|source| DiskError::Size {
