@@ -312,6 +312,8 @@ mod tests {
             "FIONBIO" => libc::FIONBIO,
             "F_GETFD" => return Some(libc::F_GETFD as u64),
             "F_DUPFD_CLOEXEC" => return Some(libc::F_DUPFD_CLOEXEC as u64),
+            "F_OFD_SETLK" => return Some(libc::F_OFD_SETLK as u64),
+            "F_OFD_GETLK" => return Some(libc::F_OFD_GETLK as u64),
             "SIGRTMIN" => return Some(libc::SIGRTMIN() as u64),
             "PROT_EXEC" => return Some(libc::PROT_EXEC as u64),
             "FUTEX_WAIT_PRIVATE" => return futex(libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG),
