@@ -32,7 +32,7 @@ fn writes(seed: u64) -> impl Iterator<Item = (u64, Vec<u8>)> {
 
 /// The child: writes forever, printing "FLUSHED <seq>" once writes 0..=seq are flushed.
 fn child(image: &Path, seed: u64) {
-    let mut disk = QcowFile::open(image, false).unwrap();
+    let mut disk = unlocked(|| QcowFile::open(image, false)).unwrap();
     let mut out = std::io::stdout().lock();
     for (seq, (offset, data)) in writes(seed).enumerate().take(1_000_000) {
         disk.write_at(&data, offset).unwrap();

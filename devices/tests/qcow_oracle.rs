@@ -35,7 +35,7 @@ fn patterned(dir: &Path, name: &str, options: &str) -> PathBuf {
 
 /// Reads `image` whole through Kiln (probed, read-only) and compares it with QEMU's view.
 fn assert_reads_like_qemu(image: &Path, piece: usize) {
-    let mut disk = open_disk(image, true, None).unwrap();
+    let mut disk = unlocked(|| open_disk(image, true, None)).unwrap();
     let ours = read_all(disk.as_mut(), piece);
     let theirs = qemu_raw(image);
     assert!(
@@ -54,7 +54,7 @@ fn assert_writes_like_qemu(image: &Path, seed: u64, count: usize) {
         1u64 << u32::from_be_bytes(header[20..24].try_into().unwrap())
     };
     let mut rng = Rng::new(seed);
-    let mut disk = QcowFile::open(image, false).unwrap();
+    let mut disk = unlocked(|| QcowFile::open(image, false)).unwrap();
     let writes = random_writes(&mut rng, disk.len(), cluster, count);
     apply(&mut disk, &mut expected, &writes);
     assert!(
@@ -265,7 +265,7 @@ fn the_refcount_table_grows() {
     ]);
     let table = |image: &Path| std::fs::read(image).unwrap()[48..60].to_vec();
     let before = table(&image);
-    let mut disk = QcowFile::open(&image, false).unwrap();
+    let mut disk = unlocked(|| QcowFile::open(&image, false)).unwrap();
     let mut expected = vec![0u8; 16 << 20];
     let mut rng = Rng::new(5);
     let mut writes = Vec::new();
@@ -303,17 +303,20 @@ fn explicit_formats_are_obeyed() {
     let image = patterned(&dir, "f.qcow2", "cluster_size=65536");
     let file_len = std::fs::metadata(&image).unwrap().len();
     // Asked for raw, the user gets the file's bytes, header and all.
-    let raw = open_disk(&image, true, Some(ImageFormat::Raw)).unwrap();
+    let raw = unlocked(|| open_disk(&image, true, Some(ImageFormat::Raw))).unwrap();
     assert_eq!(raw.len(), file_len);
-    let qcow = open_disk(&image, true, Some(ImageFormat::Qcow2)).unwrap();
+    let qcow = unlocked(|| open_disk(&image, true, Some(ImageFormat::Qcow2))).unwrap();
     assert_eq!(qcow.len(), SIZE);
     // A raw file is never taken for qcow2 unless it starts with the magic.
     let plain = dir.join("plain.raw");
     std::fs::write(&plain, vec![1u8; 4096]).unwrap();
-    assert_eq!(open_disk(&plain, true, None).unwrap().len(), 4096);
+    assert_eq!(
+        unlocked(|| open_disk(&plain, true, None)).unwrap().len(),
+        4096
+    );
     assert!(open_disk(&plain, true, Some(ImageFormat::Qcow2)).is_err());
     // Read-only images refuse writes.
-    let mut ro = open_disk(&image, true, None).unwrap();
+    let mut ro = unlocked(|| open_disk(&image, true, None)).unwrap();
     assert!(ro.write_at(&[0u8; 512], 0).is_err());
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -331,9 +334,9 @@ fn writing_invalidates_bitmaps_as_the_spec_asks() {
     assert_eq!(autoclear(&image), 1u64.to_be_bytes());
     // Read-only opens leave the header alone; a writable open clears the autoclear bits, so QEMU
     // treats the bitmaps Kiln does not maintain as inconsistent and their clusters as leaked.
-    drop(QcowFile::open(&image, true).unwrap());
+    drop(unlocked(|| QcowFile::open(&image, true)).unwrap());
     assert_eq!(autoclear(&image), 1u64.to_be_bytes());
-    let mut disk = QcowFile::open(&image, false).unwrap();
+    let mut disk = unlocked(|| QcowFile::open(&image, false)).unwrap();
     disk.write_at(&[7u8; 4096], 8192).unwrap();
     disk.flush().unwrap();
     drop(disk);

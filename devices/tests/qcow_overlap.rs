@@ -83,18 +83,18 @@ fn a_write_onto_metadata_marks_the_image_corrupt_as_qemu_does() {
         std::fs::write(&image, &data).unwrap();
         std::fs::write(&oracle, &data).unwrap();
 
-        let out = Command::new("qemu-io")
-            .args(["-f", "qcow2", "-c", &format!("write -P 0x55 {offset} 512")])
-            .arg(&oracle)
-            .output()
-            .unwrap();
+        let out = qemu_output(
+            Command::new("qemu-io")
+                .args(["-f", "qcow2", "-c", &format!("write -P 0x55 {offset} 512")])
+                .arg(&oracle),
+        );
         let said = String::from_utf8_lossy(&out.stderr);
         assert!(
             said.contains("Preventing invalid write on metadata"),
             "{name}: qemu-io said {said}"
         );
 
-        let mut disk = QcowFile::open(&image, false).unwrap();
+        let mut disk = unlocked(|| QcowFile::open(&image, false)).unwrap();
         let err = disk.write_at(&[0x55; 512], offset).unwrap_err();
         assert!(
             err.to_string()
@@ -119,7 +119,7 @@ fn a_write_onto_metadata_marks_the_image_corrupt_as_qemu_does() {
         assert_eq!(check_text(&image), check_text(&oracle), "{name}");
         // Marked corrupt: refused for writing, still served read-only.
         assert!(QcowFile::open(&image, false).is_err());
-        QcowFile::open(&image, true).unwrap();
+        unlocked(|| QcowFile::open(&image, true)).unwrap();
     }
     std::fs::remove_dir_all(dir).unwrap();
 }

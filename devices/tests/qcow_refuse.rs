@@ -16,7 +16,7 @@ type Patches = Vec<(usize, Vec<u8>)>;
 
 /// The error text of opening `image` as qcow2.
 fn refusal(image: &Path, read_only: bool) -> String {
-    match open_disk(image, read_only, Some(ImageFormat::Qcow2)) {
+    match unlocked(|| open_disk(image, read_only, Some(ImageFormat::Qcow2))) {
         Ok(_) => panic!("{} opened (read_only {read_only})", image.display()),
         Err(e) => e.to_string(),
     }
@@ -75,7 +75,7 @@ fn unsupported_features_are_refused_by_name() {
             "{name}"
         );
         if !read_only {
-            open_disk(&image, true, None).unwrap();
+            unlocked(|| open_disk(&image, true, None)).unwrap();
         }
     }
 
@@ -102,7 +102,7 @@ fn unsupported_features_are_refused_by_name() {
         refusal(&snap, false),
         format!("{}The image has 1 internal snapshots, which are not supported for writing; open it read-only.", prefix(&snap))
     );
-    open_disk(&snap, true, None).unwrap();
+    unlocked(|| open_disk(&snap, true, None)).unwrap();
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -216,7 +216,7 @@ fn bad_backing_files_are_refused_by_name() {
         below = format!("chain{i}.qcow2");
         fmt = "qcow2";
     }
-    open_disk(&dir.join("chain7.qcow2"), true, None).unwrap();
+    unlocked(|| open_disk(&dir.join("chain7.qcow2"), true, None)).unwrap();
     let text = refusal(&dir.join("chain8.qcow2"), true);
     assert!(
         text.ends_with("The backing chain has more than 8 backing files."),

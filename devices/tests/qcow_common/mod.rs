@@ -4,9 +4,42 @@
 #![allow(dead_code)] // Each test binary uses its own subset.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
-use devices::virtio::block::DiskBackend;
+use devices::virtio::block::{DiskBackend, DiskError};
+
+/// How long a lock another test thread's spawn holds may delay a test.
+const LOCK_PATIENCE: Duration = Duration::from_secs(5);
+
+/// Runs a qemu tool, again while it reports a lock conflict: a child that another test
+/// thread is spawning holds copies of Kiln's image fds, and with them Kiln's OFD locks, until
+/// it execs. (Kiln itself spawns nothing.)
+pub fn qemu_output(cmd: &mut Command) -> Output {
+    let start = Instant::now();
+    loop {
+        let out = cmd.output().unwrap();
+        let locked = String::from_utf8_lossy(&out.stderr).contains("Is another process using");
+        if !locked || start.elapsed() > LOCK_PATIENCE {
+            return out;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Opens an image with `open`, again while the open meets a lock, for the reason in
+/// [`qemu_output`].
+pub fn unlocked<T>(mut open: impl FnMut() -> Result<T, DiskError>) -> Result<T, DiskError> {
+    let start = Instant::now();
+    loop {
+        match open() {
+            Err(DiskError::Lock { .. }) if start.elapsed() < LOCK_PATIENCE => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            result => return result,
+        }
+    }
+}
 
 /// Whether qemu-img and qemu-io are installed; the tests that need them skip (loudly) if not.
 pub fn have_qemu() -> bool {
@@ -28,7 +61,7 @@ pub fn scratch(name: &str) -> PathBuf {
 
 /// Runs qemu-img; panics with its stderr unless it succeeds.
 pub fn qemu_img(args: &[&str]) -> String {
-    let out = Command::new("qemu-img").args(args).output().unwrap();
+    let out = qemu_output(Command::new("qemu-img").args(args));
     assert!(
         out.status.success(),
         "qemu-img {args:?} failed: {}",
@@ -44,7 +77,7 @@ pub fn qemu_io(image: &Path, fmt: &str, commands: &[&str]) {
     for c in commands {
         cmd.args(["-c", c]);
     }
-    let out = cmd.arg(image).output().unwrap();
+    let out = qemu_output(cmd.arg(image));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && !stdout.contains("error") && !stdout.contains("failed"),
@@ -55,11 +88,11 @@ pub fn qemu_io(image: &Path, fmt: &str, commands: &[&str]) {
 
 /// `qemu-img check`: its exit code (0 clean, 2 corrupt, 3 leaks) and output.
 pub fn check(image: &Path) -> (i32, String) {
-    let out = Command::new("qemu-img")
-        .args(["check", "-f", "qcow2"])
-        .arg(image)
-        .output()
-        .unwrap();
+    let out = qemu_output(
+        Command::new("qemu-img")
+            .args(["check", "-f", "qcow2"])
+            .arg(image),
+    );
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

@@ -157,7 +157,8 @@ mod tests {
         );
         // Closing the writer's file drops its locks.
         drop((a, b));
-        lock_image(&open(&path), Access::Write).unwrap();
+        let relock = || lock_image(&open(&path), Access::Write);
+        crate::virtio::block::test_utils::retry_locked(relock, |_| true).unwrap();
         std::fs::remove_file(path).unwrap();
     }
 }

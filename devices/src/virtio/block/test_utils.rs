@@ -234,6 +234,25 @@ fn probe_offsets(len: u64) -> Vec<u64> {
         .collect()
 }
 
+/// Runs `attempt` again while it fails for an image lock (`locked`), for up to 5 s: a child
+/// that another test thread is spawning holds copies of this process's fds, and with them
+/// their OFD locks, until it execs. Kiln itself spawns nothing, so only tests need this.
+#[cfg(test)]
+pub(crate) fn retry_locked<T, E>(
+    mut attempt: impl FnMut() -> Result<T, E>,
+    locked: impl Fn(&E) -> bool,
+) -> Result<T, E> {
+    let start = std::time::Instant::now();
+    loop {
+        match attempt() {
+            Err(e) if locked(&e) && start.elapsed() < std::time::Duration::from_secs(5) => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            result => return result,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

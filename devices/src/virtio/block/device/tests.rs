@@ -455,15 +455,25 @@ fn a_swapped_disk_changes_capacity_and_contents() {
 /// image lock; `reopen_disk` closes the old disk first, and falls back to `restore`.
 #[test]
 fn a_drive_reopens_its_own_locked_image() {
+    use crate::virtio::block::test_utils::retry_locked;
     use crate::virtio::block::{DiskError, RawFile};
     let path = std::env::temp_dir().join(format!("kiln-reopen-{}", std::process::id()));
     std::fs::write(&path, vec![3u8; 4096]).unwrap();
     let guest = Guest::new();
     let vq = guest.queue();
     let (mut block, _irq) = guest.block(&vq, writeback(), false);
-    let open = || RawFile::open(&path, false).map(|d| Box::new(d) as Box<dyn DiskBackend>);
+    let open = || {
+        retry_locked(
+            || RawFile::open(&path, false),
+            |e| matches!(e, DiskError::Lock { .. }),
+        )
+        .map(|d| Box::new(d) as Box<dyn DiskBackend>)
+    };
     block.swap_disk(open().unwrap());
-    assert!(matches!(open(), Err(DiskError::Lock { .. })));
+    assert!(matches!(
+        RawFile::open(&path, false),
+        Err(DiskError::Lock { .. })
+    ));
     // The image grew: reopening it shows the new capacity.
     std::fs::write(&path, vec![3u8; 8192]).unwrap();
     block.reopen_disk(open, open).unwrap();

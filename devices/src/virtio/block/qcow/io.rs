@@ -273,6 +273,7 @@ impl QcowFile {
             .get_mut(l1)
             .ok_or_else(|| corrupt("a write is past the L1 table"))?;
         *slot = table | COPIED;
+        self.metadata_index = None;
         self.file.write_all_at(
             &(table | COPIED).to_be_bytes(),
             self.l1_offset + l1 as u64 * 8,

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::header::MAGIC;
 use super::QcowFile;
+use crate::virtio::block::test_utils::retry_locked;
 use crate::virtio::block::DiskError;
 
 const MIB: u64 = 1 << 20;
@@ -156,7 +157,11 @@ fn a_chain_loads_only_the_tables_its_disk_reaches() {
     assert_eq!(QcowFile::open(&top, true).unwrap().table_bytes, 9 * 8);
     // Writable, the top image holds its whole L1 table (a data write is checked against every
     // L2 table it names) and its refcount table, as QEMU does; the backing files one entry.
-    let disk = QcowFile::open(&top, false).unwrap();
+    let disk = retry_locked(
+        || QcowFile::open(&top, false),
+        |e| matches!(e, DiskError::Lock { .. }),
+    )
+    .unwrap();
     assert_eq!(disk.table_bytes, 32 * MIB + 8 * MIB + 8 * 8);
     drop(disk);
 

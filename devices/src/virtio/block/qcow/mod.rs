@@ -82,6 +82,8 @@ pub struct QcowFile {
     incompatible: u64,
     /// Marked corrupt by this open: every request fails.
     broken: bool,
+    /// Where the L2 tables and refcount blocks are, built on the first write.
+    metadata_index: Option<overlap::MetadataIndex>,
     cluster_bits: u32,
     /// The virtual disk size.
     size: u64,
@@ -279,6 +281,7 @@ impl QcowFile {
             version: header.version,
             incompatible: header.incompatible,
             broken: false,
+            metadata_index: None,
             cluster_bits,
             size: header.size,
             l1,

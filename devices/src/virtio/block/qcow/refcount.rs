@@ -72,6 +72,8 @@ pub(super) struct Refcounts {
     blocks: TableCache,
     /// Where the next cluster is allocated: past everything in the file.
     next_free: u64,
+    /// Counts changes to the table's entries, so that views of them know when to refresh.
+    changes: u64,
 }
 
 impl Refcounts {
@@ -92,6 +94,7 @@ impl Refcounts {
             table_offset,
             blocks: TableCache::new(1 << cluster_bits),
             next_free: file_len.next_multiple_of(cluster_size),
+            changes: 0,
         }
     }
 
@@ -166,6 +169,11 @@ impl Refcounts {
         &self.table
     }
 
+    /// How many times the table's entries have changed since the image was opened.
+    pub fn changes(&self) -> u64 {
+        self.changes
+    }
+
     /// The host bytes the refcount table occupies.
     pub fn table_range(&self) -> Range<u64> {
         self.table_offset..self.table_offset + self.table.len() as u64 * 8
@@ -212,6 +220,7 @@ impl Refcounts {
             .get_mut(block)
             .ok_or_else(|| corrupt("a refcount block index is past the table"))?;
         *slot = offset;
+        self.changes += 1;
         file.write_all_at(&offset.to_be_bytes(), self.table_offset + block as u64 * 8)?;
         Ok(offset)
     }
@@ -249,6 +258,7 @@ impl Refcounts {
             .resize(usize::try_from(entries).map_err(io::Error::other)?, 0);
         // From here on, table entries for new blocks go to the new table's clusters.
         self.table_offset = new_offset;
+        self.changes += 1;
         for cluster in 0..clusters {
             self.set(file, new_offset + (cluster << self.cluster_bits), 1)?;
         }
