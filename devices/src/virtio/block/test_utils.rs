@@ -1,7 +1,8 @@
 //! Test doubles for virtio-block, shared by the unit tests and the fuzz targets in `fuzz/`:
 //! an in-memory disk, the fuzz body that runs a [`Block`] on a queue made of untrusted bytes,
-//! and the one that opens untrusted bytes as a qcow2 image. Built only for tests or
-//! with the `test-utils` feature.
+//! the one that opens untrusted bytes as a qcow2 image, and the one that runs operation
+//! sequences on qcow2 images and chains against a model (`qcow_ops.rs`). Built only for tests
+//! or with the `test-utils` feature.
 
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -11,7 +12,10 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::{Block, BlockConfig, CacheType, DiskBackend, QcowFile};
+
+mod qcow_ops;
 use crate::virtio::{Interrupt, VirtioDevice};
+pub use qcow_ops::{create_qcow2, fuzz_qcow_ops};
 
 /// A disk held in memory. Clones share the disk, so a test keeps one to inspect what the device
 /// did with the other.
@@ -237,7 +241,6 @@ fn probe_offsets(len: u64) -> Vec<u64> {
 /// Runs `attempt` again while it fails for an image lock (`locked`), for up to 5 s: a child
 /// that another test thread is spawning holds copies of this process's fds, and with them
 /// their OFD locks, until it execs. Kiln itself spawns nothing, so only tests need this.
-#[cfg(test)]
 pub(crate) fn retry_locked<T, E>(
     mut attempt: impl FnMut() -> Result<T, E>,
     locked: impl Fn(&E) -> bool,
