@@ -17,7 +17,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
-use common::linux::{parse_outcomes, run_scenarios, Outcome, Scenario};
+use common::linux::{parse_outcomes, rig_failure_reason, run_scenarios, Outcome, Scenario};
 
 /// Firecracker's recommended arguments for a serial-console guest, with reboot=k.
 const BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.dumbkbd";
@@ -186,4 +186,16 @@ fn scenario_output_is_split_between_markers() {
     assert_eq!(a.guest_value("cpus-online").as_deref(), Some("0-1"));
     assert!(a.has_line("hi"));
     assert_eq!(a.value("KILN-RC").as_deref(), Some("0"));
+}
+
+#[test]
+fn a_rig_failure_is_read_from_the_rig_stderr() {
+    let stderr = "kiln-rig: L1 boot to payload: 5.1s, total: 60.0s\n\
+                  kiln-rig: RIG-FAILURE reason=l1-panic: Kernel panic - not syncing: stack\n\
+                  kiln-rig: L1: [ 12.0] Kernel panic - not syncing: stack\n";
+    assert_eq!(rig_failure_reason(stderr).as_deref(), Some("l1-panic"));
+    assert_eq!(
+        rig_failure_reason("kiln-rig: L1 boot to payload: 5.1s, total: 60.0s\n"),
+        None
+    );
 }
