@@ -101,6 +101,7 @@ heartbeat_monitor() {
         fi
         if [ "$quiet" -ge "$STALL_SECS" ]; then
             echo "$quiet" >"$TMP/stalled"
+            timeout 20 python3 "$RIG_DIR/qmp-state.py" "$TMP/qmp.sock" >"$TMP/stall-state" 2>&1
             kill -TERM "$pid" 2>/dev/null
             return 0
         fi
@@ -275,6 +276,7 @@ QEMU=(
     -serial chardev:con
     -serial "file:$L1LOG"
     -monitor none
+    -qmp "unix:$TMP/qmp.sock,server=on,wait=off"
     -no-reboot
     -kernel "$KERNEL"
     -initrd "$INITRD"
@@ -326,6 +328,8 @@ if [ -n "$rc" ]; then
 fi
 if [ -f "$TMP/stalled" ]; then
     rig_failure l1-stall "L1 printed nothing on its console for $(cat "$TMP/stalled") s (no heartbeat); QEMU killed"
+    grep -a '^RIG-HEARTBEAT' "$L1LOG" | tail -n 3 | sed 's/^/kiln-rig: L1 last heartbeats: /' >&2
+    sed 's/^/kiln-rig: L1 state: /' "$TMP/stall-state" >&2
     qemu_err_to_log
     echo "RIG-DONE rc=125" | stream
     exit 125

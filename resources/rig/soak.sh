@@ -87,6 +87,7 @@ cat >"$P/vm.json" <<EOF
 {
   "boot-source": {"kernel_image_path": "vmlinux", "initrd_path": "initramfs.cpio.gz",
                   "boot_args": "console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.dumbkbd"},
+  "drives": [],
   "machine-config": {"vcpu_count": $VCPUS, "mem_size_mib": 256, "smt": false}
 }
 EOF

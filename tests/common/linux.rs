@@ -270,19 +270,29 @@ pub fn run_scenarios(scenarios: &[Scenario]) -> (BTreeMap<String, Outcome>, Stri
         }
         reruns += 1;
         let names: Vec<&str> = pending.iter().map(|s| s.name).collect();
-        eprintln!(
+        report(&format!(
             "kiln-e2e: WARNING: rig failure ({reason}); running {names:?} in a fresh rig \
              (rig rerun {reruns} of at most {RIG_RERUNS}; see tests/common/linux.rs run_scenarios)"
-        );
+        ));
         log.push_str(&format!("\n--- rig rerun {reruns} after a rig failure ({reason}) ---\n"));
     }
     for s in scenarios {
         if unexpected_triple_fault(s, outcomes.get(s.name)) {
-            eprintln!("kiln-e2e: the guest of {} triple-faulted without asking to", s.name);
+            report(&format!(
+                "kiln-e2e: the guest of {} triple-faulted without asking to",
+                s.name
+            ));
         }
     }
-    eprintln!("kiln-e2e: rig reruns: {reruns}");
+    report(&format!("kiln-e2e: rig reruns: {reruns}"));
     (outcomes, log)
+}
+
+/// Writes a line to the test binary's stderr itself: the test harness captures `eprintln!`
+/// of a passing test, and a rerun must show in the output of a green run too.
+fn report(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
 /// The reason resources/rig/run.sh gave for a rig failure, if its stderr has one.
