@@ -13,6 +13,8 @@
 //!                            raw.rs        RawFile: a raw image or host block device
 //!                            qcow/         QcowFile: a qcow2 image and its backing chain
 //!                            format.rs     open_disk: picks RawFile or QcowFile
+//!                            probed_raw.rs ProbedRaw: a raw image found by probing, whose
+//!                                          first sector may not become another format's
 //! ```
 //!
 //! The guest is not trusted: a malformed chain costs it an IOERR status (or, when not even the
@@ -22,6 +24,7 @@ mod device;
 mod disk;
 mod execute;
 mod format;
+mod probed_raw;
 mod qcow;
 mod raw;
 mod request;
