@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
+use super::ring_layout::find_overlap;
 use super::{Interrupt, VirtioDevice, INTERRUPT_CONFIG};
 use crate::BusDevice;
 
@@ -280,6 +281,9 @@ impl MmioTransport {
             .position(|q| !q.queue.is_valid(&self.mem))
         {
             let reason = format!("queue {i} is not ready or lies outside guest memory");
+            return self.needs_reset(&reason);
+        }
+        if let Some(reason) = find_overlap(self.queues.iter().map(|q| &q.queue)) {
             return self.needs_reset(&reason);
         }
         let event_idx = self.driver_features & super::FEATURE_EVENT_IDX != 0;
@@ -596,6 +600,34 @@ mod tests {
             s.negotiate(FEATURE_VERSION_1);
             s.set_up_queue(8);
             assert_eq!(s.driver_ok(), NEGOTIATED | status::DRIVER_OK);
+        }
+    }
+
+    #[test]
+    fn overlapping_rings_need_reset() {
+        // Queue size 8: descriptors 128 bytes, available ring 22, used ring 70, event fields
+        // included.
+        for (reg, addr) in [
+            (0x90u64, USED_RING - 2),  // the used ring two bytes into the available ring
+            (0x90, DESC_TABLE + 0x70), // the available ring in the descriptor table
+            (0xa0, AVAIL_RING + 0x14), // the used ring on the available ring's used_event
+            (0x90, USED_RING + 0x44),  // the available ring on the used ring's avail_event
+            (0x80, USED_RING),         // the descriptor table on the used ring
+        ] {
+            let mut s = setup();
+            s.negotiate(FEATURE_VERSION_1);
+            s.set_up_queue(8);
+            s.write(0x44, 0);
+            s.write(reg, addr);
+            s.write(0x44, 1);
+            let status = s.driver_ok();
+            assert_ne!(
+                status & status::DEVICE_NEEDS_RESET,
+                0,
+                "{reg:#x} at {addr:#x}"
+            );
+            assert!(s.device().activations.is_empty());
+            assert_eq!(s.read(0x60), INTERRUPT_CONFIG);
         }
     }
 

@@ -11,6 +11,7 @@ pub mod block;
 mod guest_queue;
 pub mod mmio;
 pub mod net;
+mod ring_layout;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 

@@ -278,3 +278,27 @@ fn an_explicitly_raw_disk_takes_any_header() {
     assert_eq!(guest.status(), OK);
     assert_eq!(image.contents()[..512], qcow2_header());
 }
+
+#[test]
+fn rings_that_rewrite_each_other_cost_one_budget_per_notification() {
+    use crate::virtio::guest_queue::test_support::{overlapping_queue, within_seconds};
+    let guest = Guest::new();
+    let mut block = Block::new(Box::new(guest.disk.clone()), writeback()).unwrap();
+    let queue = overlapping_queue(QUEUE_LEN, 0x4000);
+    let interrupt = Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap()));
+    block
+        .activate(guest.mem.clone(), vec![queue], interrupt)
+        .unwrap();
+    let evt = block.queue_events()[0].try_clone().unwrap();
+    let (block, result) = within_seconds(move || {
+        let result = block.process_queue().map(drop).map_err(|e| e.to_string());
+        (block, result)
+    })
+    .expect("the queue loop did not return");
+    result.unwrap();
+    // The device asked to be called again, and is, as long as the guest keeps this up.
+    assert_eq!(evt.read().unwrap(), 1);
+    let mut block = block;
+    block.process_queue().unwrap();
+    assert_eq!(evt.read().unwrap(), 1);
+}
