@@ -16,28 +16,34 @@ use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-/// Guest errors logged in full before the log thins out.
-const GUEST_ERRORS_LOGGED: u64 = 10;
-
-/// Counts guest-triggered errors and logs only some: the first few, then every power of two.
+/// Counts guest-triggered errors and logs them rate-limited, per device.
 #[derive(Debug)]
 pub(crate) struct GuestErrors {
     device: &'static str,
     count: u64,
+    site: throttled_log::CallSite,
 }
 
 impl GuestErrors {
     /// A counter for `device` (`"virtio-block"`, ...), which prefixes its log lines.
     pub(crate) fn new(device: &'static str) -> Self {
-        Self { device, count: 0 }
+        Self {
+            device,
+            count: 0,
+            site: throttled_log::CallSite::new(),
+        }
     }
 
-    /// Counts `error`, and logs it if it is among the few that are logged.
+    /// Counts `error`, and logs it unless this device logged too many lately.
     pub(crate) fn record(&mut self, error: &dyn std::fmt::Display) {
         self.count = self.count.saturating_add(1);
-        if self.count <= GUEST_ERRORS_LOGGED || self.count.is_power_of_two() {
-            log::warn!("{}: {error} ({} errors so far)", self.device, self.count);
-        }
+        throttled_log::throttled_log!(
+            site = &self.site,
+            log::Level::Warn,
+            "{}: {error} ({} errors so far)",
+            self.device,
+            self.count
+        );
     }
 }
 
@@ -128,7 +134,7 @@ pub(crate) fn drain_queue<E: From<QueueCheckError>>(
 pub(crate) fn rearm(queue_evt: &EventFd) {
     // Fails only when the counter would overflow, and then the event is pending anyway.
     if let Err(e) = queue_evt.write(1) {
-        log::debug!("virtio: failed to re-arm a queue event: {e}");
+        throttled_log::throttled_debug!("virtio: failed to re-arm a queue event: {e}");
     }
 }
 

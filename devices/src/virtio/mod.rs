@@ -127,7 +127,7 @@ pub trait VirtioDevice: Send {
     /// Writes the device config space at `offset`. By default the write is ignored: the
     /// fields Kiln's devices offer are all read-only, set from the VMM's configuration.
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        log::debug!(
+        throttled_log::throttled_debug!(
             "virtio device type {}: ignored a {}-byte config write at {offset:#x}",
             self.device_type(),
             data.len()

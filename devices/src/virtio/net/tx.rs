@@ -17,14 +17,13 @@ use super::ring;
 use super::{FrameIo, NetError, NetStats, VNET_HDR_LEN};
 use crate::virtio::guest_queue::{drain_queue, Drain, GuestErrors};
 
-/// Tap write failures logged in full before the log thins out.
-const WRITE_ERRORS_LOGGED: u64 = 10;
-
 /// The transmit side: the buffer a frame is gathered into, and the tap write failures so far.
 #[derive(Debug, Default)]
 pub struct Tx {
     frame: Vec<u8>,
     write_errors: u64,
+    /// The rate limit of this device's tap write failure lines.
+    write_error_log: throttled_log::CallSite,
 }
 
 impl Tx {
@@ -68,9 +67,11 @@ impl Tx {
                 stats.tx_dropped();
                 self.write_errors = self.write_errors.saturating_add(1);
                 let n = self.write_errors;
-                if n <= WRITE_ERRORS_LOGGED || n.is_power_of_two() {
-                    log::warn!("virtio-net: dropped a frame the tap refused: {e} ({n} so far)");
-                }
+                throttled_log::throttled_log!(
+                    site = &self.write_error_log,
+                    log::Level::Warn,
+                    "virtio-net: dropped a frame the tap refused: {e} ({n} so far)"
+                );
             }
         }
     }
