@@ -10,6 +10,8 @@
 pub mod block;
 mod guest_queue;
 pub mod mmio;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod mmio_fuzz;
 pub mod net;
 mod ring_layout;
 

@@ -35,6 +35,8 @@ pub mod test_utils;
 pub use device::{Block, BlockConfig, BlockError, CacheType};
 pub use disk::{DiskBackend, DiskError};
 pub use format::{open_disk, ImageFormat};
+#[cfg(any(test, feature = "test-utils"))]
+pub(crate) use probed_raw::format_magic;
 pub use qcow::{QcowError, QcowFile};
 pub use raw::RawFile;
 pub use stats::BlockStats;
