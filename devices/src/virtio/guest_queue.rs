@@ -79,8 +79,9 @@ pub(crate) fn check_avail_index(
 /// How a budgeted drain of a queue ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Drain {
-    /// The queue is empty and notifications are on again.
-    Empty,
+    /// Nothing is left that the device can do before the driver's next notification (or, for
+    /// receive, the tap's next frame).
+    Done,
     /// The budget ran out; work may be left, and the device must come back ([`rearm`]).
     Yielded,
 }
@@ -120,7 +121,7 @@ pub(crate) fn drain_queue<E: From<QueueCheckError>>(
             .enable_notification(mem)
             .map_err(QueueCheckError::Queue)?
         {
-            return Ok(Drain::Empty);
+            return Ok(Drain::Done);
         }
         match budget.checked_sub(1) {
             Some(left) => budget = left,

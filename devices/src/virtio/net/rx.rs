@@ -88,7 +88,7 @@ impl Rx {
                     // End of file: the backend is gone, and would read as empty forever.
                     Ok(0) => return Err(NetError::TapRead(io::ErrorKind::UnexpectedEof.into())),
                     Ok(len) => len,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Drain::Empty),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Drain::Done),
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => return Err(NetError::TapRead(e)),
                 },
@@ -103,7 +103,7 @@ impl Rx {
             match deliver(queue, mem, frame, mergeable, guest_errors, used_any)? {
                 Outcome::Delivered => stats.rx_delivered(len - VNET_HDR_LEN),
                 Outcome::Dropped => stats.rx_dropped(),
-                Outcome::Deferred => return Ok(Drain::Empty),
+                Outcome::Deferred => return Ok(Drain::Done),
                 Outcome::Yielded => return Ok(Drain::Yielded),
             }
             self.pending = None;
