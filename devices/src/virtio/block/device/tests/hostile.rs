@@ -302,3 +302,57 @@ fn rings_that_rewrite_each_other_cost_one_budget_per_notification() {
     block.process_queue().unwrap();
     assert_eq!(evt.read().unwrap(), 1);
 }
+
+/// Another event-loop client, as the API's eventfd is: counts the times it is served.
+struct Counter {
+    evt: EventFd,
+    served: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl MutEventSubscriber for Counter {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.evt.read();
+        self.served
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        ops.add(Events::new(&self.evt, EventSet::IN)).unwrap();
+    }
+}
+
+#[test]
+fn a_queue_that_never_empties_leaves_the_event_loop_to_the_others() {
+    use crate::virtio::guest_queue::test_support::{overlapping_queue, within_seconds};
+    let guest = Guest::new();
+    let mut block = Block::new(Box::new(guest.disk.clone()), writeback()).unwrap();
+    let interrupt = Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap()));
+    let queue = overlapping_queue(QUEUE_LEN, 0x4000);
+    block
+        .activate(guest.mem.clone(), vec![queue], interrupt)
+        .unwrap();
+    block.queue_events()[0].write(1).unwrap();
+    let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let api = Counter {
+        evt: EventFd::new(EFD_NONBLOCK).unwrap(),
+        served: served.clone(),
+    };
+    api.evt.write(1).unwrap();
+    let api_evt = api.evt.try_clone().unwrap();
+    let ran = within_seconds(move || {
+        type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+        let mut event_manager = EventManager::<Subscriber>::new().unwrap();
+        event_manager.add_subscriber(Arc::new(Mutex::new(block)));
+        event_manager.add_subscriber(Arc::new(Mutex::new(api)));
+        for _ in 0..10 {
+            event_manager.run_with_timeout(100).unwrap();
+        }
+        // The guest keeps the block queue busy; the other client is still served.
+        api_evt.write(1).unwrap();
+        for _ in 0..10 {
+            event_manager.run_with_timeout(100).unwrap();
+        }
+    });
+    assert!(ran.is_some(), "the event loop never came back");
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
