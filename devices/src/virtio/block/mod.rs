@@ -13,6 +13,8 @@
 //!                            raw.rs        RawFile: a raw image or host block device
 //!                            qcow/         QcowFile: a qcow2 image and its backing chain
 //!                            format.rs     open_disk: picks RawFile or QcowFile
+//!                            probed_raw.rs ProbedRaw: a raw image found by probing, whose
+//!                                          first sector may not become another format's
 //! ```
 //!
 //! The guest is not trusted: a malformed chain costs it an IOERR status (or, when not even the
@@ -22,6 +24,7 @@ mod device;
 mod disk;
 mod execute;
 mod format;
+mod probed_raw;
 mod qcow;
 mod raw;
 mod request;
@@ -32,6 +35,8 @@ pub mod test_utils;
 pub use device::{Block, BlockConfig, BlockError, CacheType};
 pub use disk::{DiskBackend, DiskError};
 pub use format::{open_disk, ImageFormat};
+#[cfg(any(test, feature = "test-utils"))]
+pub(crate) use probed_raw::format_magic;
 pub use qcow::{QcowError, QcowFile};
 pub use raw::RawFile;
 pub use stats::BlockStats;
