@@ -183,6 +183,27 @@ impl SeccompFilters {
     }
 }
 
+/// Makes glibc's allocator keep to the syscalls every filter allows; the binary calls it
+/// first thing, before any thread exists.
+///
+/// Each thread that allocates gets its own malloc arena by default, and two arena paths make
+/// syscalls that no filter should need: the first time any arena other than the main one
+/// shrinks, glibc opens `/proc/sys/vm/overcommit_memory`, and once more than eight arenas
+/// exist it asks for the CPU count (`sched_getaffinity`). A thread frees enough to shrink its
+/// arena whenever it drops a large buffer (an API request with a long path, a hundred closed
+/// connections), so under the API or vCPU filter either kills the process. With one arena, the
+/// main one, every thread grows and shrinks the heap with `brk` and large blocks with `mmap`,
+/// which the filters allow; each thread's cache of small blocks keeps the shared arena's lock
+/// off the common path.
+pub fn settle_allocator() {
+    // SAFETY: mallopt only changes glibc's allocator parameters; M_ARENA_MAX takes a count.
+    // It cannot fail for this parameter, and nothing is allocated concurrently: no other
+    // thread exists yet.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
 /// Reads a filter map in the layout `build.rs` writes (bincode with fixed-width little-endian
 /// integers): a u64 entry count, then per entry a u64-length-prefixed UTF-8 key and a
 /// u64-length-prefixed list of 8-byte instructions (`code: u16, jt: u8, jf: u8, k: u32`). Keys
