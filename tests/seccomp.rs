@@ -489,3 +489,42 @@ fn the_largest_request_body_does_not_kill_the_api_thread() {
 fn a_long_path_on_host_does_not_kill_the_api_thread() {
     put_long_drive_paths("seccomp-path", 30_000);
 }
+
+#[test]
+fn patching_a_drive_to_a_qcow2_image_does_not_kill_the_vmm_thread() {
+    let config = |dir: &TempDir| {
+        let kernel = dir.write("vmlinux", tiny_kernel::build(false, Ending::HaltForever));
+        let raw = dir.write("data.img", vec![0u8; 1 << 20]);
+        // An overlay over a base, so that opening it resolves a backing file too.
+        let qemu_img = |args: &[&str]| {
+            let status = Command::new("qemu-img")
+                .current_dir(&dir.0)
+                .args(["create", "-q", "-f", "qcow2"])
+                .args(args)
+                .status()
+                .expect("qemu-img is required");
+            assert!(status.success());
+        };
+        qemu_img(&["base.qcow2", "1M"]);
+        qemu_img(&["-b", "base.qcow2", "-F", "qcow2", "data.qcow2"]);
+        format!(
+            r#"{{
+  "boot-source": {{"kernel_image_path": "{}", "boot_args": "console=ttyS0"}},
+  "machine-config": {{"vcpu_count": 1, "mem_size_mib": 64}},
+  "drives": [{{"drive_id": "data", "path_on_host": "{}", "is_root_device": false,
+               "is_read_only": false}}]
+}}"#,
+            kernel.display(),
+            raw.display()
+        )
+    };
+    let mut kiln = Served::start("seccomp-qcow", Some(&config));
+    let qcow = kiln.dir.path("data.qcow2");
+    let body = format!(
+        r#"{{"drive_id": "data", "path_on_host": "{}"}}"#,
+        qcow.display()
+    );
+    let r = request(&kiln.sock, "PATCH", "/drives/data", Some(&body));
+    assert_eq!(r.status, 204, "{r:?}");
+    kiln.assert_alive();
+}

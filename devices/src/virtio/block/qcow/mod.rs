@@ -51,7 +51,7 @@ mod refcount;
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 pub use error::QcowError;
 pub(crate) use header::MAGIC;
@@ -149,18 +149,18 @@ impl QcowFile {
     /// Opens the qcow2 image at `path`, and its backing chain read-only; for reading only if
     /// `read_only`.
     pub fn open(path: &Path, read_only: bool) -> Result<QcowFile, DiskError> {
-        let canonical = std::fs::canonicalize(path).map_err(|source| DiskError::Open {
+        let id = backing::FileId::of(path).map_err(|source| DiskError::Open {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::open_in_chain(path, read_only, &mut vec![canonical])
+        Self::open_in_chain(path, read_only, &mut vec![id])
     }
 
-    /// Opens an image whose canonical path ends `chain`.
+    /// Opens an image whose identity ends `chain`.
     fn open_in_chain(
         path: &Path,
         read_only: bool,
-        chain: &mut Vec<PathBuf>,
+        chain: &mut Vec<backing::FileId>,
     ) -> Result<QcowFile, DiskError> {
         let file = OpenOptions::new()
             .read(true)
@@ -188,7 +188,7 @@ impl QcowFile {
         file_len: u64,
         path: &Path,
         read_only: bool,
-        chain: &mut Vec<PathBuf>,
+        chain: &mut Vec<backing::FileId>,
     ) -> Result<QcowFile, QcowError> {
         let read = |what| move |source| QcowError::Read { what, source };
         let mut fixed = [0u8; FIXED_HEADER_BYTES];
