@@ -242,6 +242,31 @@ fn log_path_receives_the_log() {
     );
 }
 
+#[test]
+fn a_log_or_metrics_fifo_without_a_reader_is_refused_at_once() {
+    let dir = TempDir::new("cli");
+    let fifo = dir.path("out.fifo");
+    common::mkfifo(&fifo);
+    let config = dir.write("vm.json", vm_config(&kernel(&dir), "console=ttyS0", 1, 64));
+    for (flag, expected) in [
+        ("--log-path", "Error: Failed to open the log file"),
+        ("--metrics-path", "Error: Failed to open the metrics file"),
+    ] {
+        let args = [
+            "--no-api",
+            "--config-file",
+            config.to_str().unwrap(),
+            flag,
+            fifo.to_str().unwrap(),
+        ];
+        let out = run_kiln(&args, TIMEOUT);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(EXIT_BAD_CONFIGURATION), "{stderr}");
+        let line = format!("{expected} '{}': no process reads the FIFO", fifo.display());
+        assert!(stderr.lines().any(|l| l == line), "{stderr}");
+    }
+}
+
 /// A config with `drives` (JSON array items) over the tiny kernel.
 fn with_drives(dir: &TempDir, drives: &[String]) -> String {
     format!(
