@@ -295,3 +295,26 @@ fn a_log_and_metrics_fifo_whose_reader_never_reads_drops_lines_and_blocks_nothin
     assert_eq!(quick(&sock, "PATCH", "/vm", Some(pause)).status, 204);
     assert_eq!(state(&sock), "Paused");
 }
+
+#[test]
+fn a_drive_that_is_a_fifo_is_refused_at_once() {
+    let dir = TempDir::new("api-drive-fifo");
+    let sock = dir.path("api.sock");
+    let fifo = dir.path("disk.fifo");
+    common::mkfifo(&fifo);
+    let _kiln = Kiln::start(&sock);
+    let body = format!(
+        r#"{{"drive_id": "rootfs", "path_on_host": "{}", "is_root_device": true, "is_read_only": true}}"#,
+        fifo.display()
+    );
+    let message = fault(&quick(&sock, "PUT", "/drives/rootfs", Some(&body)));
+    assert_eq!(
+        message,
+        format!(
+            "Drive 'rootfs': path_on_host '{}' cannot be opened: it is a FIFO, not a regular file \
+             or block device",
+            fifo.display()
+        )
+    );
+    assert_eq!(state(&sock), "Not started");
+}

@@ -2,11 +2,12 @@
 //! qcow2 if the image starts with the qcow2 magic and raw otherwise. Only the image the user
 //! named is ever probed; backing files take their format from the overlay's header.
 
-use std::fs::File;
+use std::fs::OpenOptions;
 use std::path::Path;
 
 use super::qcow::{QcowFile, MAGIC};
 use super::{DiskBackend, DiskError, RawFile};
+use crate::host_file::open_data_file;
 
 /// The format of a disk image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,7 +41,7 @@ fn probe(path: &Path) -> Result<ImageFormat, DiskError> {
         path: path.to_path_buf(),
         source,
     };
-    let file = File::open(path).map_err(open_error)?;
+    let file = open_data_file(path, OpenOptions::new().read(true)).map_err(open_error)?;
     let mut magic = [0u8; 4];
     let mut got = 0;
     while got < magic.len() {

@@ -57,6 +57,7 @@ pub use error::QcowError;
 pub(crate) use header::MAGIC;
 
 use super::{DiskBackend, DiskError};
+use crate::host_file::open_data_file;
 use cache::TableCache;
 use header::{Header, FIXED_HEADER_BYTES, OFFSET_AUTOCLEAR};
 use refcount::Refcounts;
@@ -162,14 +163,12 @@ impl QcowFile {
         read_only: bool,
         chain: &mut Vec<backing::FileId>,
     ) -> Result<QcowFile, DiskError> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(!read_only)
-            .open(path)
-            .map_err(|source| DiskError::Open {
+        let file = open_data_file(path, OpenOptions::new().read(true).write(!read_only)).map_err(
+            |source| DiskError::Open {
                 path: path.to_path_buf(),
                 source,
-            })?;
+            },
+        )?;
         let file_len = file
             .metadata()
             .map_err(|source| DiskError::Size {
