@@ -4,12 +4,13 @@
 //! probed as raw is guarded ([`ProbedRaw`]) so that the guest cannot turn it into something
 //! the next probe takes for another format.
 
-use std::fs::File;
+use std::fs::OpenOptions;
 use std::path::Path;
 
 use super::probed_raw::ProbedRaw;
 use super::qcow::{QcowFile, MAGIC};
 use super::{DiskBackend, DiskError, RawFile};
+use crate::host_file::open_data_file;
 
 /// The format of a disk image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,7 +44,7 @@ fn probe(path: &Path) -> Result<ImageFormat, DiskError> {
         path: path.to_path_buf(),
         source,
     };
-    let file = File::open(path).map_err(open_error)?;
+    let file = open_data_file(path, OpenOptions::new().read(true)).map_err(open_error)?;
     let mut magic = [0u8; 4];
     let mut got = 0;
     while got < magic.len() {

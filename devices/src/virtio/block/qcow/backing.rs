@@ -5,7 +5,8 @@
 use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 
 use super::error::QcowError;
 use super::header::Header;
@@ -15,12 +16,31 @@ use crate::virtio::block::{DiskBackend, DiskError, RawFile};
 /// Backing files below the image the user named, at most.
 pub(super) const MAX_CHAIN_DEPTH: usize = 8;
 
+/// A file's identity, the same however a path names it (links, `..`, bind mounts): its
+/// device and inode, from `stat`. Not from resolving the path: `PATCH /drives` opens a new
+/// image under the VMM thread's seccomp filter, which has no `readlink`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+impl FileId {
+    pub(super) fn of(path: &Path) -> std::io::Result<Self> {
+        let metadata = fs::metadata(path)?;
+        Ok(Self {
+            dev: metadata.dev(),
+            ino: metadata.ino(),
+        })
+    }
+}
+
 /// Opens the backing file of the image at `overlay`, if it names one. `chain` holds the
-/// canonical paths of the images above it, the image at `overlay` last.
+/// identities of the images above it, the image at `overlay` last.
 pub(super) fn open(
     overlay: &Path,
     header: &Header,
-    chain: &mut Vec<PathBuf>,
+    chain: &mut Vec<FileId>,
 ) -> Result<Option<Box<dyn DiskBackend>>, QcowError> {
     let Some(name) = &header.backing_name else {
         return Ok(None);
@@ -42,16 +62,16 @@ pub(super) fn open(
         path: path.clone(),
         source: Box::new(source),
     };
-    let canonical = fs::canonicalize(&path).map_err(|source| {
+    let id = FileId::of(&path).map_err(|source| {
         backing_error(DiskError::Open {
             path: path.clone(),
             source,
         })
     })?;
-    if chain.contains(&canonical) {
+    if chain.contains(&id) {
         return Err(QcowError::ChainLoop(path));
     }
-    chain.push(canonical);
+    chain.push(id);
     let disk: Box<dyn DiskBackend> = match format {
         "raw" => Box::new(RawFile::open(&path, true).map_err(backing_error)?),
         "qcow2" => Box::new(QcowFile::open_in_chain(&path, true, chain).map_err(backing_error)?),

@@ -51,12 +51,13 @@ mod refcount;
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 pub use error::QcowError;
 pub(crate) use header::MAGIC;
 
 use super::{DiskBackend, DiskError};
+use crate::host_file::open_data_file;
 use cache::TableCache;
 use header::{Header, FIXED_HEADER_BYTES, OFFSET_AUTOCLEAR};
 use refcount::Refcounts;
@@ -149,27 +150,25 @@ impl QcowFile {
     /// Opens the qcow2 image at `path`, and its backing chain read-only; for reading only if
     /// `read_only`.
     pub fn open(path: &Path, read_only: bool) -> Result<QcowFile, DiskError> {
-        let canonical = std::fs::canonicalize(path).map_err(|source| DiskError::Open {
+        let id = backing::FileId::of(path).map_err(|source| DiskError::Open {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::open_in_chain(path, read_only, &mut vec![canonical])
+        Self::open_in_chain(path, read_only, &mut vec![id])
     }
 
-    /// Opens an image whose canonical path ends `chain`.
+    /// Opens an image whose identity ends `chain`.
     fn open_in_chain(
         path: &Path,
         read_only: bool,
-        chain: &mut Vec<PathBuf>,
+        chain: &mut Vec<backing::FileId>,
     ) -> Result<QcowFile, DiskError> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(!read_only)
-            .open(path)
-            .map_err(|source| DiskError::Open {
+        let file = open_data_file(path, OpenOptions::new().read(true).write(!read_only)).map_err(
+            |source| DiskError::Open {
                 path: path.to_path_buf(),
                 source,
-            })?;
+            },
+        )?;
         let file_len = file
             .metadata()
             .map_err(|source| DiskError::Size {
@@ -188,7 +187,7 @@ impl QcowFile {
         file_len: u64,
         path: &Path,
         read_only: bool,
-        chain: &mut Vec<PathBuf>,
+        chain: &mut Vec<backing::FileId>,
     ) -> Result<QcowFile, QcowError> {
         let read = |what| move |source| QcowError::Read { what, source };
         let mut fixed = [0u8; FIXED_HEADER_BYTES];
