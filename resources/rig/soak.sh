@@ -153,7 +153,7 @@ while [ "$(grep -c '^SOAK-BOOT' "$RESULTS" || true)" -lt "$BOOTS" ]; do
     grep -a 'L1-TROUBLE' "$TMP/err" >&2 || true
     if [ "$rc" -ne 0 ]; then
         rig_failures=$((rig_failures + 1))
-        why="$(grep -ao 'RIG-FAILURE reason=[a-z0-9-]*' "$TMP/err" | head -n1 | cut -d= -f2)"
+        why="$(grep -ao 'RIG-FAILURE reason=[a-z0-9-]*' "$TMP/err" | head -n1 | cut -d= -f2 || true)"
         reasons="$reasons ${why:-rc$rc}"
         say "rig run $rig_runs failed (rc=$rc ${why:-}):"
         grep -a 'kiln-rig' "$TMP/err" | tail -n 20 >&2
