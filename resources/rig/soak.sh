@@ -102,7 +102,7 @@ boot() { # VMM SLOT
     t1=$(up)
     if [ "$rc" = 0 ] && grep -q KILN-GUEST-READY "out.$2"; then
         result=ok
-    elif [ "$rc" = 124 ]; then
+    elif [ "$rc" = 124 ] || [ "$rc" = 143 ]; then # busybox timeout reports the TERM
         result=timeout
     elif [ "$rc" = 0 ]; then
         result=early
