@@ -35,8 +35,9 @@ cargo check --quiet --manifest-path fuzz/Cargo.toml
 step "Guest kernel and root filesystems (cached under ~/.cache/kiln)"
 bash resources/guest/build.sh >/dev/null
 
-step "Test rig"
+step "Test rig, and its self-test (exit statuses, an L1 panic and a silent L1 are rig failures)"
 bash resources/rig/setup.sh >/dev/null
+bash resources/rig/selftest.sh --quick
 
 step "Static release build of kiln and kiln-jailer (tests/jailer.rs runs them)"
 KILN_STATIC_DIR="$(bash resources/build-static.sh | tail -n1)"

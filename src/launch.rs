@@ -96,6 +96,9 @@ fn seccomp_filters(cli: &Cli) -> Result<SeccompFilters, Error> {
         log::info!("Using the seccomp filters in {}", path.display());
         SeccompFilters::from_file(path)
     } else {
+        if cfg!(feature = "seccomp-log") {
+            log::warn!("This test build's seccomp filters log syscalls they do not allow.");
+        }
         SeccompFilters::builtin()
     };
     // Firecracker ends with its generic error status for a bad filter file, too.

@@ -94,6 +94,8 @@ impl Error {
 }
 
 fn main() -> ExitCode {
+    // Before any thread exists, so that every thread allocates as the seccomp filters allow.
+    vmm::seccomp::settle_allocator();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

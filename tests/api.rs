@@ -270,3 +270,126 @@ fn patch_drives_reopens_the_drives_own_image_and_refuses_a_locked_one() {
     assert_eq!(state(&sock), "Running");
     assert_eq!(patch(&image).status, 204);
 }
+
+/// A request that must be answered within a second: nothing the API does waits on a file.
+fn quick(sock: &Path, method: &str, path: &str, body: Option<&str>) -> Response {
+    let started = std::time::Instant::now();
+    let r = request(sock, method, path, body);
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "{method} {path} took {took:?}"
+    );
+    r
+}
+
+/// The value of the Prometheus counter `name` in `GET /metrics`.
+fn counter(sock: &Path, name: &str) -> u64 {
+    let text = quick(sock, "GET", "/metrics", None).body;
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_log_or_metrics_fifo_without_a_reader_is_refused_at_once() {
+    let dir = TempDir::new("api-fifo");
+    let sock = dir.path("api.sock");
+    let fifo = dir.path("log.fifo");
+    common::mkfifo(&fifo);
+    let _kiln = Kiln::start(&sock);
+    for (path, body, expected) in [
+        (
+            "/logger",
+            format!(r#"{{"log_path": "{}"}}"#, fifo.display()),
+            "Failed to open the log file",
+        ),
+        (
+            "/metrics",
+            format!(r#"{{"metrics_path": "{}"}}"#, fifo.display()),
+            "Failed to open the metrics file",
+        ),
+    ] {
+        let message = fault(&quick(&sock, "PUT", path, Some(&body)));
+        assert!(message.contains(expected), "{message}");
+        assert!(message.ends_with("no process reads the FIFO"), "{message}");
+        // The API still serves.
+        assert_eq!(state(&sock), "Not started");
+    }
+}
+
+#[test]
+fn a_log_and_metrics_fifo_whose_reader_never_reads_drops_lines_and_blocks_nothing() {
+    let dir = TempDir::new("api-fifo-full");
+    let sock = dir.path("api.sock");
+    let kernel = dir.write("vmlinux", tiny_kernel::build(false, Ending::HaltForever));
+    let (log, metrics) = (dir.path("log.fifo"), dir.path("metrics.fifo"));
+    common::mkfifo(&log);
+    common::mkfifo(&metrics);
+    let _log_reader = common::idle_fifo_reader(&log);
+    let _metrics_reader = common::idle_fifo_reader(&metrics);
+    let _kiln = Kiln::start(&sock);
+
+    let logger = format!(r#"{{"log_path": "{}", "level": "Info"}}"#, log.display());
+    assert_eq!(quick(&sock, "PUT", "/logger", Some(&logger)).status, 204);
+    let sink = format!(r#"{{"metrics_path": "{}"}}"#, metrics.display());
+    assert_eq!(quick(&sock, "PUT", "/metrics", Some(&sink)).status, 204);
+    let boot = format!(
+        r#"{{"kernel_image_path": "{}", "boot_args": "console=ttyS0"}}"#,
+        kernel.display()
+    );
+    assert_eq!(quick(&sock, "PUT", "/boot-source", Some(&boot)).status, 204);
+    let start = r#"{"action_type": "InstanceStart"}"#;
+    assert_eq!(request(&sock, "PUT", "/actions", Some(start)).status, 204);
+
+    // Each request logs a line: far more than a 64 KiB pipe holds.
+    for _ in 0..1500 {
+        assert_eq!(quick(&sock, "GET", "/", None).status, 200);
+    }
+    assert!(counter(&sock, "kiln_logger_missed_log_count") > 0);
+    // Each flush writes a metrics line, until the pipe is full; then they are dropped.
+    let flush = r#"{"action_type": "FlushMetrics"}"#;
+    let mut dropped = 0;
+    for _ in 0..500 {
+        let r = quick(&sock, "PUT", "/actions", Some(flush));
+        if r.status != 204 {
+            assert_eq!(
+                fault(&r),
+                "The metrics line was dropped: the metrics file or FIFO did not take it."
+            );
+            dropped += 1;
+        }
+    }
+    assert!(dropped > 0);
+    assert_eq!(counter(&sock, "kiln_logger_missed_metrics_count"), dropped);
+    // The VM still runs and can be paused.
+    assert_eq!(state(&sock), "Running");
+    let pause = r#"{"state": "Paused"}"#;
+    assert_eq!(quick(&sock, "PATCH", "/vm", Some(pause)).status, 204);
+    assert_eq!(state(&sock), "Paused");
+}
+
+#[test]
+fn a_drive_that_is_a_fifo_is_refused_at_once() {
+    let dir = TempDir::new("api-drive-fifo");
+    let sock = dir.path("api.sock");
+    let fifo = dir.path("disk.fifo");
+    common::mkfifo(&fifo);
+    let _kiln = Kiln::start(&sock);
+    let body = format!(
+        r#"{{"drive_id": "rootfs", "path_on_host": "{}", "is_root_device": true, "is_read_only": true}}"#,
+        fifo.display()
+    );
+    let message = fault(&quick(&sock, "PUT", "/drives/rootfs", Some(&body)));
+    assert_eq!(
+        message,
+        format!(
+            "Drive 'rootfs': path_on_host '{}' cannot be opened: it is a FIFO, not a regular file \
+             or block device",
+            fifo.display()
+        )
+    );
+    assert_eq!(state(&sock), "Not started");
+}

@@ -242,6 +242,31 @@ fn log_path_receives_the_log() {
     );
 }
 
+#[test]
+fn a_log_or_metrics_fifo_without_a_reader_is_refused_at_once() {
+    let dir = TempDir::new("cli");
+    let fifo = dir.path("out.fifo");
+    common::mkfifo(&fifo);
+    let config = dir.write("vm.json", vm_config(&kernel(&dir), "console=ttyS0", 1, 64));
+    for (flag, expected) in [
+        ("--log-path", "Error: Failed to open the log file"),
+        ("--metrics-path", "Error: Failed to open the metrics file"),
+    ] {
+        let args = [
+            "--no-api",
+            "--config-file",
+            config.to_str().unwrap(),
+            flag,
+            fifo.to_str().unwrap(),
+        ];
+        let out = run_kiln(&args, TIMEOUT);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(EXIT_BAD_CONFIGURATION), "{stderr}");
+        let line = format!("{expected} '{}': no process reads the FIFO", fifo.display());
+        assert!(stderr.lines().any(|l| l == line), "{stderr}");
+    }
+}
+
 /// A config with `drives` (JSON array items) over the tiny kernel.
 fn with_drives(dir: &TempDir, drives: &[String]) -> String {
     format!(
@@ -289,4 +314,66 @@ fn drive_errors_are_firecrackers() {
         assert_eq!(code, Some(EXIT_BAD_CONFIGURATION), "{expected}");
         assert_eq!(line, expected);
     }
+}
+
+#[test]
+fn a_kernel_initrd_drive_or_backing_file_that_is_not_a_file_is_refused_at_once() {
+    let dir = TempDir::new("cli");
+    let fifo = dir.path("data.fifo");
+    common::mkfifo(&fifo);
+    let not_a_file = "not a regular file or block device";
+    let (code, line) = run_config(&vm_config(&fifo, "console=ttyS0", 1, 64));
+    assert_eq!(code, Some(EXIT_BAD_CONFIGURATION));
+    let expected = format!(
+        "kernel_image_path '{}' cannot be opened: it is a FIFO, {not_a_file}",
+        fifo.display()
+    );
+    assert!(line.ends_with(&expected), "{line}");
+
+    let initrd = format!(
+        r#"{{"boot-source": {{"kernel_image_path": "{}", "initrd_path": "/dev/null"}}}}"#,
+        kernel(&dir).display()
+    );
+    let (code, line) = run_config(&initrd);
+    assert_eq!(code, Some(EXIT_BAD_CONFIGURATION));
+    assert!(
+        line.ends_with(&format!("it is a character device, {not_a_file}")),
+        "{line}"
+    );
+
+    let (code, line) = run_config(&with_drives(&dir, &[drive("data", &fifo, false)]));
+    assert_eq!(code, Some(EXIT_BAD_CONFIGURATION));
+    let expected = format!(
+        "Drive 'data': path_on_host '{}' cannot be opened: it is a FIFO, {not_a_file}",
+        fifo.display()
+    );
+    assert!(line.ends_with(&expected), "{line}");
+
+    // A qcow2 overlay whose raw backing file is the FIFO (made without opening it).
+    let overlay = dir.path("overlay.qcow2");
+    let status = std::process::Command::new("qemu-img")
+        .current_dir(&dir.0)
+        .args([
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-u",
+            "-b",
+            "data.fifo",
+            "-F",
+            "raw",
+        ])
+        .arg(&overlay)
+        .arg("1M")
+        .status()
+        .expect("qemu-img is required");
+    assert!(status.success());
+    let (code, line) = run_config(&with_drives(&dir, &[drive("data", &overlay, false)]));
+    assert!(code.is_some() && code != Some(0), "{code:?}");
+    assert!(
+        line.contains(&fifo.display().to_string())
+            && line.ends_with(&format!("it is a FIFO, {not_a_file}")),
+        "{line}"
+    );
 }

@@ -17,7 +17,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
-use common::linux::{parse_outcomes, run_scenarios, Outcome, Scenario};
+use common::linux::{
+    parse_outcomes, rig_failure_reason, run_scenarios, stopped_in_early_boot, Outcome, Scenario,
+};
 
 /// Firecracker's recommended arguments for a serial-console guest, with reboot=k.
 const BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.dumbkbd";
@@ -186,4 +188,38 @@ fn scenario_output_is_split_between_markers() {
     assert_eq!(a.guest_value("cpus-online").as_deref(), Some("0-1"));
     assert!(a.has_line("hi"));
     assert_eq!(a.value("KILN-RC").as_deref(), Some("0"));
+}
+
+#[test]
+fn a_rig_failure_is_read_from_the_rig_stderr() {
+    let stderr = "kiln-rig: L1 boot to payload: 5.1s, total: 60.0s\n\
+                  kiln-rig: RIG-FAILURE reason=l1-panic: Kernel panic - not syncing: stack\n\
+                  kiln-rig: L1: [ 12.0] Kernel panic - not syncing: stack\n";
+    assert_eq!(rig_failure_reason(stderr).as_deref(), Some("l1-panic"));
+    assert_eq!(
+        rig_failure_reason("kiln-rig: L1 boot to payload: 5.1s, total: 60.0s\n"),
+        None
+    );
+}
+
+#[test]
+fn a_guest_killed_by_its_timeout_before_the_marker_stopped_in_early_boot() {
+    let outcome = |rc: i32, output: &str| Outcome {
+        rc,
+        output: output.to_string(),
+    };
+    let early = outcome(
+        143,
+        "[ 13.1] NET: Registered PF_VSOCK protocol family\nTerminated\n",
+    );
+    assert!(stopped_in_early_boot(Some(&early)));
+    // The guest got to its marker: whatever stopped it later is the scenario's to judge.
+    let late = outcome(124, "KILN-GUEST-READY\n");
+    assert!(!stopped_in_early_boot(Some(&late)));
+    // kiln exited by itself: its own status is never a rig failure.
+    assert!(!stopped_in_early_boot(Some(&outcome(
+        1,
+        "Error: bad config\n"
+    ))));
+    assert!(!stopped_in_early_boot(None));
 }

@@ -55,11 +55,18 @@ fn child_under_the_vcpu_filter() {
             i64::from(libc::AF_INET),
             i64::from(libc::SOCK_STREAM),
         ),
+        // What glibc does when a thread frees much of its memory: it trims its arena.
+        "malloc-trim" => (libc::SYS_ioctl, -1, KVM_RUN),
         other => panic!("unknown child mode {other}"),
     };
+    // What kiln does first, before any thread exists.
+    vmm::seccomp::settle_allocator();
     let filters = SeccompFilters::builtin().unwrap();
     std::thread::spawn(move || {
         filters.apply(ThreadKind::Vcpu).unwrap();
+        if what == "malloc-trim" {
+            churn_the_heap();
+        }
         // SAFETY: the arguments are integers (an invalid fd for the ioctls); none of these
         // calls touches the memory of this process.
         let rc = unsafe { libc::syscall(nr, arg0, arg1, 0) };
@@ -69,10 +76,24 @@ fn child_under_the_vcpu_filter() {
     .unwrap();
 }
 
-/// Runs [`child_under_the_vcpu_filter`] in a new process, making syscall `what`.
+/// Allocates and frees enough below the mmap threshold that glibc shrinks the heap of the
+/// calling thread's arena: the first shrink reads `/proc/sys/vm/overcommit_memory`.
+fn churn_the_heap() {
+    let blocks: Vec<Vec<u8>> = (0..256).map(|i| vec![i as u8; 64 * 1024]).collect();
+    assert_eq!(blocks.len(), 256);
+    drop(blocks);
+}
+
+/// Runs [`child_under_the_vcpu_filter`] in a new process, making syscall `what`. On the test
+/// harness's main thread, so that no thread exists before the body starts, as in kiln.
 fn run_child(what: &str) -> std::process::Output {
     Command::new(std::env::current_exe().unwrap())
-        .args(["child_under_the_vcpu_filter", "--exact", "--nocapture"])
+        .args([
+            "child_under_the_vcpu_filter",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD_ENV, what)
         .stdin(Stdio::null())
         .output()
@@ -103,6 +124,18 @@ fn an_allowed_syscall_under_the_vcpu_filter_does_not_kill() {
         String::from_utf8_lossy(&out.stdout)
     );
     // The child really ran the body, not zero tests.
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"));
+}
+
+#[test]
+fn a_thread_that_frees_much_memory_under_its_filter_lives_on() {
+    let out = run_child("malloc-trim");
+    assert!(
+        out.status.success(),
+        "{:?}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"));
 }
 
@@ -353,4 +386,145 @@ fn a_bad_filter_file_is_one_error_line_and_the_generic_exit_status() {
     );
     assert_eq!(code, Some(EXIT_ARG_PARSING));
     assert!(line.contains("cannot be used with"), "{line}");
+}
+
+/// A kiln serving its API under the built-in filters, killed on drop.
+struct Served {
+    child: Child,
+    sock: std::path::PathBuf,
+    dir: TempDir,
+}
+
+impl Served {
+    /// Starts kiln with its API; with `config`, it boots that VM at once and returns once the
+    /// tiny guest printed, so that every filter is in place.
+    fn start(tag: &str, config: Option<&dyn Fn(&TempDir) -> String>) -> Self {
+        let dir = TempDir::new(tag);
+        let sock = dir.path("api.sock");
+        let mut cmd = Command::new(kiln_bin());
+        cmd.args(["--api-sock", sock.to_str().unwrap()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        if let Some(config) = config {
+            let file = dir.write("vm.json", config(&dir));
+            cmd.args(["--config-file", file.to_str().unwrap()]);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        if config.is_some() {
+            let mut lines = BufReader::new(stdout).lines();
+            assert!(
+                lines.any(|l| l.unwrap() == "TINY-DONE"),
+                "the guest did not run"
+            );
+            // The console keeps writing into the pipe; nothing more is printed.
+            std::mem::forget(lines);
+        }
+        wait_for_socket(&sock, Duration::from_secs(10));
+        Self { child, sock, dir }
+    }
+
+    /// Fails the test if kiln has ended (a seccomp kill shows as SIGSYS), else checks that it
+    /// still answers.
+    fn assert_alive(&mut self) {
+        std::thread::sleep(Duration::from_millis(200));
+        if let Some(status) = self.child.try_wait().unwrap() {
+            panic!("kiln ended: {status:?} (signal {:?})", status.signal());
+        }
+        assert_eq!(request(&self.sock, "GET", "/", None).status, 200);
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn many_idle_connections_do_not_kill_the_api_thread() {
+    let mut kiln = Served::start("seccomp-idle", None);
+    for _ in 0..3 {
+        let idle: Vec<_> = (0..100)
+            .map(|_| std::os::unix::net::UnixStream::connect(&kiln.sock).unwrap())
+            .collect();
+        // An answer on a later connection means the server has accepted the idle ones.
+        assert_eq!(request(&kiln.sock, "GET", "/", None).status, 200);
+        drop(idle);
+        kiln.assert_alive();
+    }
+}
+
+/// A `PUT /drives` body whose `path_on_host` (which names no file) makes it `len` bytes long.
+fn drive_body(len: usize) -> String {
+    let body = |path: &str| {
+        format!(
+            r#"{{"drive_id": "rootfs", "path_on_host": "/{path}", "is_root_device": true, "is_read_only": false}}"#
+        )
+    };
+    let path = "a".repeat(len - body("").len());
+    body(&path)
+}
+
+/// PUT /drives with a body of `len` bytes three times: each is refused and kiln lives on.
+fn put_long_drive_paths(tag: &str, len: usize) {
+    let mut kiln = Served::start(tag, None);
+    let body = drive_body(len);
+    assert_eq!(body.len(), len);
+    for _ in 0..3 {
+        let r = request(&kiln.sock, "PUT", "/drives/rootfs", Some(&body));
+        assert_eq!(r.status, 400, "{r:?}");
+        kiln.assert_alive();
+    }
+}
+
+#[test]
+fn the_largest_request_body_does_not_kill_the_api_thread() {
+    put_long_drive_paths("seccomp-body", api_server::DEFAULT_MAX_PAYLOAD);
+}
+
+#[test]
+fn a_long_path_on_host_does_not_kill_the_api_thread() {
+    put_long_drive_paths("seccomp-path", 30_000);
+}
+
+#[test]
+fn patching_a_drive_to_a_qcow2_image_does_not_kill_the_vmm_thread() {
+    let config = |dir: &TempDir| {
+        let kernel = dir.write("vmlinux", tiny_kernel::build(false, Ending::HaltForever));
+        let raw = dir.write("data.img", vec![0u8; 1 << 20]);
+        // An overlay over a base, so that opening it resolves a backing file too.
+        let qemu_img = |args: &[&str]| {
+            let status = Command::new("qemu-img")
+                .current_dir(&dir.0)
+                .args(["create", "-q", "-f", "qcow2"])
+                .args(args)
+                .status()
+                .expect("qemu-img is required");
+            assert!(status.success());
+        };
+        qemu_img(&["base.qcow2", "1M"]);
+        qemu_img(&["-b", "base.qcow2", "-F", "qcow2", "data.qcow2"]);
+        format!(
+            r#"{{
+  "boot-source": {{"kernel_image_path": "{}", "boot_args": "console=ttyS0"}},
+  "machine-config": {{"vcpu_count": 1, "mem_size_mib": 64}},
+  "drives": [{{"drive_id": "data", "path_on_host": "{}", "is_root_device": false,
+               "is_read_only": false}}]
+}}"#,
+            kernel.display(),
+            raw.display()
+        )
+    };
+    let mut kiln = Served::start("seccomp-qcow", Some(&config));
+    let qcow = kiln.dir.path("data.qcow2");
+    let body = format!(
+        r#"{{"drive_id": "data", "path_on_host": "{}"}}"#,
+        qcow.display()
+    );
+    let r = request(&kiln.sock, "PATCH", "/drives/data", Some(&body));
+    assert_eq!(r.status, 204, "{r:?}");
+    kiln.assert_alive();
 }

@@ -175,3 +175,38 @@ fn terminal_input_reaches_the_guest_serial_port() {
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
     assert!(stdout(&out).contains("GOT:k\n"), "{}", stdout(&out));
 }
+
+/// The host's RAM and swap in MiB, from /proc/meminfo.
+fn host_mib() -> u32 {
+    let info = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let kib = |field: &str| -> u64 {
+        info.lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.split_whitespace().next())
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    ((kib("MemTotal:") + kib("SwapTotal:")) >> 10) as u32
+}
+
+#[test]
+fn more_memory_than_the_host_has_is_refused_at_once() {
+    let dir = TempDir::new("tiny");
+    let kernel = dir.write("vmlinux", tiny_kernel::build(false, Ending::I8042Reset));
+    // Twice the host, and the 4,000,000 MiB (which took KVM 20 s and 7.8 GiB).
+    for mib in [2 * host_mib() + 1024, 4_000_000] {
+        let config = dir.write("vm.json", vm_config(&kernel, "console=ttyS0", 1, mib));
+        let started = std::time::Instant::now();
+        let out = run_kiln(
+            &["--no-api", "--config-file", config.to_str().unwrap()],
+            TIMEOUT,
+        );
+        let took = started.elapsed();
+        assert_eq!(out.status.code(), Some(1), "{mib} MiB: {}", stderr(&out));
+        let expected = format!("Error: The guest's {mib} MiB of memory is more than the host's");
+        assert!(stderr(&out).contains(&expected), "{}", stderr(&out));
+        assert!(out.stdout.is_empty(), "the guest must not have run");
+        assert!(took < Duration::from_secs(2), "{mib} MiB took {took:?}");
+    }
+}

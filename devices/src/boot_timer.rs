@@ -62,7 +62,7 @@ impl BusDevice for BootTimer {
             let now = Timestamp::now();
             let wall_us = now.wall.duration_since(self.start.wall).as_micros();
             let cpu_us = now.cpu_us.saturating_sub(self.start.cpu_us);
-            log::info!(
+            throttled_log::throttled_info!(
                 "Guest-boot-time = {:>6} us {} ms, {:>6} CPU us {} CPU ms",
                 wall_us,
                 wall_us / 1000,

@@ -7,6 +7,7 @@
 
 pub mod boot_timer;
 pub mod bus;
+pub mod host_file;
 pub mod legacy;
 pub mod virtio;
 

@@ -1,7 +1,11 @@
 #!/bin/sh
 # /init of the L1 guest of the kiln test rig (busybox sh, PID 1).
 # Brings up KVM (kvm_amd on emulated SVM), runs /payload/run.sh and powers off.
-# The last console line is always "RIG-DONE rc=<status>".
+# Two serial ports: ttyS0 carries only what this script and the payload print, and its last
+# line is always "RIG-DONE rc=<status>"; ttyS1 is L1's kernel console (console=ttyS1), plus a
+# "RIG-HEARTBEAT" line every few seconds, so that the host can tell an L1 that panicked or
+# stopped running from a payload that is merely quiet, and kernel messages never land inside a
+# payload's output lines.
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 export HOME=/root
 export TERM=dumb
@@ -26,6 +30,10 @@ mount -t tmpfs tmpfs /run
 [ -e /dev/null ] || mknod -m 666 /dev/null c 1 3
 [ -e /dev/console ] || mknod -m 600 /dev/console c 5 1
 [ -e /dev/ptmx ] || ln -s pts/ptmx /dev/ptmx
+[ -e /dev/ttyS0 ] || mknod -m 620 /dev/ttyS0 c 4 64
+[ -e /dev/ttyS1 ] || mknod -m 620 /dev/ttyS1 c 4 65
+# From here on, everything goes to the payload console (ttyS0), not the kernel's.
+exec </dev/null >/dev/ttyS0 2>&1
 ln -sf /proc/self/fd /dev/fd 2>/dev/null
 ln -sf /proc/self/mounts /etc/mtab 2>/dev/null
 
@@ -54,6 +62,15 @@ if [ ! -e /dev/kvm ]; then
     echo "kiln-rig: /dev/kvm missing after loading modules"
     finish 125
 fi
+
+# The heartbeat runs as long as L1's scheduler and timers do (RIG_HEARTBEAT_SECS in run.sh).
+(
+    while :; do
+        echo "RIG-HEARTBEAT uptime=$(cut -d' ' -f1 /proc/uptime)" >/dev/ttyS1
+        sleep 5
+    done
+) &
+echo $! >/run/rig-heartbeat.pid # the rig's self-test stops it to play a silent L1
 
 ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up
 hostname kiln-rig

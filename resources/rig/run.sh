@@ -7,10 +7,10 @@
 # KVM) or inside L1 of the nested QEMU/SVM rig (see README.md). The last line
 # of stdout is "RIG-DONE rc=N" in both modes, and the exit status is N.
 # Exit codes: N from the payload; 124 timeout; 125 rig failure (QEMU exited
-# without RIG-DONE, module loading failed, ...).
-# Env: KILN_RIG=1 forces the rig, KILN_RIG=0 forces direct mode.
-#      KILN_RIG_MEM (default 3G), KILN_RIG_SMP (default 2),
-#      KILN_RIG_APPEND (extra L1 kernel command line).
+# without RIG-DONE, L1 panicked or stopped, module loading failed, ...); a rig
+# failure also prints "kiln-rig: RIG-FAILURE reason=..." on stderr.
+# Env: KILN_RIG=1 forces the rig, KILN_RIG=0 forces direct mode; the L1
+#      machine's tunables are listed in README.md.
 set -euo pipefail
 
 RIG_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -50,6 +50,10 @@ TMP="$(mktemp -d "${TMPDIR:-/tmp}/kiln-rig.XXXXXX")"
 cleanup() { rm -rf "$TMP"; }
 trap cleanup EXIT
 CONSOLE="$TMP/console.log" # everything stream() printed
+L1LOG="$TMP/l1-kernel.log" # L1's kernel console and heartbeat (second serial port)
+# L1 prints a heartbeat every 5 s; this long without a byte on its kernel console (boot
+# included) means L1 stopped running, and the run is a rig failure.
+STALL_SECS="${KILN_RIG_STALL_SECS:-90}"
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
@@ -82,6 +86,28 @@ stream() {
     done
 }
 
+# heartbeat_monitor PID: TERM PID when $L1LOG has not grown for $STALL_SECS seconds, and
+# leave $TMP/stalled saying so.
+heartbeat_monitor() {
+    local pid="$1" size last=-1 quiet=0
+    while kill -0 "$pid" 2>/dev/null; do
+        sleep 5
+        size="$(stat -c %s "$L1LOG" 2>/dev/null || echo 0)"
+        if [ "$size" != "$last" ]; then
+            last="$size"
+            quiet=0
+        else
+            quiet=$((quiet + 5))
+        fi
+        if [ "$quiet" -ge "$STALL_SECS" ]; then
+            echo "$quiet" >"$TMP/stalled"
+            timeout 20 python3 "$RIG_DIR/qmp-state.py" "$TMP/qmp.sock" >"$TMP/stall-state" 2>&1
+            kill -TERM "$pid" 2>/dev/null
+            return 0
+        fi
+    done
+}
+
 # run_streamed DIR ERRFILE CMD...: run CMD in DIR under `timeout`, in the
 # background so that TERM/INT of this script stop it, with stdin /dev/null,
 # stdout through stream(), stderr to ERRFILE (use /dev/stdout to merge).
@@ -107,15 +133,23 @@ run_streamed() {
     trap "kill -TERM $pid 2>/dev/null; exit 130" INT
     # shellcheck disable=SC2064
     trap "kill -TERM $pid 2>/dev/null; exit 143" TERM
+    local monitor=""
     if [ "${WATCHDOG:-0}" = 1 ]; then
         WATCHDOG_PID=$pid stream <"$fifo" &
+        reader=$!
+        heartbeat_monitor "$pid" </dev/null >/dev/null 2>&1 &
+        monitor=$!
     else
         stream <"$fifo" &
+        reader=$!
     fi
-    reader=$!
     rc=0
     wait "$pid" || rc=$?
     wait "$reader" || true
+    if [ -n "$monitor" ]; then
+        kill "$monitor" 2>/dev/null || true
+        wait "$monitor" 2>/dev/null || true
+    fi
     trap 'exit 130' INT
     trap 'exit 143' TERM
     rm -f "$fifo"
@@ -225,11 +259,14 @@ fi
 # decompression; KILN_RIG_BZIMAGE=1 uses the bzImage instead.
 KERNEL="$CACHE/vmlinux"
 if [ ! -f "$KERNEL" ] || [ "${KILN_RIG_BZIMAGE:-0}" = 1 ]; then KERNEL="$CACHE/vmlinuz"; fi
+# Extra QEMU arguments, split on spaces (e.g. "-icount shift=auto").
+read -r -a QEMU_EXTRA <<<"${KILN_RIG_QEMU_ARGS:-}"
+: >"$L1LOG"
 # shellcheck disable=SC2054 # commas are QEMU option syntax
 QEMU=(
     qemu-system-x86_64
-    -accel tcg,thread=multi
-    -cpu EPYC-Milan,+svm,+npt
+    -accel "${KILN_RIG_ACCEL:-tcg,thread=multi}"
+    -cpu "${KILN_RIG_CPU:-EPYC-Milan,+svm,+npt}"
     -smp "${KILN_RIG_SMP:-2}"
     -m "${KILN_RIG_MEM:-3G}"
     -machine pc
@@ -237,11 +274,14 @@ QEMU=(
     -display none -vga none
     -chardev stdio,id=con,signal=off,mux=off
     -serial chardev:con
+    -serial "file:$L1LOG"
     -monitor none
+    -qmp "unix:$TMP/qmp.sock,server=on,wait=off"
     -no-reboot
     -kernel "$KERNEL"
     -initrd "$INITRD"
-    -append "console=ttyS0 quiet panic=-1 mitigations=off nokaslr tsc=reliable 8250.nr_uarts=1 $LPJ ${KILN_RIG_APPEND:-}"
+    -append "console=ttyS1 quiet panic=-1 mitigations=off nokaslr tsc=reliable 8250.nr_uarts=2 $LPJ ${KILN_RIG_APPEND:-}"
+    "${QEMU_EXTRA[@]}"
 )
 
 say "L1: $(cat "$CACHE/kernel-version"), initrd $(($(stat -c %s "$INITRD") / 1048576)) MiB, timeout ${TIMEOUT}s"
@@ -260,21 +300,55 @@ if grep -v "TCG doesn't support requested feature" "$TMP/qemu.err" >"$TMP/qemu.e
 fi
 # On failure, put QEMU's messages into the log too (before the RIG-DONE line).
 qemu_err_to_log() { if [ -n "$LOG" ] && [ -s "$TMP/qemu.err2" ]; then cat "$TMP/qemu.err2" >>"$LOG"; fi; }
+# L1's kernel messages without the heartbeats.
+l1_messages() { grep -av '^RIG-HEARTBEAT' "$L1LOG" | tr -d '\r' || true; }
+# A rig failure: say why on stderr (and in the log), with the end of L1's kernel log.
+rig_failure() {
+    local reason="$1" detail="$2"
+    say "RIG-FAILURE reason=$reason: $detail"
+    l1_messages | tail -n 30 | sed 's/^/kiln-rig: L1: /' >&2
+    if [ -n "$LOG" ]; then
+        echo "kiln-rig: RIG-FAILURE reason=$reason: $detail" >>"$LOG"
+        l1_messages | tail -n 30 | sed 's/^/kiln-rig: L1: /' >>"$LOG"
+    fi
+}
+# L1 kernel messages that show the rig itself is unwell, even when the payload finished.
+L1_TROUBLE='Kernel panic|soft lockup|hard LOCKUP|rcu_.*(stall|detected)|BUG:|corrupted stack|general protection fault|Oops|watchdog: '
+if l1_messages | grep -aEq "$L1_TROUBLE"; then
+    l1_messages | grep -aE "$L1_TROUBLE" | head -n 5 | sed 's/^/kiln-rig: L1-TROUBLE: /' >&2
+fi
 
 t_payload=$(awk -v s="$start" '/RIG-PAYLOAD-START/ { printf "%.1f", $1 - s; exit }' "$TMP/marks" 2>/dev/null || true)
 say "L1 boot to payload: ${t_payload:-?}s, total: $(awk -v s="$start" -v e="$end" 'BEGIN { printf "%.1f", e - s }')s"
 
 rc="$(sed -n 's/^RIG-DONE rc=\([0-9][0-9]*\)$/\1/p' "$CONSOLE" | tail -n1)"
 if [ -n "$rc" ]; then
+    [ "$rc" -ne 125 ] || rig_failure l1-setup "L1 could not set up KVM"
     exit "$rc"
 fi
+if [ -f "$TMP/stalled" ]; then
+    rig_failure l1-stall "L1 printed nothing on its console for $(cat "$TMP/stalled") s (no heartbeat); QEMU killed"
+    grep -a '^RIG-HEARTBEAT' "$L1LOG" | tail -n 3 | sed 's/^/kiln-rig: L1 last heartbeats: /' >&2
+    sed 's/^/kiln-rig: L1 state: /' "$TMP/stall-state" >&2
+    qemu_err_to_log
+    echo "RIG-DONE rc=125" | stream
+    exit 125
+fi
+if l1_messages | grep -aq 'Kernel panic'; then
+    rig_failure l1-panic "$(l1_messages | grep -a 'Kernel panic' | head -n1)"
+    qemu_err_to_log
+    echo "RIG-DONE rc=125" | stream
+    exit 125
+fi
 if [ "$qrc" -eq 124 ] || [ "$qrc" -eq 137 ]; then
-    say "timeout after ${TIMEOUT}s; QEMU killed"
+    # The payload's own steps have timeouts inside L1: a run that outlives them all means
+    # L1 stopped keeping time or running them.
+    rig_failure rig-timeout "timeout after ${TIMEOUT}s; QEMU killed"
     qemu_err_to_log
     echo "RIG-DONE rc=124" | stream
     exit 124
 fi
-say "QEMU exited (status $qrc) without a RIG-DONE line"
+rig_failure qemu-exit "QEMU exited (status $qrc) without a RIG-DONE line"
 qemu_err_to_log
 echo "RIG-DONE rc=125" | stream
 exit 125

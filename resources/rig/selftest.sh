@@ -10,6 +10,8 @@
 # 2. Checks that a payload's exit status is propagated (RIG-DONE rc=3, exit 3).
 # 3. Checks direct mode (KILN_RIG=0) with a payload that does not need KVM.
 # 4. Unless --quick: checks the timeout path (exit 124).
+# 5. In rig mode: an L1 kernel panic and an L1 that stops printing are rig failures (exit 125,
+#    "RIG-FAILURE reason=l1-panic" / "reason=l1-stall" on stderr).
 set -euo pipefail
 
 RIG_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -101,6 +103,40 @@ if [ "$QUICK" -eq 0 ]; then
     set -e
     check "timeout: exit status 124 (got $rc)" [ "$rc" -eq 124 ]
     check "timeout: last line is RIG-DONE rc=124" last_line_is "RIG-DONE rc=124" "$TMP/hang.out"
+fi
+
+# --- 5. rig failures: an L1 kernel panic and a silent L1 ----------------------------
+# Only the rig has an L1 to fail.
+if grep -q 'running inside the nested' "$TMP/smoke.err"; then
+    P4="$TMP/panic"
+    mkdir -p "$P4"
+    printf '#!/bin/sh
+echo "payload: crashing L1"
+echo c >/proc/sysrq-trigger
+sleep 600
+' >"$P4/run.sh"
+    set +e
+    "$RIG_DIR/run.sh" "$P4" --timeout 300 >"$TMP/panic.out" 2>"$TMP/panic.err"
+    rc=$?
+    set -e
+    check "L1 panic: exit status 125 (got $rc)" [ "$rc" -eq 125 ]
+    check "L1 panic: RIG-FAILURE reason=l1-panic" grep -q 'RIG-FAILURE reason=l1-panic' "$TMP/panic.err"
+    check "L1 panic: the end of L1's kernel log is shown" grep -q 'kiln-rig: L1: .*sysrq' "$TMP/panic.err"
+
+    P5="$TMP/silent"
+    mkdir -p "$P5"
+    printf '#!/bin/sh
+echo "payload: stopping the heartbeat"
+kill "$(cat /run/rig-heartbeat.pid)"
+sleep 600
+' >"$P5/run.sh"
+    set +e
+    KILN_RIG_STALL_SECS=20 "$RIG_DIR/run.sh" "$P5" --timeout 300 >"$TMP/silent.out" 2>"$TMP/silent.err"
+    rc=$?
+    set -e
+    check "silent L1: exit status 125 (got $rc)" [ "$rc" -eq 125 ]
+    check "silent L1: RIG-FAILURE reason=l1-stall" grep -q 'RIG-FAILURE reason=l1-stall' "$TMP/silent.err"
+    check "silent L1: last line is RIG-DONE rc=125" last_line_is "RIG-DONE rc=125" "$TMP/silent.out"
 fi
 
 echo "selftest: smoke run: ${timing:-no rig timing (direct mode?)}; run.sh wall clock incl. setup check + initramfs build: ${wall}s" >&2

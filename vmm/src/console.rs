@@ -51,7 +51,7 @@ impl ConsoleInput {
                 }
                 Ok(_) => return false,
                 Err(e) => {
-                    log::warn!("Dropping console input the UART refused: {e}");
+                    throttled_log::throttled_warn!("Dropping console input the UART refused: {e}");
                     self.pending.clear();
                 }
             }

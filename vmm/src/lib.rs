@@ -11,6 +11,7 @@ pub mod console;
 pub mod controller;
 pub mod cpu_usage;
 pub mod device_manager;
+pub mod line_sink;
 pub mod loader;
 pub mod logger;
 pub mod metrics;

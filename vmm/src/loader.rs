@@ -1,9 +1,10 @@
 //! Loading the guest: the kernel (ELF vmlinux or bzImage), the initrd and the command line.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
+use devices::host_file::open_data_file;
 use linux_loader::cmdline::Cmdline;
 use linux_loader::loader::bootparam::setup_header;
 use linux_loader::loader::{load_cmdline, BzImage, Elf, KernelLoader, PvhBootCapability};
@@ -65,7 +66,7 @@ const XLF_KERNEL_64: u16 = 1;
 const BOOT_PROTOCOL_2_12: u16 = 0x20c;
 
 fn open(what: &'static str, path: &Path) -> Result<File, LoaderError> {
-    File::open(path).map_err(|source| LoaderError::Io {
+    open_data_file(path, OpenOptions::new().read(true)).map_err(|source| LoaderError::Io {
         what,
         path: path.to_owned(),
         source,

@@ -1,24 +1,24 @@
 //! The VMM's logger: the `log` facade, writing lines in Firecracker's format
 //! (`TIMESTAMP [INSTANCE:THREAD:LEVEL:FILE:LINE] message`, level and origin optional) to stderr
-//! or to a file or FIFO.
+//! or to a file or FIFO, which never blocks the logging thread (see [`crate::line_sink`]): a
+//! line a full pipe cannot take is dropped and counted (`logger.missed_log_count`).
 
-use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use log::{LevelFilter, Log, Metadata, Record};
+
+use crate::line_sink::{LineSink, LineSinkError};
 
 /// Errors installing the logger.
 #[derive(Debug, thiserror::Error)]
 pub enum LoggerError {
     /// The log file could not be opened.
     #[error("Failed to open the log file '{path}': {source}")]
-    Open {
-        path: String,
-        source: std::io::Error,
-    },
+    Open { path: String, source: LineSinkError },
     /// The level is not one Firecracker accepts.
     #[error("Invalid log level '{0}': expected Off, Error, Warning, Info, Debug or Trace.")]
     Level(String),
@@ -65,7 +65,21 @@ struct LoggerState {
     show_log_origin: bool,
     /// Only records whose module path starts with this are written.
     module: Option<String>,
-    out: Box<dyn Write + Send>,
+    out: Output,
+}
+
+/// Where log lines go.
+enum Output {
+    Stderr,
+    Sink(LineSink),
+}
+
+/// Lines dropped because the log file or FIFO could not take them.
+static MISSED_LINES: AtomicU64 = AtomicU64::new(0);
+
+/// The number of log lines dropped so far (`logger.missed_log_count`).
+pub fn missed_lines() -> u64 {
+    MISSED_LINES.load(Ordering::Relaxed)
 }
 
 /// The process-wide logger; its state is set by [`init`] and changed by [`reconfigure`].
@@ -157,32 +171,30 @@ impl Log for Logger {
         let mut state = self.lock();
         if let Some(state) = state.as_mut().filter(|s| s.wants(record)) {
             let line = state.line(record);
-            // A logger has nowhere to report its own write failures.
-            let _ = state.out.write_all(line.as_bytes());
-            let _ = state.out.flush();
+            let written = match &mut state.out {
+                // A logger has nowhere to report its own write failures.
+                Output::Stderr => std::io::stderr().write_all(line.as_bytes()).is_ok(),
+                Output::Sink(sink) => sink.write_line(line.as_bytes()),
+            };
+            if !written {
+                MISSED_LINES.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 
-    fn flush(&self) {
-        if let Some(state) = self.lock().as_mut() {
-            let _ = state.out.flush();
-        }
-    }
+    // Every line is written at once, unbuffered.
+    fn flush(&self) {}
 }
 
-fn open_output(path: Option<&Path>) -> Result<Box<dyn Write + Send>, LoggerError> {
+fn open_output(path: Option<&Path>) -> Result<Output, LoggerError> {
     match path {
-        Some(path) => Ok(Box::new(
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|source| LoggerError::Open {
-                    path: path.display().to_string(),
-                    source,
-                })?,
-        )),
-        None => Ok(Box::new(std::io::stderr())),
+        Some(path) => LineSink::open(path)
+            .map(Output::Sink)
+            .map_err(|source| LoggerError::Open {
+                path: path.display().to_string(),
+                source,
+            }),
+        None => Ok(Output::Stderr),
     }
 }
 
@@ -263,7 +275,7 @@ mod tests {
             show_level: true,
             show_log_origin: true,
             module: None,
-            out: Box::new(std::io::sink()),
+            out: Output::Stderr,
         };
         let args = format_args!("hello");
         let record = Record::builder()

@@ -2,13 +2,17 @@
 //! Firecracker writes them (one JSON object per line, each counter as the increase since the
 //! previous line) to the file `PUT /metrics` names, and as Prometheus text (totals) for
 //! `GET /metrics`.
+//!
+//! The file or FIFO never blocks the VMM thread (see [`crate::line_sink`]): a line a full pipe
+//! cannot take is dropped and counted (`logger.missed_metrics_count`, Firecracker's name), and
+//! its increases go into the next line.
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::line_sink::{LineSink, LineSinkError};
 
 /// One counter: a group (`block_rootfs`, `vcpu`, ...), a name within it, and its total.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,24 +53,23 @@ pub trait MetricSource: Send + Sync {
 pub enum MetricsError {
     /// The metrics file could not be opened.
     #[error("Failed to open the metrics file '{path}': {source}")]
-    Open {
-        path: String,
-        source: std::io::Error,
-    },
+    Open { path: String, source: LineSinkError },
     /// The metrics file was configured twice.
     #[error("The metrics file is already configured.")]
     AlreadyConfigured,
-    /// Writing a line failed.
-    #[error("Failed to write metrics: {0}")]
-    Write(std::io::Error),
+    /// The metrics file or FIFO did not take the line.
+    #[error("The metrics line was dropped: the metrics file or FIFO did not take it.")]
+    Dropped,
 }
 
 #[derive(Default)]
 struct Inner {
     sources: Vec<Arc<dyn MetricSource>>,
-    sink: Option<File>,
-    /// Totals at the previous JSON line, for the increases.
+    sink: Option<LineSink>,
+    /// Totals at the previous JSON line written, for the increases.
     flushed: BTreeMap<(String, String), u64>,
+    /// JSON lines dropped.
+    missed: u64,
 }
 
 /// The registry of metric sources and the metrics file.
@@ -100,20 +103,26 @@ impl Metrics {
         if inner.sink.is_some() {
             return Err(MetricsError::AlreadyConfigured);
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|source| MetricsError::Open {
-                path: path.display().to_string(),
-                source,
-            })?;
-        inner.sink = Some(file);
+        let sink = LineSink::open(path).map_err(|source| MetricsError::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
+        inner.sink = Some(sink);
         Ok(())
     }
 
+    /// Every source's counters, and the lines the logger and the metrics file dropped.
     fn counters(inner: &Inner) -> Vec<Counter> {
-        inner.sources.iter().flat_map(|s| s.counters()).collect()
+        let dropped = [
+            ("missed_log_count", crate::logger::missed_lines()),
+            ("missed_metrics_count", inner.missed),
+        ];
+        inner
+            .sources
+            .iter()
+            .flat_map(|s| s.counters())
+            .chain(Counter::group("logger", dropped))
+            .collect()
     }
 
     /// Writes one JSON line with the increases since the previous one, if a file is set.
@@ -131,7 +140,7 @@ impl Metrics {
         let mut groups = serde_json::Map::new();
         for c in &counters {
             let key = (c.group.clone(), c.name.clone());
-            let before = inner.flushed.insert(key, c.total).unwrap_or(0);
+            let before = inner.flushed.get(&key).copied().unwrap_or(0);
             let group = groups
                 .entry(c.group.clone())
                 .or_insert_with(|| serde_json::json!({}));
@@ -142,10 +151,16 @@ impl Metrics {
         groups.insert("utc_timestamp_ms".into(), now_ms.into());
         let mut line = serde_json::Value::Object(groups).to_string();
         line.push('\n');
-        if let Some(sink) = inner.sink.as_mut() {
-            sink.write_all(line.as_bytes())
-                .and_then(|()| sink.flush())
-                .map_err(MetricsError::Write)?;
+        if !inner
+            .sink
+            .as_mut()
+            .is_some_and(|s| s.write_line(line.as_bytes()))
+        {
+            inner.missed += 1;
+            return Err(MetricsError::Dropped);
+        }
+        for c in counters {
+            inner.flushed.insert((c.group, c.name), c.total);
         }
         Ok(true)
     }
@@ -211,10 +226,55 @@ mod tests {
         assert_eq!(lines[0]["block_root-fs"]["read_bytes"], 100);
         assert_eq!(lines[1]["block_root-fs"]["read_bytes"], 50);
         assert!(lines[1]["utc_timestamp_ms"].as_u64().unwrap() > 0);
-        assert_eq!(
-            metrics.prometheus(),
-            "# TYPE kiln_block_root_fs_read_bytes counter\nkiln_block_root_fs_read_bytes 150\n"
+        assert!(
+            metrics.prometheus().starts_with(
+                "# TYPE kiln_block_root_fs_read_bytes counter\nkiln_block_root_fs_read_bytes 150\n"
+            ),
+            "{}",
+            metrics.prometheus()
         );
+        assert_eq!(lines[1]["logger"]["missed_metrics_count"], 0);
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn a_line_a_full_fifo_cannot_take_is_dropped_counted_and_its_increases_kept() {
+        use crate::line_sink::test_utils::{fifo, read_all, reader};
+        let path = fifo("metrics-full");
+        let mut reader = reader(&path);
+        let metrics = Metrics::default();
+        let fake = Arc::new(Fake(AtomicU64::new(0)));
+        metrics.add_source(fake.clone());
+        metrics.set_sink(&path).unwrap();
+        let mut written = 0;
+        let dropped = loop {
+            fake.0.fetch_add(1, Ordering::Relaxed);
+            match metrics.flush() {
+                Ok(true) => written += 1,
+                Err(MetricsError::Dropped) => break 1,
+                other => panic!("{other:?}"),
+            }
+        };
+        fake.0.fetch_add(1, Ordering::Relaxed);
+        assert!(matches!(metrics.flush(), Err(MetricsError::Dropped)));
+        let text = String::from_utf8(read_all(&mut reader)).unwrap();
+        // The reader caught up: the next line carries the increases of the dropped ones.
+        fake.0.fetch_add(1, Ordering::Relaxed);
+        assert!(metrics.flush().unwrap());
+        let text = text + &String::from_utf8(read_all(&mut reader)).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), written + 1);
+        let last = lines.last().unwrap();
+        assert_eq!(last["block_root-fs"]["read_bytes"], dropped + 2);
+        assert_eq!(last["logger"]["missed_metrics_count"], dropped + 1);
+        let sum: u64 = lines
+            .iter()
+            .map(|l| l["block_root-fs"]["read_bytes"].as_u64().unwrap())
+            .sum();
+        assert_eq!(sum, fake.0.load(Ordering::Relaxed));
         std::fs::remove_file(path).unwrap();
     }
 }

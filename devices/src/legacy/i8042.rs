@@ -208,13 +208,13 @@ impl I8042 {
     /// `update_irq` on guest-triggered paths, where there is no caller to hand an error to.
     fn update_irq_or_log(&mut self) {
         if let Err(e) = self.update_irq() {
-            log::error!("{e}");
+            throttled_log::throttled_error!("{e}");
         }
     }
 
     fn pulse_reset(&mut self) {
         if let Err(e) = self.reset.trigger() {
-            log::error!("Failed to signal the i8042 reset: {e}");
+            throttled_log::throttled_error!("Failed to signal the i8042 reset: {e}");
         }
     }
 
@@ -257,7 +257,7 @@ impl I8042 {
             CMD_KBD_ENABLE => self.ctr &= !CTR_KBD_DISABLE,
             CMD_READ_OUTPUT_PORT => self.controller_reply = Some(self.output_port),
             CMD_PULSE_FIRST.. if command & OUTPUT_PORT_RESET == 0 => self.pulse_reset(),
-            _ => log::debug!("Ignoring i8042 command {command:#04x}"),
+            _ => throttled_log::throttled_debug!("Ignoring i8042 command {command:#04x}"),
         }
         self.update_irq_or_log();
     }

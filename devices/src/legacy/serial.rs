@@ -28,7 +28,9 @@ impl SerialEvents for InputWakeup {
     fn in_buffer_empty(&self) {
         if self.waiting.swap(false, Ordering::AcqRel) {
             if let Err(e) = self.drained.write(1) {
-                log::error!("Failed to signal that the serial input drained: {e}");
+                throttled_log::throttled_error!(
+                    "Failed to signal that the serial input drained: {e}"
+                );
             }
         }
     }
@@ -103,7 +105,7 @@ impl BusDevice for Serial {
     fn write(&mut self, offset: u64, data: &[u8]) {
         if let (&[value], Ok(offset)) = (data, u8::try_from(offset)) {
             if let Err(e) = self.uart.write(offset, value) {
-                log::warn!("Serial output failed: {e}");
+                throttled_log::throttled_warn!("Serial output failed: {e}");
             }
         }
     }

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
+use super::ring_layout::find_overlap;
 use super::{Interrupt, VirtioDevice, INTERRUPT_CONFIG};
 use crate::BusDevice;
 
@@ -155,7 +156,9 @@ impl MmioTransport {
             0x70 => self.status,
             0xfc => self.config_generation,
             _ => {
-                log::debug!("virtio-mmio: read of unknown register {offset:#x}");
+                throttled_log::throttled_debug!(
+                    "virtio-mmio: read of unknown register {offset:#x}"
+                );
                 0
             }
         }
@@ -171,7 +174,9 @@ impl MmioTransport {
                     let high = self.driver_features_select == 1;
                     self.driver_features = set_half(self.driver_features, high, value);
                 } else {
-                    log::warn!("virtio-mmio: driver features written out of order; ignored");
+                    throttled_log::throttled_warn!(
+                        "virtio-mmio: driver features written out of order; ignored"
+                    );
                 }
             }
             0x24 => self.driver_features_select = value,
@@ -182,17 +187,23 @@ impl MmioTransport {
             0x50 => self.forward_notify(value),
             0x64 => self.interrupt.ack(value),
             0x70 => self.write_status(value),
-            _ => log::debug!("virtio-mmio: write of unknown register {offset:#x}"),
+            _ => throttled_log::throttled_debug!(
+                "virtio-mmio: write of unknown register {offset:#x}"
+            ),
         }
     }
 
     fn write_queue_register(&mut self, offset: u64, value: u32) {
         if !self.queue_config_allowed() {
-            log::warn!("virtio-mmio: queue register {offset:#x} written out of order; ignored");
+            throttled_log::throttled_warn!(
+                "virtio-mmio: queue register {offset:#x} written out of order; ignored"
+            );
             return;
         }
         let Some(slot) = self.selected_queue() else {
-            log::warn!("virtio-mmio: queue register written for a queue that does not exist");
+            throttled_log::throttled_warn!(
+                "virtio-mmio: queue register written for a queue that does not exist"
+            );
             return;
         };
         let q = &mut slot.queue;
@@ -233,7 +244,9 @@ impl MmioTransport {
         let device = lock(&self.device);
         if let Some(evt) = device.queue_events().get(queue as usize) {
             if let Err(e) = evt.write(1) {
-                log::error!("virtio-mmio: failed to forward a queue notification: {e}");
+                throttled_log::throttled_error!(
+                    "virtio-mmio: failed to forward a queue notification: {e}"
+                );
             }
         }
     }
@@ -245,7 +258,7 @@ impl MmioTransport {
         }
         // The driver only ever adds bits; anything else is a protocol error we refuse.
         if value & self.status != self.status {
-            log::warn!(
+            throttled_log::throttled_warn!(
                 "virtio-mmio: status {value:#x} clears bits of {:#x}; ignored",
                 self.status
             );
@@ -255,7 +268,9 @@ impl MmioTransport {
         if added & status::FEATURES_OK != 0 {
             let offered = lock(&self.device).avail_features();
             if self.driver_features & !offered != 0 {
-                log::warn!("virtio-mmio: the driver accepted features the device did not offer");
+                throttled_log::throttled_warn!(
+                    "virtio-mmio: the driver accepted features the device did not offer"
+                );
                 self.status = value & !status::FEATURES_OK;
                 return;
             }
@@ -282,6 +297,9 @@ impl MmioTransport {
             let reason = format!("queue {i} is not ready or lies outside guest memory");
             return self.needs_reset(&reason);
         }
+        if let Some(reason) = find_overlap(self.queues.iter().map(|q| &q.queue)) {
+            return self.needs_reset(&reason);
+        }
         let event_idx = self.driver_features & super::FEATURE_EVENT_IDX != 0;
         // The device gets its own copies; the transport keeps the registers the driver wrote.
         let queues: Result<Vec<Queue>, _> = self
@@ -304,10 +322,12 @@ impl MmioTransport {
     }
 
     fn needs_reset(&mut self, reason: &str) {
-        log::warn!("virtio-mmio: device needs reset: {reason}");
+        throttled_log::throttled_warn!("virtio-mmio: device needs reset: {reason}");
         self.status |= status::DEVICE_NEEDS_RESET;
         if let Err(e) = self.interrupt.trigger(INTERRUPT_CONFIG) {
-            log::error!("virtio-mmio: failed to raise the config interrupt: {e}");
+            throttled_log::throttled_error!(
+                "virtio-mmio: failed to raise the config interrupt: {e}"
+            );
         }
     }
 
@@ -334,7 +354,7 @@ impl BusDevice for MmioTransport {
         } else if let Ok(bytes) = <&mut [u8; 4]>::try_from(&mut *data) {
             *bytes = self.read_register(offset).to_le_bytes();
         } else {
-            log::warn!(
+            throttled_log::throttled_warn!(
                 "virtio-mmio: {}-byte register read at {offset:#x}; registers are 32-bit",
                 data.len()
             );
@@ -347,7 +367,7 @@ impl BusDevice for MmioTransport {
         } else if let Ok(bytes) = <[u8; 4]>::try_from(data) {
             self.write_register(offset, u32::from_le_bytes(bytes));
         } else {
-            log::warn!(
+            throttled_log::throttled_warn!(
                 "virtio-mmio: {}-byte register write at {offset:#x}; registers are 32-bit",
                 data.len()
             );
@@ -600,6 +620,34 @@ mod tests {
     }
 
     #[test]
+    fn overlapping_rings_need_reset() {
+        // Queue size 8: descriptors 128 bytes, available ring 22, used ring 70, event fields
+        // included.
+        for (reg, addr) in [
+            (0x90u64, USED_RING - 2),  // the used ring two bytes into the available ring
+            (0x90, DESC_TABLE + 0x70), // the available ring in the descriptor table
+            (0xa0, AVAIL_RING + 0x14), // the used ring on the available ring's used_event
+            (0x90, USED_RING + 0x44),  // the available ring on the used ring's avail_event
+            (0x80, USED_RING),         // the descriptor table on the used ring
+        ] {
+            let mut s = setup();
+            s.negotiate(FEATURE_VERSION_1);
+            s.set_up_queue(8);
+            s.write(0x44, 0);
+            s.write(reg, addr);
+            s.write(0x44, 1);
+            let status = s.driver_ok();
+            assert_ne!(
+                status & status::DEVICE_NEEDS_RESET,
+                0,
+                "{reg:#x} at {addr:#x}"
+            );
+            assert!(s.device().activations.is_empty());
+            assert_eq!(s.read(0x60), INTERRUPT_CONFIG);
+        }
+    }
+
+    #[test]
     fn driver_ok_before_features_ok_needs_reset() {
         let mut s = setup();
         s.write(0x70, status::ACKNOWLEDGE | status::DRIVER);
@@ -677,6 +725,29 @@ mod tests {
         assert_eq!(&data, b"!!");
         s.transport.write(CONFIG_SPACE_OFFSET, b"CO");
         assert_eq!(&s.device().config, b"COnfig!!");
+    }
+
+    #[test]
+    fn a_million_bad_register_writes_log_a_bounded_number_of_lines() {
+        let capture = throttled_log::capture::Capture::start();
+        let mut s = setup();
+        for i in 0..1_000_000u32 {
+            s.transport.write(0x70, &(i as u16).to_le_bytes());
+            s.transport.write(0x38, &[0; 4]);
+            s.write(0xc0 + u64::from(i % 16) * 4, 0);
+            s.read(0xd0);
+        }
+        let lines = capture.lines();
+        // One burst per call site that complains (a 16-bit write, a queue register before
+        // FEATURES_OK, unknown registers read and written), whatever the clock.
+        let bound = 4 * (throttled_log::BURST as usize + 1) * 2;
+        assert!(
+            lines.len() <= bound,
+            "{} lines: {:?}",
+            lines.len(),
+            &lines[..20]
+        );
+        assert!(lines.iter().any(|l| l.contains("2-byte register write")));
     }
 
     #[test]

@@ -10,7 +10,10 @@
 pub mod block;
 mod guest_queue;
 pub mod mmio;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod mmio_fuzz;
 pub mod net;
+mod ring_layout;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -126,7 +129,7 @@ pub trait VirtioDevice: Send {
     /// Writes the device config space at `offset`. By default the write is ignored: the
     /// fields Kiln's devices offer are all read-only, set from the VMM's configuration.
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        log::debug!(
+        throttled_log::throttled_debug!(
             "virtio device type {}: ignored a {}-byte config write at {offset:#x}",
             self.device_type(),
             data.len()

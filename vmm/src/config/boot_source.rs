@@ -35,7 +35,7 @@ pub struct BootSourceConfig {
 }
 
 fn check_readable(field: &'static str, path: &Path) -> Result<(), BootSourceError> {
-    std::fs::File::open(path)
+    devices::host_file::open_data_file(path, std::fs::OpenOptions::new().read(true))
         .map(drop)
         .map_err(|source| BootSourceError::File {
             field,

@@ -120,10 +120,9 @@ impl DriveConfig {
             .path_on_host
             .as_ref()
             .ok_or_else(|| DriveError::MissingPath(id.clone()))?;
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(!self.is_read_only)
-            .open(path)
+        let mut options = std::fs::OpenOptions::new();
+        options.read(true).write(!self.is_read_only);
+        devices::host_file::open_data_file(path, &options)
             .map(drop)
             .map_err(|source| DriveError::File {
                 id: id.clone(),

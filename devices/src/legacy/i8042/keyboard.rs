@@ -56,7 +56,9 @@ impl Keyboard {
     /// its replies fills the buffer.
     pub(super) fn send(&mut self, bytes: &[u8]) {
         if self.free() < bytes.len() {
-            log::debug!("The i8042 output buffer is full; dropping a keyboard reply");
+            throttled_log::throttled_debug!(
+                "The i8042 output buffer is full; dropping a keyboard reply"
+            );
             return;
         }
         self.out.extend(bytes);

@@ -13,7 +13,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::disk::DiskBackend;
 use super::execute::{self, ExecuteError, Executor, SECTOR_SIZE};
 use super::request::{Rejected, Request};
-use crate::virtio::guest_queue::{check_avail_index, GuestErrors, QueueCheckError};
+use crate::virtio::guest_queue::{drain_queue, rearm, Drain, GuestErrors, QueueCheckError};
 use crate::virtio::{
     ActivateError, Interrupt, VirtioDevice, FEATURE_EVENT_IDX, FEATURE_VERSION_1,
     INTERRUPT_USED_RING, TYPE_BLOCK,
@@ -196,8 +196,10 @@ impl Block {
         }
     }
 
-    /// Serves every request the driver has made available, then raises the used-ring interrupt
-    /// if the driver wants one. Returns whether it raised it; does nothing while inactive.
+    /// Serves the requests the driver has made available, up to the work budget, then raises
+    /// the used-ring interrupt if the driver wants one. Returns whether it raised it; does
+    /// nothing while inactive. With the budget spent, the queue event is re-armed so that the
+    /// event loop calls again once it served everything else.
     pub fn process_queue(&mut self) -> Result<bool, BlockError> {
         let State::Active {
             mem,
@@ -222,35 +224,31 @@ impl Block {
                 .trigger(INTERRUPT_USED_RING)
                 .map_err(BlockError::Interrupt)?;
         }
-        drained.map(|()| notify)
+        if matches!(drained, Ok(Drain::Yielded)) {
+            rearm(&self.queue_evts[0]);
+        }
+        drained.map(|_| notify)
     }
 }
 
-/// Serves chains until the queue is empty; sets `used_any` once a chain is in the used ring.
+/// Serves chains until the queue is empty or the work budget is spent; sets `used_any` once a
+/// chain is in the used ring.
 fn drain(
     queue: &mut Queue,
     mem: &GuestMemoryMmap,
     executor: &mut Executor,
     guest_errors: &mut GuestErrors,
     used_any: &mut bool,
-) -> Result<(), BlockError> {
-    // Drain with notifications off, then turn them back on and look again: a request the driver
-    // adds in between would otherwise wait for a kick that never comes.
-    loop {
-        queue.disable_notification(mem).map_err(BlockError::Queue)?;
-        check_avail_index(queue, mem)?;
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
-            let head = chain.head_index();
-            let len = serve(executor, guest_errors, mem, chain);
-            match queue.add_used(mem, head, len) {
-                Ok(()) => *used_any = true,
-                Err(e) => guest_errors.record(&e),
-            }
+) -> Result<Drain, BlockError> {
+    drain_queue(queue, mem, |queue, chain| {
+        let head = chain.head_index();
+        let len = serve(executor, guest_errors, mem, chain);
+        match queue.add_used(mem, head, len) {
+            Ok(()) => *used_any = true,
+            Err(e) => guest_errors.record(&e),
         }
-        if !queue.enable_notification(mem).map_err(BlockError::Queue)? {
-            return Ok(());
-        }
-    }
+        Ok(())
+    })
 }
 
 impl From<QueueCheckError> for BlockError {

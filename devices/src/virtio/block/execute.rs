@@ -210,7 +210,9 @@ impl Executor {
     }
 
     /// Moves the data of `req` between its guest buffers and the disk; returns how many bytes
-    /// it wrote into guest memory.
+    /// it wrote into guest memory. The disk sees whole pieces of up to [`BOUNCE_LEN`] bytes
+    /// however the guest splits its buffers, so a backend judges a write by all it changes in
+    /// a sector (a probed raw image its first sector) and never sees part of one.
     fn transfer(
         &mut self,
         mem: &GuestMemoryMmap,
@@ -218,44 +220,91 @@ impl Executor {
         direction: Direction,
     ) -> Result<u32, ExecuteError> {
         let mut offset = self.checked_offset(req)?;
+        let mut left = req.data_len();
+        let mut cursor = Cursor::default();
         let mut to_guest = 0u32;
-        for &(addr, len) in &req.data {
-            let mut done = 0u32;
-            while done < len {
-                let n = (len - done).min(BOUNCE_LEN);
-                // Both cannot overflow: parsing checked the buffer lies in guest memory, and
-                // `checked_offset` that the request lies within the disk.
-                let guest = addr.0.checked_add(u64::from(done)).map(GuestAddress);
-                let guest = guest.ok_or(GuestMemoryError::InvalidGuestAddress(addr))?;
-                self.bounce.resize(n as usize, 0);
-                match direction {
-                    Direction::DiskToGuest => {
-                        self.disk
-                            .read_at(&mut self.bounce, offset)
-                            .map_err(|source| ExecuteError::Disk {
-                                op: "read",
-                                offset,
-                                source,
-                            })?;
-                        mem.write_slice(&self.bounce, guest)?;
-                        to_guest = to_guest.saturating_add(n);
-                    }
-                    Direction::GuestToDisk => {
-                        mem.read_slice(&mut self.bounce, guest)?;
-                        self.disk.write_at(&self.bounce, offset).map_err(|source| {
-                            ExecuteError::Disk {
-                                op: "write",
-                                offset,
-                                source,
-                            }
+        while left > 0 {
+            // At most BOUNCE_LEN, so the casts are exact.
+            let n = left.min(u64::from(BOUNCE_LEN)) as usize;
+            self.bounce.resize(n, 0);
+            let bounce = &mut self.bounce;
+            match direction {
+                Direction::DiskToGuest => {
+                    self.disk
+                        .read_at(bounce, offset)
+                        .map_err(|source| ExecuteError::Disk {
+                            op: "read",
+                            offset,
+                            source,
                         })?;
-                    }
+                    cursor.walk(&req.data, n, |guest, range| {
+                        let piece = bounce.get(range).unwrap_or_default();
+                        mem.write_slice(piece, guest)
+                    })?;
+                    to_guest = to_guest.saturating_add(n as u32);
                 }
-                done += n;
-                offset = offset.saturating_add(u64::from(n));
+                Direction::GuestToDisk => {
+                    cursor.walk(&req.data, n, |guest, range| {
+                        let piece = bounce.get_mut(range).unwrap_or_default();
+                        mem.read_slice(piece, guest)
+                    })?;
+                    self.disk
+                        .write_at(bounce, offset)
+                        .map_err(|source| ExecuteError::Disk {
+                            op: "write",
+                            offset,
+                            source,
+                        })?;
+                }
             }
+            left -= n as u64;
+            offset = offset.saturating_add(n as u64);
         }
         Ok(to_guest)
+    }
+}
+
+/// Where the next byte of a request's data lies: which buffer, and how far into it.
+#[derive(Default)]
+struct Cursor {
+    buffer: usize,
+    within: u32,
+}
+
+impl Cursor {
+    /// Calls `copy` with the guest address of each piece of the next `len` bytes of `data` and
+    /// the range those bytes take in a bounce buffer of `len` bytes, then moves past them.
+    fn walk(
+        &mut self,
+        data: &[(GuestAddress, u32)],
+        len: usize,
+        mut copy: impl FnMut(GuestAddress, std::ops::Range<usize>) -> Result<(), GuestMemoryError>,
+    ) -> Result<(), GuestMemoryError> {
+        let mut at = 0;
+        while at < len {
+            // The lengths of `data` add up to the request length, so a buffer is always left.
+            let &(addr, buf_len) = data
+                .get(self.buffer)
+                .ok_or(GuestMemoryError::InvalidBackendAddress)?;
+            let rest = buf_len.saturating_sub(self.within) as usize;
+            if rest == 0 {
+                self.buffer += 1;
+                self.within = 0;
+                continue;
+            }
+            let n = rest.min(len - at);
+            // Parsing checked the buffer lies in guest memory, so this cannot overflow.
+            let guest = addr
+                .0
+                .checked_add(u64::from(self.within))
+                .map(GuestAddress)
+                .ok_or(GuestMemoryError::InvalidGuestAddress(addr))?;
+            copy(guest, at..at + n)?;
+            at += n;
+            // `n` is at most `rest`, a u32.
+            self.within += n as u32;
+        }
+        Ok(())
     }
 }
 
@@ -340,6 +389,35 @@ mod tests {
         let req = request(RequestType::Out, 0, &[(0x1000, 0x1_8000)]);
         assert_eq!(exec.execute(&mem, &req).unwrap(), 0);
         assert_eq!(disk.contents()[..0x1_8000], guest[..]);
+    }
+
+    #[test]
+    fn buffers_of_any_size_are_gathered_and_scattered_in_order() {
+        let mem = memory();
+        let contents: Vec<u8> = (0..0x3_0000u32).map(|i| (i % 251) as u8).collect();
+        let disk = MemDisk::new(contents.clone());
+        let mut exec = executor(&disk, false, CacheType::Writeback);
+        // 3 + 0 + 509 + 0x1_0000 + 512 bytes: pieces of BOUNCE_LEN cut across buffers.
+        let bufs = [
+            (0x1000, 3),
+            (0x1100, 0),
+            (0x1200, 509),
+            (0x2_0000, 0x1_0000),
+            (0x1800, 512),
+        ];
+        let req = request(RequestType::In, 1, &bufs);
+        assert_eq!(exec.execute(&mem, &req).unwrap(), 0x1_0400);
+        let mut guest = Vec::new();
+        for &(addr, len) in &bufs {
+            let mut piece = vec![0u8; len as usize];
+            mem.read_slice(&mut piece, GuestAddress(addr)).unwrap();
+            guest.extend(piece);
+        }
+        assert_eq!(guest, contents[512..512 + 0x1_0400]);
+        // Written back one sector further, the same bytes land in order.
+        let req = request(RequestType::Out, 2, &bufs);
+        assert_eq!(exec.execute(&mem, &req).unwrap(), 0);
+        assert_eq!(disk.contents()[1024..1024 + 0x1_0400], guest[..]);
     }
 
     #[test]

@@ -1,12 +1,16 @@
 //! Choosing how to open a disk image: the format the user named, or, when they named none,
 //! qcow2 if the image starts with the qcow2 magic and raw otherwise. Only the image the user
-//! named is ever probed; backing files take their format from the overlay's header.
+//! named is ever probed; backing files take their format from the overlay's header. An image
+//! probed as raw is guarded ([`ProbedRaw`]) so that the guest cannot turn it into something
+//! the next probe takes for another format.
 
-use std::fs::File;
+use std::fs::OpenOptions;
 use std::path::Path;
 
+use super::probed_raw::ProbedRaw;
 use super::qcow::{QcowFile, MAGIC};
 use super::{DiskBackend, DiskError, RawFile};
+use crate::host_file::open_data_file;
 
 /// The format of a disk image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,13 +28,13 @@ pub fn open_disk(
     read_only: bool,
     format: Option<ImageFormat>,
 ) -> Result<Box<dyn DiskBackend>, DiskError> {
-    let format = match format {
-        Some(format) => format,
-        None => probe(path)?,
-    };
     Ok(match format {
-        ImageFormat::Raw => Box::new(RawFile::open(path, read_only)?),
-        ImageFormat::Qcow2 => Box::new(QcowFile::open(path, read_only)?),
+        Some(ImageFormat::Raw) => Box::new(RawFile::open(path, read_only)?),
+        Some(ImageFormat::Qcow2) => Box::new(QcowFile::open(path, read_only)?),
+        None => match probe(path)? {
+            ImageFormat::Raw => Box::new(ProbedRaw::new(RawFile::open(path, read_only)?)),
+            ImageFormat::Qcow2 => Box::new(QcowFile::open(path, read_only)?),
+        },
     })
 }
 
@@ -40,7 +44,7 @@ fn probe(path: &Path) -> Result<ImageFormat, DiskError> {
         path: path.to_path_buf(),
         source,
     };
-    let file = File::open(path).map_err(open_error)?;
+    let file = open_data_file(path, OpenOptions::new().read(true)).map_err(open_error)?;
     let mut magic = [0u8; 4];
     let mut got = 0;
     while got < magic.len() {

@@ -14,6 +14,8 @@
 //!                            qcow/         QcowFile: a qcow2 image and its backing chain
 //!                            format.rs     open_disk: picks RawFile or QcowFile
 //!                            lock.rs       QEMU's image locks, on every image either opens
+//!                            probed_raw.rs ProbedRaw: a raw image found by probing, whose
+//!                                          first sector may not become another format's
 //! ```
 //!
 //! The guest is not trusted: a malformed chain costs it an IOERR status (or, when not even the
@@ -24,6 +26,7 @@ mod disk;
 mod execute;
 mod format;
 mod lock;
+mod probed_raw;
 mod qcow;
 mod raw;
 mod request;
@@ -35,6 +38,8 @@ pub use device::{Block, BlockConfig, BlockError, CacheType};
 pub use disk::{DiskBackend, DiskError};
 pub use format::{open_disk, ImageFormat};
 pub use lock::ImageLockError;
+#[cfg(any(test, feature = "test-utils"))]
+pub(crate) use probed_raw::format_magic;
 pub use qcow::{QcowError, QcowFile};
 pub use raw::RawFile;
 pub use stats::BlockStats;

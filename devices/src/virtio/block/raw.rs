@@ -8,6 +8,7 @@ use std::path::Path;
 
 use super::disk::{DiskBackend, DiskError};
 use super::lock::{lock_image, Access};
+use crate::host_file::open_data_file;
 
 /// A raw image file.
 #[derive(Debug)]
@@ -19,10 +20,7 @@ pub struct RawFile {
 impl RawFile {
     /// Opens the image at `path`, for reading only if `read_only`.
     pub fn open(path: &Path, read_only: bool) -> Result<RawFile, DiskError> {
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(!read_only)
-            .open(path)
+        let mut file = open_data_file(path, OpenOptions::new().read(true).write(!read_only))
             .map_err(|source| DiskError::Open {
                 path: path.to_path_buf(),
                 source,

@@ -29,7 +29,7 @@ use super::ring;
 use super::rx::Rx;
 use super::tap::{FrameIo, Tap, TapError};
 use super::tx::Tx;
-use crate::virtio::guest_queue::GuestErrors;
+use crate::virtio::guest_queue::{rearm, Drain, GuestErrors};
 use crate::virtio::{
     ActivateError, Interrupt, VirtioDevice, FEATURE_EVENT_IDX, FEATURE_VERSION_1,
     INTERRUPT_USED_RING, TYPE_NET,
@@ -266,8 +266,10 @@ impl Net {
     }
 
     /// Delivers frames from the tap into the receive queue for as long as there are frames and
-    /// buffers, then raises the used-ring interrupt if the driver wants one. Returns whether it
-    /// raised it; does nothing while inactive.
+    /// buffers, up to the work budget, then raises the used-ring interrupt if the driver wants
+    /// one. Returns whether it raised it; does nothing while inactive. With the budget spent,
+    /// the receive queue event is re-armed so that the event loop calls again once it served
+    /// everything else.
     pub fn process_rx(&mut self) -> Result<bool, NetError> {
         let State::Active {
             mem, rx, interrupt, ..
@@ -292,11 +294,15 @@ impl Net {
         }
         // Frames delivered before an error are signalled all the same.
         let notify = finish(rx, mem, interrupt, old, used_any)?;
-        result.map(|()| notify)
+        if matches!(result, Ok(Drain::Yielded)) {
+            rearm(&self.queue_evts[0]);
+        }
+        result.map(|_| notify)
     }
 
-    /// Sends every frame in the transmit queue to the tap, then raises the used-ring interrupt
-    /// if the driver wants one. Returns whether it raised it; does nothing while inactive.
+    /// Sends the frames in the transmit queue to the tap, up to the work budget, then raises
+    /// the used-ring interrupt if the driver wants one. Returns whether it raised it; does
+    /// nothing while inactive. With the budget spent, the transmit queue event is re-armed.
     pub fn process_tx(&mut self) -> Result<bool, NetError> {
         let State::Active {
             mem, tx, interrupt, ..
@@ -315,7 +321,10 @@ impl Net {
             &mut used_any,
         );
         let notify = finish(tx, mem, interrupt, old, used_any)?;
-        result.map(|()| notify)
+        if matches!(result, Ok(Drain::Yielded)) {
+            rearm(&self.queue_evts[1]);
+        }
+        result.map(|_| notify)
     }
 
     /// How the tap should be registered: read only while frames can go somewhere.

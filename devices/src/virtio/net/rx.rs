@@ -18,7 +18,7 @@ use vm_memory::GuestMemoryMmap;
 use super::chain::RxBuffers;
 use super::ring;
 use super::{FrameIo, NetError, NetStats, MAX_FRAME_LEN, VNET_HDR_LEN};
-use crate::virtio::guest_queue::{check_avail_index, GuestErrors};
+use crate::virtio::guest_queue::{check_avail_index, work_budget, Drain, GuestErrors};
 
 /// Offset of `num_buffers` in `virtio_net_hdr_v1`.
 const NUM_BUFFERS_OFFSET: usize = 10;
@@ -31,6 +31,8 @@ enum Outcome {
     Dropped,
     /// Kept: the driver has not posted enough buffers yet.
     Deferred,
+    /// Kept: the ring kept changing under the device for longer than the work budget.
+    Yielded,
 }
 
 /// The receive side: a frame buffer, and whether it holds a frame not yet delivered.
@@ -58,8 +60,9 @@ impl Rx {
         self.pending.take().is_some()
     }
 
-    /// Delivers the pending frame, then frames from `io` until it has none or the guest has no
-    /// buffers left. Sets `used_any` once something is in the used ring.
+    /// Delivers the pending frame, then frames from `io` until it has none, the guest has no
+    /// buffers left, or the work budget (a ring's worth of frames) is spent. Sets `used_any`
+    /// once something is in the used ring.
     #[allow(clippy::too_many_arguments)]
     pub fn process(
         &mut self,
@@ -70,17 +73,22 @@ impl Rx {
         stats: &NetStats,
         guest_errors: &mut GuestErrors,
         used_any: &mut bool,
-    ) -> Result<(), NetError> {
+    ) -> Result<Drain, NetError> {
         // Kicks are only needed once the buffers run out; `deliver` turns them back on then.
         queue.disable_notification(mem).map_err(NetError::Queue)?;
+        let mut budget = work_budget(queue);
         loop {
+            let Some(left) = budget.checked_sub(1) else {
+                return Ok(Drain::Yielded);
+            };
+            budget = left;
             let len = match self.pending {
                 Some(len) => len,
                 None => match io.read_frame(&mut self.buf) {
                     // End of file: the backend is gone, and would read as empty forever.
                     Ok(0) => return Err(NetError::TapRead(io::ErrorKind::UnexpectedEof.into())),
                     Ok(len) => len,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Drain::Done),
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => return Err(NetError::TapRead(e)),
                 },
@@ -95,7 +103,8 @@ impl Rx {
             match deliver(queue, mem, frame, mergeable, guest_errors, used_any)? {
                 Outcome::Delivered => stats.rx_delivered(len - VNET_HDR_LEN),
                 Outcome::Dropped => stats.rx_dropped(),
-                Outcome::Deferred => return Ok(()),
+                Outcome::Deferred => return Ok(Drain::Done),
+                Outcome::Yielded => return Ok(Drain::Yielded),
             }
             self.pending = None;
         }
@@ -116,6 +125,9 @@ fn deliver(
     let needed = frame.len() as u64;
     let mut chains: Vec<(u16, RxBuffers)> = Vec::new();
     let mut capacity = 0u64;
+    // Looks at an empty ring after re-enabling notifications; the driver can make those fail
+    // forever by moving the index under the device, so they are bounded.
+    let mut looks = work_budget(queue);
     while capacity < needed {
         let Some(chain) = queue.pop_descriptor_chain(mem) else {
             check_avail_index(queue, mem)?;
@@ -124,9 +136,15 @@ fn deliver(
             // re-armed every time the ring runs dry: with EVENT_IDX the driver kicks only when
             // its index crosses `avail_event`, so an event index left behind by buffers that
             // arrived meanwhile would never be crossed again and receive would stall for good.
-            // Each retry takes at least one more chain, and a full ring ends the loop below.
+            // A retry that takes another chain moves towards a full ring, which ends the loop
+            // below; one that finds none costs one of the `looks`.
             if queue.enable_notification(mem).map_err(NetError::Queue)? {
-                continue;
+                if let Some(left) = looks.checked_sub(1) {
+                    looks = left;
+                    continue;
+                }
+                queue.set_next_avail(start);
+                return Ok(Outcome::Yielded);
             }
             queue.set_next_avail(start);
             return Ok(Outcome::Deferred);

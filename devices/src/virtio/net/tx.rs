@@ -9,27 +9,26 @@
 
 use std::io;
 
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 
 use super::chain;
 use super::ring;
 use super::{FrameIo, NetError, NetStats, VNET_HDR_LEN};
-use crate::virtio::guest_queue::{check_avail_index, GuestErrors};
-
-/// Tap write failures logged in full before the log thins out.
-const WRITE_ERRORS_LOGGED: u64 = 10;
+use crate::virtio::guest_queue::{drain_queue, Drain, GuestErrors};
 
 /// The transmit side: the buffer a frame is gathered into, and the tap write failures so far.
 #[derive(Debug, Default)]
 pub struct Tx {
     frame: Vec<u8>,
     write_errors: u64,
+    /// The rate limit of this device's tap write failure lines.
+    write_error_log: throttled_log::CallSite,
 }
 
 impl Tx {
-    /// Sends every chain the driver has made available. Sets `used_any` once a chain is in the
-    /// used ring.
+    /// Sends the chains the driver has made available, up to the work budget. Sets `used_any`
+    /// once a chain is in the used ring.
     pub fn process(
         &mut self,
         queue: &mut Queue,
@@ -38,28 +37,20 @@ impl Tx {
         stats: &NetStats,
         guest_errors: &mut GuestErrors,
         used_any: &mut bool,
-    ) -> Result<(), NetError> {
-        // Drain with notifications off, then turn them back on and look again: a chain the
-        // driver adds in between would otherwise wait for a kick that never comes.
-        loop {
-            queue.disable_notification(mem).map_err(NetError::Queue)?;
-            check_avail_index(queue, mem)?;
-            while let Some(chain) = queue.pop_descriptor_chain(mem) {
-                let head = chain.head_index();
-                match chain::gather(mem, chain, &mut self.frame) {
-                    Ok(()) => self.send(io, stats),
-                    Err(e) => {
-                        guest_errors.record(&e);
-                        stats.tx_dropped();
-                    }
+    ) -> Result<Drain, NetError> {
+        drain_queue(queue, mem, |queue, chain| {
+            let head = chain.head_index();
+            match chain::gather(mem, chain, &mut self.frame) {
+                Ok(()) => self.send(io, stats),
+                Err(e) => {
+                    guest_errors.record(&e);
+                    stats.tx_dropped();
                 }
-                ring::publish_used(queue, mem, &[(head, 0)], guest_errors)?;
-                *used_any = true;
             }
-            if !queue.enable_notification(mem).map_err(NetError::Queue)? {
-                return Ok(());
-            }
-        }
+            ring::publish_used(queue, mem, &[(head, 0)], guest_errors)?;
+            *used_any = true;
+            Ok(())
+        })
     }
 
     /// Writes the gathered frame to the tap.
@@ -76,9 +67,11 @@ impl Tx {
                 stats.tx_dropped();
                 self.write_errors = self.write_errors.saturating_add(1);
                 let n = self.write_errors;
-                if n <= WRITE_ERRORS_LOGGED || n.is_power_of_two() {
-                    log::warn!("virtio-net: dropped a frame the tap refused: {e} ({n} so far)");
-                }
+                throttled_log::throttled_log!(
+                    site = &self.write_error_log,
+                    log::Level::Warn,
+                    "virtio-net: dropped a frame the tap refused: {e} ({n} so far)"
+                );
             }
         }
     }

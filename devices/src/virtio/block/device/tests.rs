@@ -77,7 +77,18 @@ impl Guest {
         config: BlockConfig,
         event_idx: bool,
     ) -> (Block, EventFd) {
-        let mut block = Block::new(Box::new(self.disk.clone()), config).unwrap();
+        self.block_on(vq, Box::new(self.disk.clone()), config, event_idx)
+    }
+
+    /// An active device on `vq` serving `disk`; returns it with the interrupt eventfd.
+    fn block_on(
+        &self,
+        vq: &MockSplitQueue<'_, GuestMemoryMmap>,
+        disk: Box<dyn DiskBackend>,
+        config: BlockConfig,
+        event_idx: bool,
+    ) -> (Block, EventFd) {
+        let mut block = Block::new(disk, config).unwrap();
         let mut queue: Queue = vq.create_queue().unwrap();
         queue.set_used_ring_address(Some(USED_RING as u32), Some(0));
         queue.set_event_idx(event_idx);

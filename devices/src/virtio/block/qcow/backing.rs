@@ -5,7 +5,8 @@
 use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 
 use super::error::QcowError;
 use super::header::Header;
@@ -21,8 +22,8 @@ const MAX_CHAIN_TABLE_BYTES: u64 = 64 << 20;
 /// The images opened so far in one chain, from the image the user named down.
 #[derive(Debug)]
 pub(super) struct Chain {
-    /// Their canonical paths.
-    paths: Vec<PathBuf>,
+    /// Their identities.
+    ids: Vec<FileId>,
     /// Bytes of L1 and refcount tables they hold.
     pub table_bytes: u64,
     /// The guest bytes the image the user named can read from the next image down: no more
@@ -31,10 +32,10 @@ pub(super) struct Chain {
 }
 
 impl Chain {
-    /// The chain of the image the user named, at `canonical`.
-    pub fn new(canonical: PathBuf) -> Chain {
+    /// The chain of the image the user named, whose identity is `id`.
+    pub fn new(id: FileId) -> Chain {
         Chain {
-            paths: vec![canonical],
+            ids: vec![id],
             table_bytes: 0,
             reach: u64::MAX,
         }
@@ -49,6 +50,25 @@ impl Chain {
             .filter(|total| *total <= MAX_CHAIN_TABLE_BYTES)
             .ok_or(QcowError::ChainTables(MAX_CHAIN_TABLE_BYTES))?;
         Ok(())
+    }
+}
+
+/// A file's identity, the same however a path names it (links, `..`, bind mounts): its
+/// device and inode, from `stat`. Not from resolving the path: `PATCH /drives` opens a new
+/// image under the VMM thread's seccomp filter, which has no `readlink`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+impl FileId {
+    pub(super) fn of(path: &Path) -> std::io::Result<Self> {
+        let metadata = fs::metadata(path)?;
+        Ok(Self {
+            dev: metadata.dev(),
+            ino: metadata.ino(),
+        })
     }
 }
 
@@ -72,23 +92,23 @@ pub(super) fn open(
         Some(dir) if name.is_relative() => dir.join(name),
         _ => name.to_path_buf(),
     };
-    if chain.paths.len() > MAX_CHAIN_DEPTH {
+    if chain.ids.len() > MAX_CHAIN_DEPTH {
         return Err(QcowError::ChainTooDeep(MAX_CHAIN_DEPTH));
     }
     let backing_error = |source: DiskError| QcowError::Backing {
         path: path.clone(),
         source: Box::new(source),
     };
-    let canonical = fs::canonicalize(&path).map_err(|source| {
+    let id = FileId::of(&path).map_err(|source| {
         backing_error(DiskError::Open {
             path: path.clone(),
             source,
         })
     })?;
-    if chain.paths.contains(&canonical) {
+    if chain.ids.contains(&id) {
         return Err(QcowError::ChainLoop(path));
     }
-    chain.paths.push(canonical);
+    chain.ids.push(id);
     let disk: Box<dyn DiskBackend> = match format {
         "raw" => Box::new(RawFile::open(&path, true).map_err(backing_error)?),
         "qcow2" => Box::new(QcowFile::open_in_chain(&path, true, chain).map_err(backing_error)?),

@@ -68,7 +68,8 @@ pub(crate) use header::MAGIC;
 
 use super::lock::{lock_image, Access};
 use super::{DiskBackend, DiskError};
-use backing::Chain;
+use crate::host_file::open_data_file;
+use backing::{Chain, FileId};
 use cache::TableCache;
 use header::{Header, FIXED_HEADER_BYTES, OFFSET_AUTOCLEAR};
 use refcount::Refcounts;
@@ -172,27 +173,25 @@ impl QcowFile {
     /// Opens the qcow2 image at `path`, and its backing chain read-only; for reading only if
     /// `read_only`.
     pub fn open(path: &Path, read_only: bool) -> Result<QcowFile, DiskError> {
-        let canonical = std::fs::canonicalize(path).map_err(|source| DiskError::Open {
+        let id = FileId::of(path).map_err(|source| DiskError::Open {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::open_in_chain(path, read_only, &mut Chain::new(canonical))
+        Self::open_in_chain(path, read_only, &mut Chain::new(id))
     }
 
-    /// Opens an image whose canonical path ends `chain`.
+    /// Opens an image whose identity ends `chain`.
     fn open_in_chain(
         path: &Path,
         read_only: bool,
         chain: &mut Chain,
     ) -> Result<QcowFile, DiskError> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(!read_only)
-            .open(path)
-            .map_err(|source| DiskError::Open {
+        let file = open_data_file(path, OpenOptions::new().read(true).write(!read_only)).map_err(
+            |source| DiskError::Open {
                 path: path.to_path_buf(),
                 source,
-            })?;
+            },
+        )?;
         // Locked before a byte is read, so a writer elsewhere cannot change what is parsed.
         let access = if read_only {
             Access::Read

@@ -76,8 +76,6 @@ impl Guest {
         features: u64,
     ) -> Rig {
         let (io, wire) = SocketIo::pair().unwrap();
-        let mut net = Net::with_frame_io(Box::new(io), config(None)).unwrap();
-        net.set_acked_features(features | FEATURE_VERSION_1);
         let event_idx = features & FEATURE_EVENT_IDX != 0;
         let mut queues = Vec::new();
         for (vq, used) in [(rxq, RX_USED), (txq, TX_USED)] {
@@ -86,10 +84,19 @@ impl Guest {
             queue.set_event_idx(event_idx);
             queues.push(queue);
         }
+        let (net, irq) = self.net_on(Box::new(io), queues, features);
+        Rig { net, wire, irq }
+    }
+
+    /// A device on `io` and `queues` with the driver accepting `features`; returns it with
+    /// the interrupt eventfd.
+    fn net_on(&self, io: Box<dyn FrameIo>, queues: Vec<Queue>, features: u64) -> (Net, EventFd) {
+        let mut net = Net::with_frame_io(io, config(None)).unwrap();
+        net.set_acked_features(features | FEATURE_VERSION_1);
         let irq = EventFd::new(EFD_NONBLOCK).unwrap();
         let interrupt = Arc::new(Interrupt::new(irq.try_clone().unwrap()));
         net.activate(self.mem.clone(), queues, interrupt).unwrap();
-        Rig { net, wire, irq }
+        (net, irq)
     }
 
     fn load_u16(&self, addr: u64) -> u16 {

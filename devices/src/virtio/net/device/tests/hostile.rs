@@ -194,3 +194,86 @@ fn a_frame_larger_than_a_whole_ring_of_mergeable_buffers_is_dropped() {
     assert_eq!(used.iter().map(|(_, len)| len).sum::<u32>(), 112);
     assert_eq!(guest.load_u16(DATA + 10), 7);
 }
+
+/// A backend that always has another frame, as a tap under a flood: counts what it hands out.
+#[derive(Debug)]
+struct Flood {
+    evt: EventFd,
+    frames: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl std::os::fd::AsRawFd for Flood {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.evt.as_raw_fd()
+    }
+}
+
+impl FrameIo for Flood {
+    fn read_frame(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.frames
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let frame = frame(0, 1000);
+        buf[..frame.len()].copy_from_slice(&frame);
+        Ok(frame.len())
+    }
+    fn write_frame(&mut self, _frame: &[u8]) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn set_offload(&mut self, _flags: u32) -> Result<(), TapError> {
+        Ok(())
+    }
+}
+
+#[test]
+fn transmit_rings_that_rewrite_each_other_cost_one_budget_per_notification() {
+    use crate::virtio::guest_queue::test_support::{overlapping_queue, within_seconds};
+    let guest = Guest::new();
+    let (io, _wire) = SocketIo::pair().unwrap();
+    let rx = overlapping_queue(QUEUE_LEN, 0x2_0000);
+    let tx = overlapping_queue(QUEUE_LEN, 0x3_0000);
+    let (net, _irq) = guest.net_on(Box::new(io), vec![rx, tx], 0);
+    let evt = net.queue_events()[1].try_clone().unwrap();
+    let mut net = net;
+    let result = within_seconds(move || net.process_tx().map(drop).map_err(|e| e.to_string()))
+        .expect("the transmit loop did not return");
+    result.unwrap();
+    assert_eq!(
+        evt.read().unwrap(),
+        1,
+        "the device asked to be called again"
+    );
+}
+
+#[test]
+fn a_flood_of_frames_costs_one_budget_per_notification() {
+    use crate::virtio::guest_queue::test_support::within_seconds;
+    let guest = Guest::new();
+    let (rxq, txq) = (guest.rxq(), guest.txq());
+    let frames = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let flood = Flood {
+        evt: EventFd::new(EFD_NONBLOCK).unwrap(),
+        frames: frames.clone(),
+    };
+    let queues = [(&rxq, RX_USED), (&txq, TX_USED)].map(|(vq, used)| {
+        let mut queue: Queue = vq.create_queue().unwrap();
+        queue.set_used_ring_address(Some(used as u32), Some(0));
+        queue
+    });
+    let (net, _irq) = guest.net_on(Box::new(flood), queues.into(), 0);
+    // One buffer too small for any frame: each is dropped and the buffer kept for the next.
+    rx_chains(&rxq, 0, 1, 64);
+    let evt = net.queue_events()[0].try_clone().unwrap();
+    let mut net = net;
+    let stats = net.stats();
+    let result = within_seconds(move || net.process_rx().map(drop).map_err(|e| e.to_string()))
+        .expect("the receive loop did not return");
+    result.unwrap();
+    let taken = frames.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(taken, usize::from(QUEUE_LEN));
+    assert_eq!(stats.rx_drops(), taken as u64);
+    assert_eq!(
+        evt.read().unwrap(),
+        1,
+        "the device asked to be called again"
+    );
+}
