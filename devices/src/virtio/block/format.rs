@@ -69,6 +69,7 @@ fn probe(path: &Path) -> Result<ImageFormat, DiskError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::virtio::block::test_utils::retry_locked;
 
     #[test]
     fn probes_only_the_magic() {
@@ -92,5 +93,51 @@ mod tests {
         ));
         std::fs::remove_file(short).unwrap();
         std::fs::remove_file(fake).unwrap();
+    }
+
+    /// The refusal `open_disk` gives while another open of the image holds its lock.
+    fn lock_refusal(path: &Path, read_only: bool, format: Option<ImageFormat>) -> DiskError {
+        match open_disk(path, read_only, format) {
+            Ok(_) => panic!("opened {} (read_only {read_only})", path.display()),
+            Err(e @ DiskError::Lock { .. }) => e,
+            Err(e) => panic!("not a lock error: {e}"),
+        }
+    }
+
+    #[test]
+    fn a_probed_raw_image_is_locked_and_guarded() {
+        let path = std::env::temp_dir().join(format!("kiln-probe-locked-{}", std::process::id()));
+        std::fs::write(&path, vec![0u8; 4096]).unwrap();
+        let locked = |e: &DiskError| matches!(e, DiskError::Lock { .. });
+        let open = |read_only| retry_locked(|| open_disk(&path, read_only, None), locked);
+
+        let Ok(mut disk) = open(false) else {
+            panic!("the probed raw image did not open for writing");
+        };
+        // Guarded as probed raw: no qcow2 header into the first sector.
+        let err = disk.write_at(b"QFI\xfb", 0).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
+        disk.write_at(b"data", 0).unwrap();
+        // Locked as raw: no other reader or writer, probed or named raw.
+        for format in [None, Some(ImageFormat::Raw)] {
+            for read_only in [true, false] {
+                lock_refusal(&path, read_only, format);
+            }
+        }
+        drop(disk);
+
+        // Read-only: other readers are welcome, writers not.
+        let Ok(reader) = open(true) else {
+            panic!("the probed raw image did not open for reading");
+        };
+        drop(
+            open_disk(&path, true, None)
+                .map_err(|e| e.to_string())
+                .unwrap(),
+        );
+        lock_refusal(&path, false, None);
+        lock_refusal(&path, false, Some(ImageFormat::Raw));
+        drop(reader);
+        std::fs::remove_file(path).unwrap();
     }
 }
