@@ -10,6 +10,7 @@
     clippy::indexing_slicing
 )]
 
+pub mod firecracker;
 pub mod http;
 pub mod jailer;
 pub mod linux;
