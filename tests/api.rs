@@ -105,6 +105,16 @@ fn configure_start_pause_and_resume_through_the_api() {
         config["boot-source"]["kernel_image_path"],
         kernel.to_str().unwrap()
     );
+    let early_flush = request(
+        &sock,
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type": "FlushMetrics"}"#),
+    );
+    assert_eq!(
+        fault(&early_flush),
+        "The requested operation is not supported before starting the microVM."
+    );
 
     let start = request(
         &sock,

@@ -1,6 +1,7 @@
 //! Kiln as a drop-in for Firecracker v1.16.1, checked against Firecracker's own outputs and, where
 //! its binaries are beside the checkout, against Firecracker itself: Firecracker's exported
-//! config boots in kiln and kiln's in Firecracker.
+//! config boots in kiln and kiln's in Firecracker, and the API details SDKs rely on answer as
+//! Firecracker's do.
 
 // Test code reports failures by panicking.
 #![allow(
@@ -23,6 +24,8 @@ use common::tiny_kernel::{self, Ending};
 use common::{kiln_bin, wait_with_timeout, TempDir};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
+const NOT_BEFORE_START: &str =
+    "The requested operation is not supported before starting the microVM.";
 
 /// The tiny guest's kernel (it ends with an i8042 reset) and a disk for the root drive.
 fn tiny_guest(dir: &TempDir) -> (PathBuf, PathBuf) {
@@ -135,5 +138,69 @@ fn kilns_exported_config_is_firecrackers_and_boots_in_both() {
     boots(Path::new(kiln_bin()), &config);
     if let Some(firecracker) = anchor("firecracker", "kilns_exported_config_boots_in_firecracker") {
         boots(&firecracker, &config);
+    }
+}
+
+/// What an SDK reads before boot: versions, the machine config, and a refused flush.
+fn preboot_answers(sock: &Path) -> Vec<(u16, serde_json::Value)> {
+    let machine = r#"{"vcpu_count": 2, "mem_size_mib": 256, "cpu_template": "None"}"#;
+    assert_eq!(
+        request(sock, "PUT", "/machine-config", Some(machine)).status,
+        204
+    );
+    let flush = r#"{"action_type": "FlushMetrics"}"#;
+    [
+        request(sock, "GET", "/version", None),
+        request(sock, "GET", "/machine-config", None),
+        request(sock, "PUT", "/actions", Some(flush)),
+    ]
+    .into_iter()
+    .map(|r| (r.status, serde_json::from_str(&r.body).unwrap()))
+    .collect()
+}
+
+#[test]
+fn api_details_answer_as_firecrackers() {
+    let dir = TempDir::new("fc-api");
+    let sock = dir.path("kiln.sock");
+    let _kiln = ApiProcess::start(
+        Path::new(kiln_bin()),
+        &["--api-sock", sock.to_str().unwrap()],
+        &sock,
+    );
+    let kiln = preboot_answers(&sock);
+    assert_eq!(kiln[0].1["firecracker_version"], "1.16.1");
+    assert!(kiln[1].1.get("cpu_template").is_none(), "{}", kiln[1].1);
+    assert_eq!(
+        kiln[2],
+        (
+            400,
+            serde_json::json!({ "fault_message": NOT_BEFORE_START })
+        )
+    );
+    let info = request(&sock, "GET", "/", None);
+    let info: serde_json::Value = serde_json::from_str(&info.body).unwrap();
+    assert_eq!(info["firecracker_version"], "1.16.1");
+
+    let Some(firecracker) = anchor("firecracker", "api_details_answer_as_firecrackers") else {
+        return;
+    };
+    let fc_sock = dir.path("fc.sock");
+    let _fc = ApiProcess::start(
+        &firecracker,
+        &["--api-sock", fc_sock.to_str().unwrap()],
+        &fc_sock,
+    );
+    let theirs = preboot_answers(&fc_sock);
+    // Kiln's version body names Kiln too; Firecracker's version is the same.
+    assert_eq!(
+        kiln[0].1["firecracker_version"],
+        theirs[0].1["firecracker_version"]
+    );
+    assert_eq!(kiln[1..], theirs[1..]);
+    let fc_info = request(&fc_sock, "GET", "/", None);
+    let fc_info: serde_json::Value = serde_json::from_str(&fc_info.body).unwrap();
+    for key in shape(&fc_info).keys() {
+        assert!(info.get(key).is_some(), "GET / lacks {key}: {info}");
     }
 }
