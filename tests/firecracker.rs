@@ -1,7 +1,8 @@
 //! Kiln as a drop-in for Firecracker v1.16.1, checked against Firecracker's own outputs and, where
 //! its binaries are beside the checkout, against Firecracker itself: Firecracker's exported
-//! config boots in kiln and kiln's in Firecracker, and the API details SDKs rely on answer as
-//! Firecracker's do.
+//! config boots in kiln and kiln's in Firecracker, `--version` answers as Firecracker's when
+//! kiln is installed under its name, Firecracker's jailer execs kiln, and the API details SDKs
+//! rely on answer as Firecracker's do.
 
 // Test code reports failures by panicking.
 #![allow(
@@ -20,8 +21,9 @@ use std::time::Duration;
 
 use common::firecracker::{anchor, vm_config};
 use common::http::{request, ApiProcess};
+use common::jailer::{static_kiln, JailTest, GID, UID};
 use common::tiny_kernel::{self, Ending};
-use common::{kiln_bin, wait_with_timeout, TempDir};
+use common::{kiln_bin, monotonic_us, run_kiln, wait_with_timeout, TempDir};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 const NOT_BEFORE_START: &str =
@@ -141,6 +143,32 @@ fn kilns_exported_config_is_firecrackers_and_boots_in_both() {
     }
 }
 
+#[test]
+fn version_answers_as_firecracker_under_its_name() {
+    let dir = TempDir::new("fc-version");
+    let installed = dir.path("firecracker");
+    std::os::unix::fs::symlink(kiln_bin(), &installed).unwrap();
+    let out = Command::new(&installed).arg("--version").output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(line.starts_with("Firecracker v1.16.1 "), "{line}");
+    assert!(line.contains("Kiln"), "{line}");
+    let own = run_kiln(&["--version"], TIMEOUT);
+    assert_eq!(
+        String::from_utf8_lossy(&own.stdout).trim(),
+        format!("kiln {}", env!("CARGO_PKG_VERSION"))
+    );
+    if let Some(firecracker) = anchor(
+        "firecracker",
+        "version_answers_as_firecracker_under_its_name",
+    ) {
+        let theirs = Command::new(firecracker).arg("--version").output().unwrap();
+        let theirs = String::from_utf8_lossy(&theirs.stdout);
+        let first = theirs.lines().next().unwrap();
+        assert!(line.starts_with(first), "{line} vs {first}");
+    }
+}
+
 /// What an SDK reads before boot: versions, the machine config, and a refused flush.
 fn preboot_answers(sock: &Path) -> Vec<(u16, serde_json::Value)> {
     let machine = r#"{"vcpu_count": 2, "mem_size_mib": 256, "cpu_template": "None"}"#;
@@ -203,4 +231,74 @@ fn api_details_answer_as_firecrackers() {
     for key in shape(&fc_info).keys() {
         assert!(info.get(key).is_some(), "GET / lacks {key}: {info}");
     }
+}
+
+#[test]
+fn firecrackers_jailer_execs_kiln() {
+    let Some(jailer) = anchor("jailer", "firecrackers_jailer_execs_kiln") else {
+        return;
+    };
+    // SAFETY: geteuid only reads the process's credentials.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("firecrackers_jailer_execs_kiln: skipped, Firecracker's jailer needs root");
+        return;
+    }
+    let jail = JailTest::new("fc-jailer");
+    let id = format!("fc-jailer-{}", std::process::id());
+    // SDKs place the kernel and the config in the jail before they start the jailer.
+    let root = jail.root(&id);
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(
+        root.join("vmlinux"),
+        tiny_kernel::build(false, Ending::I8042Reset),
+    )
+    .unwrap();
+    let config = common::vm_config(Path::new("/vmlinux"), "console=ttyS0", 1, 64);
+    std::fs::write(root.join("vm.json"), config).unwrap();
+    // kiln runs as UID and cannot create files in the root-owned jail.
+    let metrics = root.join("metrics.json");
+    std::fs::write(&metrics, "").unwrap();
+    std::os::unix::fs::chown(&metrics, Some(UID), Some(GID)).unwrap();
+
+    let child = Command::new(jailer)
+        .args(["--id", &id, "--exec-file"])
+        .arg(static_kiln())
+        .args(["--uid", &UID.to_string(), "--gid", &GID.to_string()])
+        .arg("--chroot-base-dir")
+        .arg(&jail.base.0)
+        .args(["--parent-cgroup", &jail.parent_cgroup])
+        .args(["--", "--no-api", "--config-file", "/vm.json"])
+        .args(["--metrics-path", "/metrics.json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = monotonic_us();
+    let out = wait_with_timeout(child, TIMEOUT);
+    let elapsed = monotonic_us() - started;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    assert!(stdout.ends_with("TINY-DONE\n"), "{stdout}");
+    // The jailer's start times reached kiln's metrics.
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    let line: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    let startup = line["api_server"]["process_startup_time_us"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        startup > 0 && startup < elapsed,
+        "{startup} of {elapsed}: {line}"
+    );
+    assert!(
+        line["api_server"]["process_startup_time_cpu_us"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
 }
