@@ -13,37 +13,16 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::{Command, Stdio};
 
-use common::http::{request, wait_for_socket, Response};
+use common::http::{request, ApiProcess, Response};
 use common::tiny_kernel::{self, Ending};
 use common::{kiln_bin, TempDir};
 
 /// A kiln serving its API, killed on drop.
-struct Kiln {
-    child: Child,
-}
-
-impl Kiln {
-    fn start(sock: &Path) -> Self {
-        let child = Command::new(kiln_bin())
-            .args(["--api-sock", sock.to_str().unwrap(), "--id", "api-test"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        wait_for_socket(sock, Duration::from_secs(10));
-        Self { child }
-    }
-}
-
-impl Drop for Kiln {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn start_kiln(sock: &Path) -> ApiProcess {
+    let args = ["--api-sock", sock.to_str().unwrap(), "--id", "api-test"];
+    ApiProcess::start(Path::new(kiln_bin()), &args, sock)
 }
 
 fn state(sock: &Path) -> String {
@@ -65,7 +44,7 @@ fn configure_start_pause_and_resume_through_the_api() {
     let sock = dir.path("api.sock");
     let kernel = dir.write("vmlinux", tiny_kernel::build(false, Ending::HaltForever));
     let metrics = dir.path("metrics.ndjson");
-    let _kiln = Kiln::start(&sock);
+    let _kiln = start_kiln(&sock);
 
     assert_eq!(state(&sock), "Not started");
     let early = request(&sock, "PATCH", "/vm", Some(r#"{"state": "Paused"}"#));
@@ -126,6 +105,16 @@ fn configure_start_pause_and_resume_through_the_api() {
         config["boot-source"]["kernel_image_path"],
         kernel.to_str().unwrap()
     );
+    let early_flush = request(
+        &sock,
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type": "FlushMetrics"}"#),
+    );
+    assert_eq!(
+        fault(&early_flush),
+        "The requested operation is not supported before starting the microVM."
+    );
 
     let start = request(
         &sock,
@@ -180,7 +169,7 @@ fn configure_start_pause_and_resume_through_the_api() {
 fn a_socket_in_use_is_refused_and_a_stale_one_replaced() {
     let dir = TempDir::new("api");
     let sock = dir.path("api.sock");
-    let _first = Kiln::start(&sock);
+    let _first = start_kiln(&sock);
     let second = Command::new(kiln_bin())
         .args(["--api-sock", sock.to_str().unwrap()])
         .stdin(Stdio::null())
@@ -192,7 +181,7 @@ fn a_socket_in_use_is_refused_and_a_stale_one_replaced() {
     drop(_first);
     // The killed process left its socket file behind: the next kiln replaces it.
     assert!(sock.exists());
-    let _third = Kiln::start(&sock);
+    let _third = start_kiln(&sock);
     assert_eq!(state(&sock), "Not started");
 }
 
