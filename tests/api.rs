@@ -14,6 +14,7 @@ mod common;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use common::http::{request, ApiProcess, Response};
 use common::tiny_kernel::{self, Ending};
@@ -213,7 +214,7 @@ fn a_log_or_metrics_fifo_without_a_reader_is_refused_at_once() {
     let sock = dir.path("api.sock");
     let fifo = dir.path("log.fifo");
     common::mkfifo(&fifo);
-    let _kiln = Kiln::start(&sock);
+    let _kiln = start_kiln(&sock);
     for (path, body, expected) in [
         (
             "/logger",
@@ -244,7 +245,7 @@ fn a_log_and_metrics_fifo_whose_reader_never_reads_drops_lines_and_blocks_nothin
     common::mkfifo(&metrics);
     let _log_reader = common::idle_fifo_reader(&log);
     let _metrics_reader = common::idle_fifo_reader(&metrics);
-    let _kiln = Kiln::start(&sock);
+    let _kiln = start_kiln(&sock);
 
     let logger = format!(r#"{{"log_path": "{}", "level": "Info"}}"#, log.display());
     assert_eq!(quick(&sock, "PUT", "/logger", Some(&logger)).status, 204);
@@ -291,7 +292,7 @@ fn a_drive_that_is_a_fifo_is_refused_at_once() {
     let sock = dir.path("api.sock");
     let fifo = dir.path("disk.fifo");
     common::mkfifo(&fifo);
-    let _kiln = Kiln::start(&sock);
+    let _kiln = start_kiln(&sock);
     let body = format!(
         r#"{{"drive_id": "rootfs", "path_on_host": "{}", "is_root_device": true, "is_read_only": true}}"#,
         fifo.display()
