@@ -16,6 +16,7 @@ use vmm::metrics::{Counter, MetricSource, Metrics};
 use vmm::resources::VmResources;
 use vmm::rpc::api_channel;
 use vmm::seccomp::{SeccompFilters, ThreadKind};
+use vmm::startup_time::{StartTimes, StartupTimes};
 use vmm::vstate::vcpu::VmStop;
 
 use crate::terminal::RawTerminal;
@@ -111,6 +112,12 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
     let config = cli.config_file.as_deref().map(load_config).transpose()?;
     let console_input = std::io::stdin().is_terminal();
     let metrics = Arc::new(Metrics::default());
+    let startup = Arc::new(StartupTimes::new(StartTimes {
+        start_time_us: cli.start_time_us,
+        start_time_cpu_us: cli.start_time_cpu_us,
+        parent_cpu_time_us: cli.parent_cpu_time_us,
+    }));
+    metrics.add_source(startup.clone());
     if let Some(path) = &cli.metrics_path {
         metrics
             .set_sink(path)
@@ -142,6 +149,7 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
             .ok_or_else(|| Error::Config("--no-api needs --config-file.".into()))?;
         let mut vmm = build(config, host(serial_out)).map_err(|e| run_error(&e))?;
         vmm.start().map_err(|e| run_error(&e))?;
+        startup.report_ready();
         return outcome(vmm.run(None).map_err(|e| run_error(&e))?);
     }
 
@@ -171,6 +179,7 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
         Err(_) => return Err(Error::Run("The API thread ended at its start.".into())),
     }
     log::info!("Serving the API on {}", cli.api_sock.display());
+    startup.report_ready();
 
     let resources = config.clone().map(VmResources::from).unwrap_or_default();
     let mut controller = Controller::new(&cli.id, resources, metrics.clone());

@@ -1,8 +1,10 @@
 //! The `kiln` binary: Firecracker's command line, the logger, and one microVM run to its end.
 //!
 //! Exit status: 0 when the guest reboots or shuts down; 1 when running the VM fails; 152 for a
-//! bad configuration and 153 for bad arguments, as Firecracker does.
+//! bad configuration and 153 for bad arguments, as Firecracker does (and for a Firecracker flag
+//! that asks for a feature Kiln does not have).
 
+mod firecracker_flags;
 mod launch;
 mod terminal;
 
@@ -20,8 +22,11 @@ const EXIT_GENERIC_ERROR: u8 = 1;
 
 /// Kiln: a minimal, fast and secure virtual machine monitor for KVM, driven like Firecracker.
 #[derive(Debug, Parser)]
-#[command(name = "kiln", version, about)]
+#[command(name = "kiln", about, disable_version_flag = true)]
 struct Cli {
+    /// Print the version (Firecracker's version line, naming Kiln, when run as `firecracker`).
+    #[arg(long)]
+    version: bool,
     /// MicroVM unique identifier: alphanumerics and '-', at most 64 characters.
     #[arg(long, default_value = "anonymous-instance", value_parser = parse_instance_id)]
     id: String,
@@ -62,6 +67,35 @@ struct Cli {
     /// Firecracker's seccompiler-bin, with programs for "vmm", "api" and "vcpu".
     #[arg(long)]
     seccomp_filter: Option<PathBuf>,
+    /// Only log lines from modules whose path starts with this (e.g. `vmm::runtime`).
+    #[arg(long)]
+    module: Option<String>,
+    /// When the process started (monotonic clock, microseconds), as Firecracker's jailer
+    /// passes it; feeds the `process_startup_time_us` metric.
+    #[arg(long)]
+    start_time_us: Option<u64>,
+    /// The CPU time used when the process started, in microseconds, as Firecracker's jailer
+    /// passes it; feeds the `process_startup_time_cpu_us` metric.
+    #[arg(long)]
+    start_time_cpu_us: Option<u64>,
+    /// The parent process's CPU time, in microseconds, added to `process_startup_time_cpu_us`.
+    #[arg(long)]
+    parent_cpu_time_us: Option<u64>,
+    /// The MMDS data store limit, in bytes. Kiln has no MMDS yet: accepted, with a warning.
+    #[arg(long)]
+    mmds_size_limit: Option<usize>,
+    /// A JSON file for the MMDS: refused, as Kiln has no MMDS yet.
+    #[arg(long)]
+    metadata: Option<PathBuf>,
+    /// PCIe support: refused, as Kiln's devices are virtio-mmio.
+    #[arg(long)]
+    enable_pci: bool,
+    /// Print the snapshot data format version: refused, as Kiln has no snapshots yet.
+    #[arg(long)]
+    snapshot_version: bool,
+    /// Print a snapshot's data format version: refused, as Kiln has no snapshots yet.
+    #[arg(long)]
+    describe_snapshot: Option<PathBuf>,
 }
 
 fn parse_instance_id(id: &str) -> Result<String, String> {
@@ -105,6 +139,18 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    if cli.version {
+        let argv0 = std::env::args_os().next();
+        println!(
+            "{}",
+            firecracker_flags::version_line(argv0.as_deref().and_then(|a| a.to_str()))
+        );
+        return ExitCode::SUCCESS;
+    }
+    if let Err(e) = firecracker_flags::check_supported(&cli) {
+        eprintln!("Error: {e}");
+        return ExitCode::from(EXIT_ARG_PARSING);
+    }
     let level = match logger::parse_level(&cli.level) {
         Ok(level) => level,
         Err(e) => {
@@ -118,12 +164,16 @@ fn main() -> ExitCode {
         show_level: cli.show_level,
         show_log_origin: cli.show_log_origin,
         path: cli.log_path.as_deref(),
+        module: cli.module.as_deref(),
     };
     if let Err(e) = logger::init(&logger_config) {
         eprintln!("Error: {e}");
         return ExitCode::from(EXIT_BAD_CONFIGURATION);
     }
     log::info!("Running Kiln v{}", env!("CARGO_PKG_VERSION"));
+    if let Some(limit) = cli.mmds_size_limit {
+        log::warn!("--mmds-size-limit {limit} has no effect: Kiln has no MMDS yet.");
+    }
     match launch::run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -13,37 +13,17 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::http::{request, wait_for_socket, Response};
+use common::http::{request, ApiProcess, Response};
 use common::tiny_kernel::{self, Ending};
 use common::{kiln_bin, TempDir};
 
 /// A kiln serving its API, killed on drop.
-struct Kiln {
-    child: Child,
-}
-
-impl Kiln {
-    fn start(sock: &Path) -> Self {
-        let child = Command::new(kiln_bin())
-            .args(["--api-sock", sock.to_str().unwrap(), "--id", "api-test"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        wait_for_socket(sock, Duration::from_secs(10));
-        Self { child }
-    }
-}
-
-impl Drop for Kiln {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn start_kiln(sock: &Path) -> ApiProcess {
+    let args = ["--api-sock", sock.to_str().unwrap(), "--id", "api-test"];
+    ApiProcess::start(Path::new(kiln_bin()), &args, sock)
 }
 
 fn state(sock: &Path) -> String {
@@ -65,7 +45,7 @@ fn configure_start_pause_and_resume_through_the_api() {
     let sock = dir.path("api.sock");
     let kernel = dir.write("vmlinux", tiny_kernel::build(false, Ending::HaltForever));
     let metrics = dir.path("metrics.ndjson");
-    let _kiln = Kiln::start(&sock);
+    let _kiln = start_kiln(&sock);
 
     assert_eq!(state(&sock), "Not started");
     let early = request(&sock, "PATCH", "/vm", Some(r#"{"state": "Paused"}"#));
@@ -126,6 +106,16 @@ fn configure_start_pause_and_resume_through_the_api() {
         config["boot-source"]["kernel_image_path"],
         kernel.to_str().unwrap()
     );
+    let early_flush = request(
+        &sock,
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type": "FlushMetrics"}"#),
+    );
+    assert_eq!(
+        fault(&early_flush),
+        "The requested operation is not supported before starting the microVM."
+    );
 
     let start = request(
         &sock,
@@ -180,7 +170,7 @@ fn configure_start_pause_and_resume_through_the_api() {
 fn a_socket_in_use_is_refused_and_a_stale_one_replaced() {
     let dir = TempDir::new("api");
     let sock = dir.path("api.sock");
-    let _first = Kiln::start(&sock);
+    let _first = start_kiln(&sock);
     let second = Command::new(kiln_bin())
         .args(["--api-sock", sock.to_str().unwrap()])
         .stdin(Stdio::null())
@@ -192,7 +182,7 @@ fn a_socket_in_use_is_refused_and_a_stale_one_replaced() {
     drop(_first);
     // The killed process left its socket file behind: the next kiln replaces it.
     assert!(sock.exists());
-    let _third = Kiln::start(&sock);
+    let _third = start_kiln(&sock);
     assert_eq!(state(&sock), "Not started");
 }
 
@@ -299,7 +289,7 @@ fn a_log_or_metrics_fifo_without_a_reader_is_refused_at_once() {
     let sock = dir.path("api.sock");
     let fifo = dir.path("log.fifo");
     common::mkfifo(&fifo);
-    let _kiln = Kiln::start(&sock);
+    let _kiln = start_kiln(&sock);
     for (path, body, expected) in [
         (
             "/logger",
@@ -330,7 +320,7 @@ fn a_log_and_metrics_fifo_whose_reader_never_reads_drops_lines_and_blocks_nothin
     common::mkfifo(&metrics);
     let _log_reader = common::idle_fifo_reader(&log);
     let _metrics_reader = common::idle_fifo_reader(&metrics);
-    let _kiln = Kiln::start(&sock);
+    let _kiln = start_kiln(&sock);
 
     let logger = format!(r#"{{"log_path": "{}", "level": "Info"}}"#, log.display());
     assert_eq!(quick(&sock, "PUT", "/logger", Some(&logger)).status, 204);
@@ -377,7 +367,7 @@ fn a_drive_that_is_a_fifo_is_refused_at_once() {
     let sock = dir.path("api.sock");
     let fifo = dir.path("disk.fifo");
     common::mkfifo(&fifo);
-    let _kiln = Kiln::start(&sock);
+    let _kiln = start_kiln(&sock);
     let body = format!(
         r#"{{"drive_id": "rootfs", "path_on_host": "{}", "is_root_device": true, "is_read_only": true}}"#,
         fifo.display()

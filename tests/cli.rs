@@ -203,9 +203,109 @@ fn version_and_help_exit_zero() {
         "--level",
         "--version",
         "--help",
+        "--start-time-us",
+        "--start-time-cpu-us",
+        "--parent-cpu-time-us",
+        "--module",
+        "--mmds-size-limit",
+        "--metadata",
+        "--enable-pci",
+        "--snapshot-version",
+        "--describe-snapshot",
     ] {
         assert!(help.contains(flag), "{flag} missing from --help");
     }
+}
+
+#[test]
+fn firecracker_flags_for_missing_features_are_refused_by_name() {
+    let cases: [(&[&str], &str); 4] = [
+        (&["--metadata", "/m.json"], "MMDS"),
+        (&["--enable-pci"], "PCIe"),
+        (&["--snapshot-version"], "snapshots"),
+        (&["--describe-snapshot", "/vm.snap"], "snapshots"),
+    ];
+    for (args, feature) in cases {
+        let out = run_kiln(args, TIMEOUT);
+        assert_eq!(out.status.code(), Some(EXIT_ARG_PARSING), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{stderr}");
+        assert!(
+            lines[0].starts_with(&format!("Error: {}: ", args[0])),
+            "{stderr}"
+        );
+        assert!(lines[0].contains(feature), "{stderr}");
+    }
+}
+
+#[test]
+fn firecracker_start_times_become_the_startup_metrics() {
+    let dir = TempDir::new("cli");
+    let config = dir.write("vm.json", vm_config(&kernel(&dir), "console=ttyS0", 1, 64));
+    let metrics = dir.path("metrics.json");
+    // As if a jailer had started two seconds ago, its parent having used three of CPU.
+    let start = (common::monotonic_us() - 2_000_000).to_string();
+    let out = run_kiln(
+        &[
+            "--id",
+            "fc-flags",
+            "--start-time-us",
+            &start,
+            "--start-time-cpu-us",
+            "0",
+            "--parent-cpu-time-us",
+            "3000000",
+            "--mmds-size-limit",
+            "51200",
+            "--no-api",
+            "--config-file",
+            config.to_str().unwrap(),
+            "--metrics-path",
+            metrics.to_str().unwrap(),
+        ],
+        TIMEOUT,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("--mmds-size-limit 51200 has no effect"),
+        "{stderr}"
+    );
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    let line: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    let wall = line["api_server"]["process_startup_time_us"]
+        .as_u64()
+        .unwrap();
+    assert!((2_000_000..12_000_000).contains(&wall), "{line}");
+    let cpu = line["api_server"]["process_startup_time_cpu_us"]
+        .as_u64()
+        .unwrap();
+    assert!(cpu > 3_000_000, "{line}");
+}
+
+#[test]
+fn module_filters_the_log() {
+    let dir = TempDir::new("cli");
+    let log = dir.path("kiln.log");
+    let config = dir.write("vm.json", vm_config(&kernel(&dir), "console=ttyS0", 1, 64));
+    let out = run_kiln(
+        &[
+            "--no-api",
+            "--config-file",
+            config.to_str().unwrap(),
+            "--log-path",
+            log.to_str().unwrap(),
+            "--module",
+            "kiln::launch",
+        ],
+        TIMEOUT,
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let text = std::fs::read_to_string(&log).unwrap();
+    // From kiln::launch; "Running Kiln" comes from the `kiln` module itself.
+    assert!(text.contains("The guest stopped the VM"), "{text}");
+    assert!(!text.contains("Running Kiln"), "{text}");
 }
 
 #[test]

@@ -1,9 +1,9 @@
 //! The Firecracker-compatible HTTP API over a Unix socket: requests parsed into the typed VMM
 //! actions `vmm` defines ([`vmm::rpc`]), answered with Firecracker's bodies and status codes.
 //!
-//! Kiln speaks Firecracker's v1.16 API (see `swagger/kiln.yaml`); `GET /version` reports
-//! `firecracker_version: "1.16.0"` so that clients that check it keep working, and Kiln's own
-//! version as `kiln_version`. `GET /metrics` (Prometheus text) is a Kiln extension.
+//! Kiln speaks Firecracker's v1.16.1 API (see `swagger/kiln.yaml`); `GET /version` and `GET /`
+//! report `firecracker_version: "1.16.1"` so that clients that check it keep working, and
+//! Kiln's own version beside it. `GET /metrics` (Prometheus text) is a Kiln extension.
 //!
 //! ```text
 //! socket ──micro-http──► server::handle ──request::parse──► VmmAction ──ApiSender──► VMM

@@ -5,7 +5,7 @@
 //! |----------------------------------|--------|-------------------------------------------|
 //! | `Ok(Empty)`                      | 204    | none                                      |
 //! | `Ok(InstanceInfo)`, `Ok(Json)`   | 200    | the JSON                                  |
-//! | `Ok(Version(v))`                 | 200    | `{"firecracker_version": "1.16.0", "kiln_version": v}` |
+//! | `Ok(Version(v))`                 | 200    | `{"firecracker_version": "1.16.1", "kiln_version": v}` |
 //! | `Ok(PrometheusText)`             | 200    | the text, `text/plain`                    |
 //! | `Err(ActionError)`, parse faults | 400    | `{"fault_message": ...}`                  |
 //! | the VMM is gone                  | 500    | `{"fault_message": ...}`                  |
@@ -13,10 +13,8 @@
 use dbs_uhttp::{Body, MediaType, Response, StatusCode, Version};
 use vmm::rpc::{ActionResult, ChannelError, VmmData};
 
-/// The Firecracker API version Kiln implements. `GET /version` reports it as
-/// `firecracker_version` so that clients that check it keep working; Kiln's own version is
-/// `kiln_version`.
-pub const FIRECRACKER_API_VERSION: &str = "1.16.0";
+/// The Firecracker API version Kiln implements, `GET /version`'s `firecracker_version`.
+pub use vmm::rpc::FIRECRACKER_VERSION as FIRECRACKER_API_VERSION;
 
 /// The `Server` header of every response.
 const SERVER: &str = "Kiln API";
@@ -112,6 +110,7 @@ mod tests {
             state: InstanceState::Running,
             vmm_version: "0.1.0".into(),
             app_name: "Kiln".into(),
+            firecracker_version: "1.16.1".into(),
         };
         let r = from_outcome(Version::Http11, Ok(Ok(VmmData::InstanceInfo(info))));
         assert_eq!(r.status(), StatusCode::OK);
@@ -128,7 +127,7 @@ mod tests {
         let r = from_outcome(Version::Http11, Ok(Ok(VmmData::Version("0.1.0".into()))));
         assert_eq!(
             body_json(&r),
-            serde_json::json!({"firecracker_version": "1.16.0", "kiln_version": "0.1.0"})
+            serde_json::json!({"firecracker_version": "1.16.1", "kiln_version": "0.1.0"})
         );
     }
 

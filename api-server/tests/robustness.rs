@@ -117,7 +117,7 @@ fn http_1_0() {
     stream.write_all(b"GET /version HTTP/1.0\r\n\r\n").unwrap();
     let reply = read_reply(&mut stream);
     assert_eq!(reply.status_line, "HTTP/1.0 200 ");
-    assert_eq!(reply.json()["firecracker_version"], "1.16.0");
+    assert_eq!(reply.json()["firecracker_version"], "1.16.1");
     let body = r#"{"action_type": "InstanceStart"}"#;
     let put = format!(
         "PUT /actions HTTP/1.0\r\nContent-Length: {}\r\n\r\n{body}",

@@ -17,7 +17,7 @@ fn gets_answer_with_the_vmms_data() {
     let version = api.call("GET", "/version", None);
     assert_eq!(
         version.json(),
-        serde_json::json!({"firecracker_version": "1.16.0", "kiln_version": "0.1.0"})
+        serde_json::json!({"firecracker_version": "1.16.1", "kiln_version": "0.1.0"})
     );
     assert_eq!(api.call("GET", "/vm/config", None).json()["vcpu_count"], 1);
     assert_eq!(api.call("GET", "/machine-config", None).status, 200);

@@ -1,9 +1,38 @@
-//! A minimal HTTP/1.1 client over a Unix socket, for driving kiln's API in tests.
+//! A minimal HTTP/1.1 client over a Unix socket, for driving kiln's API (or Firecracker's, to
+//! compare) in tests, and the serving process, killed on drop.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// A VMM serving its API on a socket, killed on drop.
+pub struct ApiProcess {
+    child: Child,
+}
+
+impl ApiProcess {
+    /// Runs `program` with `args` (which name `sock`) and waits until `sock` accepts.
+    pub fn start(program: &Path, args: &[&str], sock: &Path) -> Self {
+        let child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for_socket(sock, Duration::from_secs(10));
+        Self { child }
+    }
+}
+
+impl Drop for ApiProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
 
 /// An HTTP response: status and body.
 #[derive(Debug)]

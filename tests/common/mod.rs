@@ -10,6 +10,7 @@
     clippy::indexing_slicing
 )]
 
+pub mod firecracker;
 pub mod http;
 pub mod jailer;
 pub mod linux;
@@ -92,6 +93,18 @@ pub fn vm_config(kernel: &Path, boot_args: &str, vcpus: u8, mem_mib: u32) -> Str
 }}"#,
         kernel.display()
     )
+}
+
+/// The monotonic clock in microseconds, as Firecracker's jailer passes `--start-time-us`.
+pub fn monotonic_us() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through the pointer, which is valid.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    assert_eq!(rc, 0);
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
 }
 
 /// Whether /dev/kvm is usable here.

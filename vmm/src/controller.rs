@@ -9,6 +9,7 @@ use crate::metrics::Metrics;
 use crate::resources::VmResources;
 use crate::rpc::{
     ActionError, ActionResult, ApiReceiver, InstanceInfo, InstanceState, VmmAction, VmmData,
+    FIRECRACKER_VERSION,
 };
 use crate::runtime::Vmm;
 
@@ -62,6 +63,7 @@ impl Controller {
                 state,
                 vmm_version: env!("CARGO_PKG_VERSION").to_string(),
                 app_name: "Kiln".to_string(),
+                firecracker_version: FIRECRACKER_VERSION.to_string(),
             })),
             VmmAction::GetVersion => Ok(VmmData::Version(env!("CARGO_PKG_VERSION").to_string())),
             VmmAction::GetVmConfig => Ok(VmmData::Json(self.resources.to_json())),
@@ -69,6 +71,10 @@ impl Controller {
                 .map(VmmData::Json)
                 .map_err(|e| error(&e)),
             VmmAction::GetMetrics => Ok(VmmData::PrometheusText(self.metrics.prometheus())),
+            // Firecracker refuses a flush before boot.
+            VmmAction::FlushMetrics if state == InstanceState::NotStarted => {
+                Err(ActionError(NOT_BEFORE_START.to_string()))
+            }
             VmmAction::FlushMetrics => self
                 .metrics
                 .flush()
@@ -182,6 +188,7 @@ mod tests {
             (info.id.as_str(), info.state),
             ("vm-7", InstanceState::NotStarted)
         );
+        assert_eq!(info.firecracker_version, "1.16.1");
         assert!(c
             .common(&VmmAction::Pause, InstanceState::Running)
             .is_none());
@@ -202,6 +209,12 @@ mod tests {
             c.preboot(VmmAction::SendCtrlAltDel).unwrap_err().0,
             NOT_BEFORE_START
         );
+        assert_eq!(
+            c.preboot(VmmAction::FlushMetrics).unwrap_err().0,
+            NOT_BEFORE_START
+        );
+        let running = c.common(&VmmAction::FlushMetrics, InstanceState::Running);
+        assert_eq!(running, Some(Ok(VmmData::Empty)));
         let machine = c.preboot(VmmAction::GetMachineConfig).unwrap();
         assert_eq!(
             machine,

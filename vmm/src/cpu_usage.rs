@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-fn clock_time(clock: libc::clockid_t) -> Option<Duration> {
+/// The time of `clock`, or `None` if the kernel does not have it.
+pub(crate) fn clock_time(clock: libc::clockid_t) -> Option<Duration> {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

@@ -19,4 +19,5 @@ pub mod resources;
 pub mod rpc;
 pub mod runtime;
 pub mod seccomp;
+pub mod startup_time;
 pub mod vstate;

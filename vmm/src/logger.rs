@@ -56,6 +56,8 @@ pub struct LoggerConfig<'a> {
     pub show_log_origin: bool,
     /// A file or FIFO; stderr when absent.
     pub path: Option<&'a Path>,
+    /// Only records whose module path starts with this are written (`--module`).
+    pub module: Option<&'a str>,
 }
 
 /// What the logger writes, and where.
@@ -205,7 +207,7 @@ pub fn init(config: &LoggerConfig) -> Result<(), LoggerError> {
         instance_id: config.instance_id.to_string(),
         show_level: config.show_level,
         show_log_origin: config.show_log_origin,
-        module: None,
+        module: config.module.map(str::to_string),
         out,
     });
     log::set_logger(&LOGGER).map_err(|_| LoggerError::AlreadyInstalled)?;

@@ -46,6 +46,12 @@ impl Counter {
 pub trait MetricSource: Send + Sync {
     /// The current totals.
     fn counters(&self) -> Vec<Counter>;
+
+    /// Values that are not counted up but stored, such as Firecracker's start-up times: each
+    /// JSON line carries the value itself, not its increase.
+    fn gauges(&self) -> Vec<Counter> {
+        Vec::new()
+    }
 }
 
 /// Errors writing metrics.
@@ -125,6 +131,10 @@ impl Metrics {
             .collect()
     }
 
+    fn gauges(inner: &Inner) -> Vec<Counter> {
+        inner.sources.iter().flat_map(|s| s.gauges()).collect()
+    }
+
     /// Writes one JSON line with the increases since the previous one, if a file is set.
     /// Returns whether a line was written.
     pub fn flush(&self) -> Result<bool, MetricsError> {
@@ -148,6 +158,14 @@ impl Metrics {
                 group.insert(c.name.clone(), c.total.saturating_sub(before).into());
             }
         }
+        for g in Self::gauges(&inner) {
+            let group = groups
+                .entry(g.group)
+                .or_insert_with(|| serde_json::json!({}));
+            if let Some(group) = group.as_object_mut() {
+                group.insert(g.name, g.total.into());
+            }
+        }
         groups.insert("utc_timestamp_ms".into(), now_ms.into());
         let mut line = serde_json::Value::Object(groups).to_string();
         line.push('\n');
@@ -167,11 +185,13 @@ impl Metrics {
 
     /// The totals in Prometheus text format: `kiln_<group>_<name> <total>`.
     pub fn prometheus(&self) -> String {
-        let counters = Self::counters(&self.lock());
+        let inner = self.lock();
+        let counters = Self::counters(&inner).into_iter().map(|c| (c, "counter"));
+        let gauges = Self::gauges(&inner).into_iter().map(|g| (g, "gauge"));
         let mut text = String::new();
-        for c in counters {
+        for (c, kind) in counters.chain(gauges) {
             let name = format!("kiln_{}_{}", sanitize(&c.group), sanitize(&c.name));
-            text.push_str(&format!("# TYPE {name} counter\n{name} {}\n", c.total));
+            text.push_str(&format!("# TYPE {name} {kind}\n{name} {}\n", c.total));
         }
         text
     }
@@ -275,6 +295,40 @@ mod tests {
             .map(|l| l["block_root-fs"]["read_bytes"].as_u64().unwrap())
             .sum();
         assert_eq!(sum, fake.0.load(Ordering::Relaxed));
+        std::fs::remove_file(path).unwrap();
+    }
+
+    struct Stored(u64);
+
+    impl MetricSource for Stored {
+        fn counters(&self) -> Vec<Counter> {
+            Vec::new()
+        }
+        fn gauges(&self) -> Vec<Counter> {
+            Counter::group("api_server", [("process_startup_time_us", self.0)])
+        }
+    }
+
+    #[test]
+    fn every_json_line_carries_a_gauge_itself() {
+        let metrics = Metrics::default();
+        metrics.add_source(Arc::new(Stored(1234)));
+        let path = std::env::temp_dir().join(format!("kiln-gauges-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        metrics.set_sink(&path).unwrap();
+        metrics.flush().unwrap();
+        metrics.flush().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for line in text.lines() {
+            let line: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(line["api_server"]["process_startup_time_us"], 1234);
+        }
+        assert_eq!(text.lines().count(), 2);
+        assert_eq!(
+            metrics.prometheus(),
+            "# TYPE kiln_api_server_process_startup_time_us gauge\n\
+             kiln_api_server_process_startup_time_us 1234\n"
+        );
         std::fs::remove_file(path).unwrap();
     }
 }

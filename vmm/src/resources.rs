@@ -7,7 +7,7 @@
 
 use crate::config::{
     validate_drives, validate_interfaces, BootSourceConfig, DriveConfig, MachineConfig,
-    NetworkInterfaceConfig, SerialConfig, VmConfig,
+    NetworkInterfaceConfig, SerialConfig, VmConfig, UNIMPLEMENTED_SECTIONS,
 };
 use crate::rpc::{ActionError, MachineConfigUpdate};
 
@@ -130,19 +130,34 @@ impl VmResources {
         })
     }
 
-    /// The configuration in the config-file format, for `GET /vm/config`; sections not
-    /// configured yet are empty.
+    /// The configuration in the config-file format, for `GET /vm/config`: every section
+    /// Firecracker 1.16 writes, in its shapes, so that Firecracker loads the result too.
+    /// Sections not configured are empty; `logger` and `metrics` are `null`, as Firecracker
+    /// writes them whatever was set. `serial` (not in Firecracker's file) only when set.
     pub fn to_json(&self) -> serde_json::Value {
-        let mut json = serde_json::json!({
-            "boot-source": self.boot_source,
-            "machine-config": self.machine,
-            "drives": self.drives,
-            "network-interfaces": self.network_interfaces,
+        // Firecracker writes an unset boot source with an empty kernel path.
+        let boot_source = self.boot_source.clone().unwrap_or(BootSourceConfig {
+            kernel_image_path: Default::default(),
+            initrd_path: None,
+            boot_args: None,
         });
-        if let (Some(serial), Some(map)) = (&self.serial, json.as_object_mut()) {
-            map.insert("serial".into(), serde_json::json!(serial));
+        let mut sections = serde_json::Map::new();
+        sections.insert("boot-source".into(), serde_json::json!(boot_source));
+        sections.insert("machine-config".into(), serde_json::json!(self.machine));
+        sections.insert("drives".into(), serde_json::json!(self.drives));
+        sections.insert(
+            "network-interfaces".into(),
+            serde_json::json!(self.network_interfaces),
+        );
+        sections.insert("logger".into(), serde_json::Value::Null);
+        sections.insert("metrics".into(), serde_json::Value::Null);
+        for (name, empty) in UNIMPLEMENTED_SECTIONS {
+            sections.insert(name.into(), empty.json());
         }
-        json
+        if let Some(serial) = &self.serial {
+            sections.insert("serial".into(), serde_json::json!(serial));
+        }
+        serde_json::Value::Object(sections)
     }
 }
 
@@ -245,7 +260,11 @@ mod tests {
         let json = r.to_json();
         assert_eq!(json["machine-config"]["vcpu_count"], 1);
         assert_eq!(json["drives"][0]["drive_id"], "root");
-        assert!(json["boot-source"].is_null());
+        assert_eq!(json["drives"][0]["partuuid"], serde_json::Value::Null);
+        assert_eq!(
+            json["boot-source"],
+            serde_json::json!({"kernel_image_path": "", "initrd_path": null, "boot_args": null})
+        );
     }
 
     #[test]

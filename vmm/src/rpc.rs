@@ -14,6 +14,11 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::config::{BootSourceConfig, DriveConfig, MachineConfig, NetworkInterfaceConfig};
 pub use crate::config::{LoggerSettings, MetricsSettings};
 
+/// The Firecracker version whose API Kiln speaks. `GET /version` and `GET /` report it as
+/// `firecracker_version`, so that clients that check it keep working; Kiln's own version is
+/// reported beside it.
+pub const FIRECRACKER_VERSION: &str = "1.16.1";
+
 /// What the API asks the VMM to do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum VmmAction {
@@ -132,6 +137,8 @@ pub struct InstanceInfo {
     pub vmm_version: String,
     /// The program's name.
     pub app_name: String,
+    /// Kiln extension: the Firecracker API level, [`FIRECRACKER_VERSION`].
+    pub firecracker_version: String,
 }
 
 /// What an action returns.
@@ -255,6 +262,7 @@ mod tests {
             state: InstanceState::NotStarted,
             vmm_version: "0.1.0".into(),
             app_name: "Kiln".into(),
+            firecracker_version: FIRECRACKER_VERSION.into(),
         };
         let json = serde_json::to_string(&info).unwrap();
         assert!(json.contains(r#""state":"Not started""#), "{json}");

@@ -33,6 +33,7 @@ pub fn canned(action: &VmmAction) -> ActionResult {
             state: InstanceState::NotStarted,
             vmm_version: "0.1.0".into(),
             app_name: "Kiln".into(),
+            firecracker_version: vmm::rpc::FIRECRACKER_VERSION.into(),
         })),
         VmmAction::GetVersion => Ok(VmmData::Version("0.1.0".into())),
         VmmAction::GetVmConfig | VmmAction::GetMachineConfig => Ok(VmmData::Json(

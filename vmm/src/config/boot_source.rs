@@ -26,11 +26,11 @@ pub enum BootSourceError {
 pub struct BootSourceConfig {
     /// An ELF vmlinux or a bzImage.
     pub kernel_image_path: PathBuf,
-    /// An initrd or initramfs image.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// An initrd or initramfs image. Written as `null` when absent, as Firecracker does.
+    #[serde(default)]
     pub initrd_path: Option<PathBuf>,
     /// The kernel command line; Firecracker's default when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub boot_args: Option<String>,
 }
 

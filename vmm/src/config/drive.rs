@@ -61,19 +61,20 @@ pub enum DriveError {
     Unsupported { id: String, what: &'static str },
 }
 
-/// One entry of `drives`.
+/// One entry of `drives`. Its optional Firecracker fields are written as `null` when absent,
+/// as Firecracker writes them; Kiln's `format` only when set.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DriveConfig {
     /// Unique ID; also what the guest reads with GET_ID.
     pub drive_id: String,
     /// The backing file.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub path_on_host: Option<PathBuf>,
     /// Whether the guest boots from this drive (it becomes /dev/vda).
     pub is_root_device: bool,
     /// The root partition's UUID, for `root=PARTUUID=...`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub partuuid: Option<String>,
     /// Whether the guest may only read.
     #[serde(default)]
@@ -85,14 +86,14 @@ pub struct DriveConfig {
     #[serde(default)]
     pub io_engine: IoEngine,
     /// A token-bucket rate limiter (not implemented yet).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub rate_limiter: Option<serde_json::Value>,
     /// Kiln extension: the image format. When absent, a qcow2 image is recognised by its
     /// magic; anything else is raw. Backing files are never probed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<DiskFormat>,
     /// A vhost-user socket (not implemented).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub socket: Option<String>,
 }
 

@@ -47,15 +47,20 @@ pub struct MachineConfig {
     /// Whether vCPUs are presented as hyperthread pairs.
     #[serde(default)]
     pub smt: bool,
+    /// A named CPU template. Written, as Firecracker writes it, only when it names one:
+    /// absent and `"None"` are left out.
+    #[serde(default, skip_serializing_if = "names_no_template")]
+    pub cpu_template: Option<String>,
     /// Whether KVM tracks the pages the guest dirties (for snapshots).
     #[serde(default)]
     pub track_dirty_pages: bool,
-    /// A named CPU template.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cpu_template: Option<String>,
     /// Backing page size.
     #[serde(default)]
     pub huge_pages: HugePages,
+}
+
+fn names_no_template(template: &Option<String>) -> bool {
+    matches!(template.as_deref(), None | Some("None"))
 }
 
 impl Default for MachineConfig {
@@ -86,7 +91,7 @@ impl MachineConfig {
         if self.mem_size_bytes().is_none() {
             return Err(MachineConfigError::MemSizeTooLarge(self.mem_size_mib));
         }
-        if matches!(self.cpu_template.as_deref(), Some(t) if t != "None") {
+        if !names_no_template(&self.cpu_template) {
             return Err(MachineConfigError::Unsupported("cpu_template"));
         }
         if self.huge_pages != HugePages::None {
@@ -101,5 +106,24 @@ impl MachineConfig {
             .ok()?
             .checked_mul(1 << 20)?;
         (bytes < 1 << 46).then_some(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_template_is_written_only_when_it_names_one() {
+        let mut machine = MachineConfig::default();
+        let keys = |m: &MachineConfig| serde_json::to_value(m).unwrap().as_object().unwrap().len();
+        assert_eq!(keys(&machine), 5);
+        machine.cpu_template = Some("None".into());
+        assert_eq!(keys(&machine), 5);
+        machine.cpu_template = Some("T2".into());
+        assert_eq!(
+            serde_json::to_value(&machine).unwrap()["cpu_template"],
+            "T2"
+        );
     }
 }

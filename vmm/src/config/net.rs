@@ -1,7 +1,8 @@
 //! `network-interfaces`: virtio-net devices on host taps, in Firecracker's format, and the
 //! checks Firecracker makes on them as a set (unique IDs, MACs and taps).
 //!
-//! `mtu` is a Kiln extension: when set, the device offers VIRTIO_NET_F_MTU with that value.
+//! `mtu` (Firecracker's field since 1.16.0): when set, the device offers VIRTIO_NET_F_MTU with
+//! that value.
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -87,7 +88,8 @@ pub enum NetError {
     Unsupported { id: String, what: &'static str },
 }
 
-/// One entry of `network-interfaces`.
+/// One entry of `network-interfaces`. Optional fields are written as `null` when absent, as
+/// Firecracker writes them.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkInterfaceConfig {
@@ -96,16 +98,16 @@ pub struct NetworkInterfaceConfig {
     /// The existing host tap device.
     pub host_dev_name: String,
     /// The guest's MAC; a random one when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub guest_mac: Option<MacAddr>,
-    /// Kiln extension: the MTU offered to the guest.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The MTU offered to the guest.
+    #[serde(default)]
     pub mtu: Option<u32>,
     /// A token-bucket rate limiter for received traffic (not implemented yet).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub rx_rate_limiter: Option<serde_json::Value>,
     /// A token-bucket rate limiter for sent traffic (not implemented yet).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub tx_rate_limiter: Option<serde_json::Value>,
 }
 
