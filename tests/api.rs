@@ -196,7 +196,7 @@ fn patch_drives_reopens_the_drives_own_image_and_refuses_a_locked_one() {
     let kernel = dir.write("vmlinux", tiny_kernel::build(false, Ending::HaltForever));
     let image = dir.write("disk.img", vec![0u8; 1 << 20]);
     let other = dir.write("other.img", vec![0u8; 1 << 20]);
-    let _kiln = Kiln::start(&sock);
+    let _kiln = start_kiln(&sock);
     let boot = format!(r#"{{"kernel_image_path": "{}"}}"#, kernel.display());
     assert_eq!(
         request(&sock, "PUT", "/boot-source", Some(&boot)).status,
@@ -233,7 +233,7 @@ fn patch_drives_reopens_the_drives_own_image_and_refuses_a_locked_one() {
 
     // A second kiln writing the other image holds its lock.
     let sock2 = dir.path("api2.sock");
-    let _kiln2 = Kiln::start(&sock2);
+    let _kiln2 = start_kiln(&sock2);
     assert_eq!(
         request(&sock2, "PUT", "/boot-source", Some(&boot)).status,
         204
