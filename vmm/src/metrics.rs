@@ -324,9 +324,14 @@ mod tests {
             assert_eq!(line["api_server"]["process_startup_time_us"], 1234);
         }
         assert_eq!(text.lines().count(), 2);
+        // After the logger's own counters, which every scrape carries, the gauge as a gauge.
         assert_eq!(
             metrics.prometheus(),
-            "# TYPE kiln_api_server_process_startup_time_us gauge\n\
+            "# TYPE kiln_logger_missed_log_count counter\n\
+             kiln_logger_missed_log_count 0\n\
+             # TYPE kiln_logger_missed_metrics_count counter\n\
+             kiln_logger_missed_metrics_count 0\n\
+             # TYPE kiln_api_server_process_startup_time_us gauge\n\
              kiln_api_server_process_startup_time_us 1234\n"
         );
         std::fs::remove_file(path).unwrap();
