@@ -95,14 +95,37 @@ EOF
 cat >"$P/run.sh" <<'EOF'
 #!/bin/sh
 up() { cut -d' ' -f1 /proc/uptime; }
+# What each thread of a VMM that outlived its time is doing: in KVM_RUN (syscall 16, ioctl),
+# waiting on a lock (202, futex), writing (1), ... and the kernel stack, so that a stopped
+# guest can be told from a stuck VMM.
+threads() { # PID
+    for t in /proc/"$1"/task/*; do
+        echo "SOAK-THREAD $(cat "$t/comm") syscall=$(cut -d' ' -f1 "$t/syscall") wchan=$(cat "$t/wchan")"
+        sed 's/^/SOAK-THREAD   /' "$t/stack" 2>/dev/null | head -n 8
+    done
+}
 boot() { # VMM SLOT
     t0=$(up)
-    timeout "$BOOT_TIMEOUT" "./$1" --no-api --config-file vm.json </dev/null >"out.$2" 2>&1
-    rc=$?
+    "./$1" --no-api --config-file vm.json </dev/null >"out.$2" 2>&1 &
+    pid=$!
+    n=0
+    while kill -0 "$pid" 2>/dev/null && [ "$n" -lt "$BOOT_TIMEOUT" ]; do
+        sleep 1
+        n=$((n + 1))
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        threads "$pid" >"threads.$2"
+        kill -9 "$pid"
+        wait "$pid"
+        rc=124
+    else
+        wait "$pid"
+        rc=$?
+    fi
     t1=$(up)
     if [ "$rc" = 0 ] && grep -q KILN-GUEST-READY "out.$2"; then
         result=ok
-    elif [ "$rc" = 124 ] || [ "$rc" = 143 ]; then # busybox timeout reports the TERM
+    elif [ "$rc" = 124 ]; then
         result=timeout
     elif [ "$rc" = 0 ]; then
         result=early
@@ -112,6 +135,7 @@ boot() { # VMM SLOT
     secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }')
     echo "SOAK-BOOT vmm=$1 result=$result rc=$rc secs=$secs"
     if [ "$result" != ok ]; then tail -n 8 "out.$2" | sed "s/^/SOAK-TAIL $1: /"; fi
+    if [ "$result" = timeout ]; then cat "threads.$2"; rm -f "threads.$2"; fi
 }
 i=0
 while [ "$i" -lt "$ROUNDS" ]; do
