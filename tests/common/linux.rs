@@ -277,19 +277,24 @@ pub fn run_scenarios(scenarios: &[Scenario]) -> (BTreeMap<String, Outcome>, Stri
         let run = run_payload(&pending);
         log.push_str(&run.log);
         outcomes.extend(run.outcomes);
-        let faulted: Vec<&'static str> = pending
-            .iter()
-            .filter(|s| {
-                let o = outcomes.get(s.name);
-                unexpected_triple_fault(s, o) || stopped_in_early_boot(o)
-            })
-            .map(|s| s.name)
-            .collect();
+        let mut faulted: Vec<&'static str> = Vec::new();
+        let mut why: Vec<String> = Vec::new();
+        for s in &pending {
+            let o = outcomes.get(s.name);
+            if unexpected_triple_fault(s, o) {
+                why.push(format!("{} triple-faulted", s.name));
+            } else if stopped_in_early_boot(o) {
+                why.push(format!("{} stopped in early boot", s.name));
+            } else {
+                continue;
+            }
+            faulted.push(s.name);
+        }
         pending.retain(|s| !outcomes.contains_key(s.name) || faulted.contains(&s.name));
         let reason = match (run.rig_failure, faulted.is_empty()) {
             (Some(reason), _) => reason,
             (None, false) => {
-                format!("the guest of {faulted:?} triple-faulted or stopped in early boot")
+                format!("the guest of {}", why.join(", "))
             }
             (None, true) => break,
         };
