@@ -1,14 +1,13 @@
 //! Raw disk images: a regular file or a host block device whose bytes are the guest's disk,
 //! one to one, locked as QEMU locks them (lock.rs) for as long as it is open.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use super::disk::{DiskBackend, DiskError};
-use super::lock::{lock_image, Access};
-use crate::host_file::open_data_file;
+use super::lock::{open_locked, Access};
 
 /// A raw image file.
 #[derive(Debug)]
@@ -20,20 +19,12 @@ pub struct RawFile {
 impl RawFile {
     /// Opens the image at `path`, for reading only if `read_only`.
     pub fn open(path: &Path, read_only: bool) -> Result<RawFile, DiskError> {
-        let mut file = open_data_file(path, OpenOptions::new().read(true).write(!read_only))
-            .map_err(|source| DiskError::Open {
-                path: path.to_path_buf(),
-                source,
-            })?;
         let access = if read_only {
             Access::Read
         } else {
             Access::Write
         };
-        lock_image(&file, access).map_err(|source| DiskError::Lock {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let mut file = open_locked(path, access)?;
         // Seeking to the end works for host block devices too, whose metadata length is 0.
         let len = file
             .seek(SeekFrom::End(0))

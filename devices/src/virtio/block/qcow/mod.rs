@@ -59,16 +59,15 @@ mod overlap;
 mod refcount;
 
 use std::fmt;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 pub use error::QcowError;
 pub(crate) use header::MAGIC;
 
-use super::lock::{lock_image, Access};
+use super::lock::{open_locked, Access};
 use super::{DiskBackend, DiskError};
-use crate::host_file::open_data_file;
 use backing::{Chain, FileId};
 use cache::TableCache;
 use header::{Header, FIXED_HEADER_BYTES, OFFSET_AUTOCLEAR};
@@ -186,22 +185,13 @@ impl QcowFile {
         read_only: bool,
         chain: &mut Chain,
     ) -> Result<QcowFile, DiskError> {
-        let file = open_data_file(path, OpenOptions::new().read(true).write(!read_only)).map_err(
-            |source| DiskError::Open {
-                path: path.to_path_buf(),
-                source,
-            },
-        )?;
         // Locked before a byte is read, so a writer elsewhere cannot change what is parsed.
         let access = if read_only {
             Access::Read
         } else {
             Access::WriteResize
         };
-        lock_image(&file, access).map_err(|source| DiskError::Lock {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let file = open_locked(path, access)?;
         let file_len = file
             .metadata()
             .map_err(|source| DiskError::Size {
