@@ -223,3 +223,39 @@ fn a_guest_killed_by_its_timeout_before_the_marker_stopped_in_early_boot() {
     ))));
     assert!(!stopped_in_early_boot(None));
 }
+
+#[test]
+fn a_peer_killed_by_its_timeout_before_the_marker_stopped_in_early_boot() {
+    let outcome = |rc: i32, output: &str| Outcome {
+        rc,
+        output: output.to_string(),
+    };
+    // The main guest got to its marker and waited for a peer that never came up.
+    let peer_early = outcome(
+        143,
+        "KILN-GUEST-READY\nTerminated\nKILN-RC=143\nKILN-PEER-RC guest2=124\n\
+         guest2| [ 2.8] Run /init as init process\n",
+    );
+    assert_eq!(peer_early.peers(), [("guest2".to_string(), 124)]);
+    assert!(stopped_in_early_boot(Some(&peer_early)));
+    // The peer's marker is the peer's, not the main guest's.
+    let main_early = outcome(
+        143,
+        "[ 2.8] Run /init as init process\nKILN-PEER-RC guest2=0\nguest2| KILN-GUEST-READY\n",
+    );
+    assert!(stopped_in_early_boot(Some(&main_early)));
+    // Both got to their markers: the peer's later timeout is the scenario's to judge.
+    let both_ready = outcome(
+        0,
+        "KILN-GUEST-READY\nKILN-PEER-RC guest2=124\nguest2| KILN-GUEST-READY\n\
+         guest2| GUEST-2-REACHED-3=no\n",
+    );
+    assert!(!stopped_in_early_boot(Some(&both_ready)));
+    assert_eq!(
+        both_ready
+            .peer_value("guest2", "GUEST-2-REACHED-3")
+            .as_deref(),
+        Some("no")
+    );
+    assert_eq!(both_ready.peer_value("guest3", "GUEST-2-REACHED-3"), None);
+}

@@ -109,6 +109,38 @@ impl Outcome {
     pub fn has_line(&self, text: &str) -> bool {
         self.output.lines().any(|l| l.contains(text))
     }
+
+    /// The peers [`peer_finish`] reported, with their kiln's exit status.
+    pub fn peers(&self) -> Vec<(String, i32)> {
+        self.output
+            .lines()
+            .filter_map(|l| l.strip_prefix("KILN-PEER-RC "))
+            .filter_map(|l| {
+                let (peer, rc) = l.split_once('=')?;
+                Some((peer.to_string(), rc.trim().parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// Like [`Outcome::value`], on the output of peer `peer`.
+    pub fn peer_value(&self, peer: &str, key: &str) -> Option<String> {
+        let prefix = format!("{key}=");
+        self.peer_lines(peer)
+            .find_map(|l| l.strip_prefix(&prefix).map(|v| v.trim().to_string()))
+    }
+
+    /// The lines of peer `peer`'s output, without their prefix.
+    fn peer_lines<'a>(&'a self, peer: &str) -> impl Iterator<Item = &'a str> {
+        let prefix = peer_prefix(peer);
+        self.output
+            .lines()
+            .filter_map(move |l| l.strip_prefix(prefix.as_str()))
+    }
+}
+
+/// What [`peer_finish`] puts before each line of a peer's output.
+fn peer_prefix(peer: &str) -> String {
+    format!("{peer}| ")
 }
 
 /// The guest artifacts from resources/guest/build.sh.
@@ -239,12 +271,48 @@ fn unexpected_triple_fault(scenario: &Scenario, outcome: Option<&Outcome>) -> bo
     !asked && outcome.is_some_and(|o| o.output.contains(TRIPLE_FAULT))
 }
 
-/// Whether a scenario's kiln was killed by its timeout before its guest printed the marker:
-/// the guest stopped in early boot. In this rig Firecracker's guests stop there too (the
-/// soak measurements in resources/rig/README.md), with the same last console lines.
+/// Whether a scenario's kiln, or one of its peers, was killed by its timeout before its guest
+/// printed the marker: that guest stopped in early boot. In this rig Firecracker's guests stop
+/// there too (the soak measurements in resources/rig/README.md), with the same last console
+/// lines.
 pub fn stopped_in_early_boot(outcome: Option<&Outcome>) -> bool {
-    outcome
-        .is_some_and(|o| matches!(o.rc, 124 | 137 | 143) && !o.output.contains("KILN-GUEST-READY"))
+    let killed = |rc: i32| matches!(rc, 124 | 137 | 143);
+    outcome.is_some_and(|o| {
+        let peers = o.peers();
+        let main_ready = o
+            .output
+            .lines()
+            .filter(|l| !peers.iter().any(|(p, _)| l.starts_with(&peer_prefix(p))))
+            .any(|l| l.contains(READY));
+        (killed(o.rc) && !main_ready)
+            || peers
+                .iter()
+                .any(|(p, rc)| killed(*rc) && !o.peer_lines(p).any(|l| l.contains(READY)))
+    })
+}
+
+/// What the guest init prints once userspace runs.
+const READY: &str = "KILN-GUEST-READY";
+
+/// Shell for a `before` section that starts a second kiln, a peer of the scenario's own, in the
+/// background, under `wrapper`, with `config` and a timeout of `timeout_secs` (`peer` is
+/// letters and digits: a shell variable holds its pid). Pair it with [`peer_finish`] in
+/// `after`, which puts the peer's output into the scenario's, so that its guest's triple
+/// faults and early-boot stops are told from Kiln failures as the main guest's are.
+pub fn peer_start(peer: &str, wrapper: &str, config: &str, timeout_secs: u32) -> String {
+    format!(
+        "timeout {timeout_secs} {wrapper} ./kiln --no-api --config-file {config} \
+         </dev/null >{peer}.peer.log 2>&1 &\n{peer}_pid=$!"
+    )
+}
+
+/// Shell for an `after` section: waits for the peer [`peer_start`] started and prints its exit
+/// status (`KILN-PEER-RC <peer>=<rc>`) and its output, each line prefixed with `<peer>| `.
+pub fn peer_finish(peer: &str) -> String {
+    format!(
+        "wait ${peer}_pid; echo \"KILN-PEER-RC {peer}=$?\"\n\
+         tr -d '\\r' <{peer}.peer.log | sed 's/^/{peer}| /'; rm -f {peer}.peer.log"
+    )
 }
 
 /// One rig boot: the scenarios that finished, and why the rig failed, if it did.
