@@ -302,6 +302,10 @@ fi
 qemu_err_to_log() { if [ -n "$LOG" ] && [ -s "$TMP/qemu.err2" ]; then cat "$TMP/qemu.err2" >>"$LOG"; fi; }
 # L1's kernel messages without the heartbeats.
 l1_messages() { grep -av '^RIG-HEARTBEAT' "$L1LOG" | tr -d '\r' || true; }
+# KILN_RIG_L1_LOG=FILE keeps them (appended), e.g. for resources/seccomp-log.sh.
+if [ -n "${KILN_RIG_L1_LOG:-}" ]; then
+    { echo "=== kiln-rig L1 log $(date -u +%FT%TZ)"; l1_messages; } >>"$KILN_RIG_L1_LOG"
+fi
 # A rig failure: say why on stderr (and in the log), with the end of L1's kernel log.
 rig_failure() {
     local reason="$1" detail="$2"
