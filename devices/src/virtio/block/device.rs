@@ -11,7 +11,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::disk::DiskBackend;
-use super::execute::{self, ExecuteError, Executor, SECTOR_SIZE};
+use super::execute::{self, CacheType, ExecuteError, Executor, SECTOR_SIZE};
 use super::request::{Rejected, Request};
 use crate::virtio::guest_queue::{drain_queue, rearm, Drain, GuestErrors, QueueCheckError};
 use crate::virtio::{
@@ -50,16 +50,6 @@ pub const QUEUE_SIZE: u16 = 256;
 const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
 /// Descriptors per request, indirect tables included.
 const MAX_DESCRIPTORS: usize = QUEUE_SIZE as usize;
-
-/// What the device promises about writes the guest has not flushed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CacheType {
-    /// Guest flushes are acknowledged without reaching the disk: fast, and a host crash loses
-    /// data. For throw-away disks.
-    Unsafe,
-    /// Guest flushes make writes durable (fdatasync).
-    Writeback,
-}
 
 /// How a disk is presented to the guest.
 #[derive(Debug, Clone, PartialEq, Eq)]

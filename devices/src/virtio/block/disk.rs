@@ -3,9 +3,15 @@
 //! The device speaks in byte offsets on the disk the guest sees; a backend maps them onto its
 //! storage (a raw file maps them one to one, a qcow2 image through its cluster tables). Every
 //! method takes `&mut self` so that a backend may update its own metadata while serving I/O.
+//! Every file backend opens its image through [`open_locked`], and fails with [`DiskError`].
 
+use std::fs::{File, OpenOptions};
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use super::lock::{lock_image, Access, ImageLockError};
+use super::qcow::error::QcowError;
+use crate::host_file::open_data_file;
 
 /// A disk image as the block device uses it.
 // A disk is not a collection that can be "empty": an `is_empty` would only add noise.
@@ -37,12 +43,27 @@ pub enum DiskError {
     #[error("The disk image '{path}' is locked: {source}")]
     Lock {
         path: PathBuf,
-        source: super::lock::ImageLockError,
+        source: ImageLockError,
     },
     /// The image is a qcow2 image Kiln cannot serve.
     #[error("The qcow2 image '{path}' cannot be used: {source}")]
-    Qcow {
-        path: PathBuf,
-        source: super::qcow::QcowError,
-    },
+    Qcow { path: PathBuf, source: QcowError },
+}
+
+/// Opens the image at `path` as a data file, for writing unless `access` is [`Access::Read`],
+/// and locks it before a byte is read, so a writer elsewhere cannot change what is parsed.
+pub(super) fn open_locked(path: &Path, access: Access) -> Result<File, DiskError> {
+    let write = !matches!(access, Access::Read);
+    let file =
+        open_data_file(path, OpenOptions::new().read(true).write(write)).map_err(|source| {
+            DiskError::Open {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
+    lock_image(&file, access).map_err(|source| DiskError::Lock {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(file)
 }

@@ -6,18 +6,26 @@
 //! access goes through vm-memory's checked `Bytes` calls.
 
 use std::io;
+use std::sync::Arc;
 
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
 };
 use vm_memory::{Bytes, GuestAddress, GuestMemoryError, GuestMemoryMmap};
 
-use super::device::CacheType;
-use std::sync::Arc;
-
 use super::disk::DiskBackend;
 use super::request::{Request, RequestError, RequestType};
 use super::stats::BlockStats;
+
+/// What the device promises about writes the guest has not flushed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheType {
+    /// Guest flushes are acknowledged without reaching the disk: fast, and a host crash loses
+    /// data. For throw-away disks.
+    Unsafe,
+    /// Guest flushes make writes durable (fdatasync).
+    Writeback,
+}
 
 /// The sector size of the virtio-block protocol.
 pub const SECTOR_SIZE: u64 = 512;

@@ -15,13 +15,9 @@
 //! | read-only (backing)  | works                 | refused                     | works        |
 //! | writable             | refused (as by QEMU)  | refused                     | refused      |
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::path::Path;
-
-use super::disk::DiskError;
-use crate::host_file::open_data_file;
 
 /// QEMU's lock byte bases: permission held, and permission not shared.
 const PERM_BASE: i64 = 100;
@@ -101,24 +97,6 @@ fn taken_by_another(file: &File, byte: i64) -> Result<bool, ImageLockError> {
 /// Takes QEMU's lock bytes on `file` for `access`, then checks that nobody else's bytes
 /// conflict, as QEMU does in that order (two openers racing both see each other). The locks
 /// last as long as `file`'s open file description.
-/// Opens the image at `path` as a data file, for writing unless `access` is [`Access::Read`],
-/// and locks it before a byte is read, so a writer elsewhere cannot change what is parsed.
-pub(crate) fn open_locked(path: &Path, access: Access) -> Result<File, DiskError> {
-    let write = !matches!(access, Access::Read);
-    let file =
-        open_data_file(path, OpenOptions::new().read(true).write(write)).map_err(|source| {
-            DiskError::Open {
-                path: path.to_path_buf(),
-                source,
-            }
-        })?;
-    lock_image(&file, access).map_err(|source| DiskError::Lock {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    Ok(file)
-}
-
 pub(crate) fn lock_image(file: &File, access: Access) -> Result<(), ImageLockError> {
     let held = access.permissions();
     let not_shared = !SHARED;

@@ -34,8 +34,9 @@ mod stats;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod test_utils;
 
-pub use device::{Block, BlockConfig, BlockError, CacheType};
+pub use device::{Block, BlockConfig, BlockError};
 pub use disk::{DiskBackend, DiskError};
+pub use execute::CacheType;
 pub use format::{open_disk, ImageFormat};
 pub use lock::ImageLockError;
 #[cfg(any(test, feature = "test-utils"))]

@@ -6,8 +6,8 @@ use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use super::disk::{DiskBackend, DiskError};
-use super::lock::{open_locked, Access};
+use super::disk::{open_locked, DiskBackend, DiskError};
+use super::lock::Access;
 
 /// A raw image file.
 #[derive(Debug)]

@@ -47,7 +47,7 @@
 mod backing;
 mod cache;
 mod compressed;
-mod error;
+pub(super) mod error;
 #[cfg(test)]
 mod fuzz_tests;
 mod header;
@@ -66,8 +66,8 @@ use std::path::Path;
 pub use error::QcowError;
 pub(crate) use header::MAGIC;
 
-use super::lock::{open_locked, Access};
-use super::{DiskBackend, DiskError};
+use super::disk::{open_locked, DiskBackend, DiskError};
+use super::lock::Access;
 use backing::{Chain, FileId};
 use cache::TableCache;
 use header::{Header, FIXED_HEADER_BYTES, OFFSET_AUTOCLEAR};
