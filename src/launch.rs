@@ -2,7 +2,6 @@
 //! API, which configures and starts the VM and then drives it. In both cases this thread is
 //! the VMM thread, and it returns when the VM stops.
 
-use std::fs::OpenOptions;
 use std::io::{IsTerminal, Write};
 use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
@@ -11,6 +10,7 @@ use api_server::ApiMetrics;
 use devices::boot_timer::Timestamp;
 use vmm::builder::{build, HostOptions};
 use vmm::config::VmConfig;
+use vmm::console_output::ConsoleOutput;
 use vmm::controller::Controller;
 use vmm::metrics::{Counter, MetricSource, Metrics};
 use vmm::resources::VmResources;
@@ -48,23 +48,17 @@ fn apply_logger_and_metrics(config: &VmConfig, metrics: &Metrics) -> Result<(), 
 }
 
 fn serial_output(config: Option<&VmConfig>) -> Result<Box<dyn Write + Send>, Error> {
-    match config.and_then(|c| c.serial.as_ref()) {
-        None => Ok(Box::new(std::io::stdout())),
-        Some(serial) => {
-            let path = &serial.serial_out_path;
-            let file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|e| {
-                    Error::Config(format!(
-                        "serial_out_path '{}' cannot be opened: {e}",
-                        path.display()
-                    ))
-                })?;
-            Ok(Box::new(file))
-        }
-    }
+    let output = match config.and_then(|c| c.serial.as_ref()) {
+        None => ConsoleOutput::stdout()
+            .map_err(|e| Error::Config(format!("stdout cannot take the serial console: {e}")))?,
+        Some(serial) => ConsoleOutput::open(&serial.serial_out_path).map_err(|e| {
+            Error::Config(format!(
+                "serial_out_path '{}' cannot be opened: {e}",
+                serial.serial_out_path.display()
+            ))
+        })?,
+    };
+    Ok(Box::new(output))
 }
 
 /// The API's request counters, as the `api_server` metrics group.
@@ -189,9 +183,17 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
             .start(host(serial_out))
             .map_err(|e| run_error(&e))?
     } else {
-        // Without a config file there is no serial section: the console is stdout.
+        // Without a config file there is no serial section: the console is stdout. A failed
+        // InstanceStart dropped the first console writer; a retry opens another.
+        let mut first = Some(serial_out);
         controller
-            .serve_until_started(&receiver, || host(Box::new(std::io::stdout())))
+            .serve_until_started(&receiver, || {
+                let out = first.take().map_or_else(|| serial_output(None), Ok);
+                host(out.unwrap_or_else(|e| {
+                    log::error!("The console is lost: {e}");
+                    Box::new(std::io::sink())
+                }))
+            })
             .map_err(|e| run_error(&e))?
     };
     outcome(

@@ -383,3 +383,62 @@ fn a_drive_that_is_a_fifo_is_refused_at_once() {
     );
     assert_eq!(state(&sock), "Not started");
 }
+
+/// A guest that prints without end while nobody reads kiln's stdout or stderr: the console
+/// loses bytes instead of blocking the vCPU thread in a write to the full pipe, so the vCPU
+/// still answers pause, resume and the metrics flush.
+#[test]
+fn a_console_nobody_reads_never_blocks_the_vcpu() {
+    let dir = TempDir::new("api-console");
+    let sock = dir.path("api.sock");
+    let kernel = dir.write("vmlinux", tiny_kernel::build(false, Ending::PrintForever));
+    let mut command = Command::new(kiln_bin());
+    command
+        .args(["--api-sock", sock.to_str().unwrap(), "--id", "api-console"])
+        .args(["--level", "Debug"])
+        .stdin(Stdio::null());
+    // Pipes that are never read, of one page each, so that the guest fills them at once.
+    let (_stdout_reader, stdout) = small_pipe();
+    let (_stderr_reader, stderr) = small_pipe();
+    command.stdout(stdout).stderr(stderr);
+    let _kiln = ApiProcess::spawn(command, &sock);
+    let boot = format!(
+        r#"{{"kernel_image_path": "{}", "boot_args": "console=ttyS0"}}"#,
+        kernel.display()
+    );
+    assert_eq!(
+        request(&sock, "PUT", "/boot-source", Some(&boot)).status,
+        204
+    );
+    let start = request(
+        &sock,
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type": "InstanceStart"}"#),
+    );
+    assert_eq!(start.status, 204, "{start:?}");
+    // Far more than 64 KiB of console output by now.
+    std::thread::sleep(Duration::from_secs(1));
+    for _ in 0..3 {
+        let pause = request(&sock, "PATCH", "/vm", Some(r#"{"state": "Paused"}"#));
+        assert_eq!(pause.status, 204, "{pause:?}");
+        assert_eq!(state(&sock), "Paused");
+        let resume = request(&sock, "PATCH", "/vm", Some(r#"{"state": "Resumed"}"#));
+        assert_eq!(resume.status, 204, "{resume:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(state(&sock), "Running");
+}
+
+/// A pipe that holds one page: (read end, write end).
+fn small_pipe() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let mut fds = [0; 2];
+    // SAFETY: pipe writes two new descriptors into the array it is given.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: both descriptors were just created and are owned here alone.
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: F_SETPIPE_SZ only resizes the pipe of a descriptor we own.
+    assert!(unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) } >= 0);
+    (read, write)
+}

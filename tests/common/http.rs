@@ -15,13 +15,18 @@ pub struct ApiProcess {
 impl ApiProcess {
     /// Runs `program` with `args` (which name `sock`) and waits until `sock` accepts.
     pub fn start(program: &Path, args: &[&str], sock: &Path) -> Self {
-        let child = Command::new(program)
+        let mut command = Command::new(program);
+        command
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+            .stderr(Stdio::null());
+        Self::spawn(command, sock)
+    }
+
+    /// Runs `command`, which serves on `sock`, and waits until `sock` accepts.
+    pub fn spawn(mut command: Command, sock: &Path) -> Self {
+        let child = command.spawn().unwrap();
         wait_for_socket(sock, Duration::from_secs(10));
         Self { child }
     }

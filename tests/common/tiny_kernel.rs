@@ -22,6 +22,8 @@ pub enum Ending {
     TripleFault,
     /// Halts with interrupts off: the VM runs until the VMM stops it.
     HaltForever,
+    /// Writes `X` to COM1 without end, not waiting for the UART.
+    PrintForever,
 }
 
 /// Code that prints `text` on COM1.
@@ -60,6 +62,11 @@ fn ending(ending: Ending) -> Vec<u8> {
         Ending::I8042Reset => RESET.to_vec(),
         Ending::TripleFault => vec![0x0f, 0x0b],
         Ending::HaltForever => vec![0xfa], // cli
+        Ending::PrintForever => {
+            let mut code = vec![0x66, 0xba, 0xf8, 0x03, 0xb0, b'X']; // mov dx, 0x3f8; mov al, 'X'
+            code.extend_from_slice(&[0xee, 0xeb, 0xfd]); // 1: out dx, al; jmp 1b
+            code
+        }
     };
     code.extend_from_slice(&[0xf4, 0xeb, 0xfd]); // 1: hlt; jmp 1b
     code

@@ -8,6 +8,7 @@ pub mod arch;
 pub mod builder;
 pub mod config;
 pub mod console;
+pub mod console_output;
 pub mod controller;
 pub mod cpu_usage;
 pub mod device_manager;

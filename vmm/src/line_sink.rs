@@ -7,9 +7,15 @@
 //! line (the caller counts it) instead of waiting for the reader. A line is never torn: when
 //! the pipe takes only part of one, the rest is kept and written before any later line, and
 //! lines are dropped until it is.
+//!
+//! The process's own stdout or stderr is written the same way, but its flags are shared with
+//! whoever else holds it (the shell, the parent) and stay as they are: each write is made only
+//! when poll says the stream takes bytes now, and takes at most a page, which a pipe that polls
+//! writable always has room for.
 
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
@@ -28,8 +34,26 @@ pub enum LineSinkError {
 #[derive(Debug)]
 pub struct LineSink {
     file: File,
+    /// Whether the file may block (a copy of stdout or stderr), so that each write is
+    /// preceded by a poll.
+    poll_first: bool,
     /// The end of a line the pipe took only part of.
     pending: Vec<u8>,
+}
+
+/// The most a write after a poll writes: a pipe that polls writable has a free page.
+const POLLED_WRITE_MAX: usize = 4096;
+
+/// Whether `fd` takes a write now.
+fn writable(fd: BorrowedFd<'_>) -> bool {
+    let mut pollfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: `pollfd` is one valid pollfd that outlives the call; a zero timeout never waits.
+    let ready = unsafe { libc::poll(&mut pollfd, 1, 0) };
+    ready == 1 && pollfd.revents & libc::POLLOUT != 0
 }
 
 impl LineSink {
@@ -46,6 +70,17 @@ impl LineSink {
             })?;
         Ok(Self {
             file,
+            poll_first: false,
+            pending: Vec::new(),
+        })
+    }
+
+    /// Writes to `stream` (this process's stdout or stderr) through a copy of its descriptor,
+    /// leaving its flags as they are.
+    pub fn standard(stream: BorrowedFd<'_>) -> std::io::Result<Self> {
+        Ok(Self {
+            file: File::from(stream.try_clone_to_owned()?),
+            poll_first: true,
             pending: Vec::new(),
         })
     }
@@ -79,7 +114,13 @@ impl LineSink {
     /// failed otherwise, so that the bytes can never be written whole.
     fn write_some(&mut self, bytes: &[u8]) -> Result<usize, ()> {
         let mut done = 0;
-        while let Some(rest) = bytes.get(done..).filter(|rest| !rest.is_empty()) {
+        while let Some(mut rest) = bytes.get(done..).filter(|rest| !rest.is_empty()) {
+            if self.poll_first {
+                if !writable(self.file.as_fd()) {
+                    break;
+                }
+                rest = rest.get(..POLLED_WRITE_MAX).unwrap_or(rest);
+            }
             match self.file.write(rest) {
                 Ok(0) => return Err(()),
                 Ok(n) => done += n,
@@ -178,6 +219,39 @@ mod tests {
             "every line reported written arrives whole, in order"
         );
         std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn a_blocking_pipe_drops_lines_instead_of_blocking_and_keeps_its_flags() {
+        let mut fds = [0; 2];
+        // SAFETY: pipe writes two new descriptors into the array it is given.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: both descriptors were just created and are owned here alone.
+        let (mut reader, writer) = unsafe {
+            use std::os::fd::FromRawFd;
+            (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1]))
+        };
+        let mut sink = LineSink::standard(writer.as_fd()).unwrap();
+        let line = |i: usize| format!("{i:0999}\n").into_bytes();
+        // A blocking write to a full pipe would hang here.
+        let written: Vec<bool> = (0..200).map(|i| sink.write_line(&line(i))).collect();
+        assert!(
+            written.iter().any(|w| !w),
+            "a 64 KiB pipe cannot take 200 KB"
+        );
+        // SAFETY: F_GETFL only reads the flags of a descriptor we own.
+        let flags = unsafe { libc::fcntl(writer.as_raw_fd(), libc::F_GETFL) };
+        assert_eq!(
+            flags & libc::O_NONBLOCK,
+            0,
+            "the shared flags are unchanged"
+        );
+        drop(sink);
+        drop(writer);
+        let mut got = Vec::new();
+        std::io::Read::read_to_end(&mut reader, &mut got).unwrap();
+        assert_eq!(got.len() % 1000, 0, "a line was torn");
+        assert_eq!(got.len() / 1000, written.iter().filter(|w| **w).count());
     }
 
     #[test]

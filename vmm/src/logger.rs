@@ -3,7 +3,7 @@
 //! or to a file or FIFO, which never blocks the logging thread (see [`crate::line_sink`]): a
 //! line a full pipe cannot take is dropped and counted (`logger.missed_log_count`).
 
-use std::io::Write;
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -67,13 +67,8 @@ struct LoggerState {
     show_log_origin: bool,
     /// Only records whose module path starts with this are written.
     module: Option<String>,
-    out: Output,
-}
-
-/// Where log lines go.
-enum Output {
-    Stderr,
-    Sink(LineSink),
+    /// The file or FIFO, or stderr.
+    out: LineSink,
 }
 
 /// Lines dropped because the log file or FIFO could not take them.
@@ -173,12 +168,8 @@ impl Log for Logger {
         let mut state = self.lock();
         if let Some(state) = state.as_mut().filter(|s| s.wants(record)) {
             let line = state.line(record);
-            let written = match &mut state.out {
-                // A logger has nowhere to report its own write failures.
-                Output::Stderr => std::io::stderr().write_all(line.as_bytes()).is_ok(),
-                Output::Sink(sink) => sink.write_line(line.as_bytes()),
-            };
-            if !written {
+            // A logger has nowhere to report its own write failures: it counts them.
+            if !state.out.write_line(line.as_bytes()) {
                 MISSED_LINES.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -188,15 +179,16 @@ impl Log for Logger {
     fn flush(&self) {}
 }
 
-fn open_output(path: Option<&Path>) -> Result<Output, LoggerError> {
+fn open_output(path: Option<&Path>) -> Result<LineSink, LoggerError> {
     match path {
-        Some(path) => LineSink::open(path)
-            .map(Output::Sink)
-            .map_err(|source| LoggerError::Open {
-                path: path.display().to_string(),
-                source,
-            }),
-        None => Ok(Output::Stderr),
+        Some(path) => LineSink::open(path).map_err(|source| LoggerError::Open {
+            path: path.display().to_string(),
+            source,
+        }),
+        None => LineSink::standard(std::io::stderr().as_fd()).map_err(|e| LoggerError::Open {
+            path: "stderr".to_string(),
+            source: LineSinkError::Open(e),
+        }),
     }
 }
 
@@ -277,7 +269,7 @@ mod tests {
             show_level: true,
             show_log_origin: true,
             module: None,
-            out: Output::Stderr,
+            out: open_output(None).unwrap(),
         };
         let args = format_args!("hello");
         let record = Record::builder()

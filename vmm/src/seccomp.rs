@@ -323,8 +323,12 @@ mod tests {
         }
     }
 
-    /// The constants the policy's argument conditions name, from the crates that define them.
+    /// The constants the policy's argument conditions name, from the crates that define them;
+    /// a plain count is written `argument=N`.
     fn named_constant(name: &str) -> Option<u64> {
+        if let Some((_, n)) = name.split_once('=') {
+            return n.parse().ok();
+        }
         use kvm_bindings::{kvm_regs, KVMIO};
         vmm_sys_util::ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
         vmm_sys_util::ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_regs);

@@ -1,11 +1,13 @@
 //! The 8250 UART at port 0x3f8, IRQ 4: the guest console.
 //!
-//! Output goes to any writer (stdout or a file). Input is pushed in by the VMM's event loop,
+//! Output goes to any writer (stdout or a file); a byte the writer refuses is counted as lost
+//! and the guest goes on, as on a UART whose line is down. Input is pushed in by the VMM's
+//! event loop,
 //! which stops reading its source while the receive FIFO is full and resumes when the guest has
 //! drained it, so no byte is dropped.
 
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use vm_superio::serial::SerialEvents;
@@ -14,17 +16,21 @@ use vmm_sys_util::eventfd::EventFd;
 use super::EventFdTrigger;
 use crate::BusDevice;
 
-/// Tells the input side when the guest has emptied the receive FIFO.
+/// Tells the input side when the guest has emptied the receive FIFO, and counts the output
+/// bytes the host's side could not take.
 #[derive(Debug)]
 struct InputWakeup {
     drained: EventFd,
     waiting: AtomicBool,
+    lost: AtomicU64,
 }
 
 impl SerialEvents for InputWakeup {
     fn buffer_read(&self) {}
     fn out_byte(&self) {}
-    fn tx_lost_byte(&self) {}
+    fn tx_lost_byte(&self) {
+        self.lost.fetch_add(1, Ordering::Relaxed);
+    }
     fn in_buffer_empty(&self) {
         if self.waiting.swap(false, Ordering::AcqRel) {
             if let Err(e) = self.drained.write(1) {
@@ -66,6 +72,7 @@ impl Serial {
         let wakeup = Arc::new(InputWakeup {
             drained,
             waiting: AtomicBool::new(false),
+            lost: AtomicU64::new(0),
         });
         Self {
             uart: vm_superio::Serial::with_events(irq, wakeup.clone(), out),
@@ -92,6 +99,12 @@ impl Serial {
     pub fn input_capacity(&self) -> usize {
         self.uart.fifo_capacity()
     }
+
+    /// Output bytes lost because the host's side did not take them (a reader that fell
+    /// behind): Firecracker's `uart.missed_write_count`.
+    pub fn missed_writes(&self) -> u64 {
+        self.wakeup.lost.load(Ordering::Relaxed)
+    }
 }
 
 impl BusDevice for Serial {
@@ -104,8 +117,12 @@ impl BusDevice for Serial {
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         if let (&[value], Ok(offset)) = (data, u8::try_from(offset)) {
-            if let Err(e) = self.uart.write(offset, value) {
-                throttled_log::throttled_warn!("Serial output failed: {e}");
+            match self.uart.write(offset, value) {
+                // A reader behind: the byte is counted as lost, the guest goes on.
+                Err(vm_superio::serial::Error::IOError(e))
+                    if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => throttled_log::throttled_warn!("Serial output failed: {e}"),
+                Ok(()) => {}
             }
         }
     }
@@ -149,6 +166,42 @@ mod tests {
             serial.write(0, &[*b]);
         }
         assert_eq!(out.0.lock().unwrap().as_slice(), b"hi\n");
+    }
+
+    /// A writer whose reader is behind.
+    struct Refusing;
+
+    impl Write for Refusing {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::ErrorKind::WouldBlock.into())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn output_the_host_does_not_take_is_counted_and_the_guest_goes_on() {
+        let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+        let drained = EventFd::new(EFD_NONBLOCK).unwrap();
+        let mut serial = Serial::new(
+            EventFdTrigger::new(irq.try_clone().unwrap()),
+            Box::new(Refusing),
+            drained,
+        );
+        serial.write(1, &[0x02]); // IER: THR-empty interrupts on
+        let mut iir = [0u8];
+        for b in b"lost" {
+            // As a driver: take the interrupt, acknowledge it (reading IIR), send a byte.
+            let _ = irq.read();
+            serial.read(2, &mut iir);
+            serial.write(0, &[*b]);
+            assert!(
+                irq.read().is_ok(),
+                "the guest is told to send the next byte"
+            );
+        }
+        assert_eq!(serial.missed_writes(), 4);
     }
 
     #[test]
