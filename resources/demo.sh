@@ -36,7 +36,7 @@ cat >"$payload/vm.json" <<JSON
     "initrd_path": "initramfs.cpio.gz",
     "boot_args": "console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.dumbkbd quiet kiln.run=$mode"
   },
-  "machine-config": {"vcpu_count": 2, "mem_size_mib": 256}
+  "machine-config": {"vcpu_count": 1, "mem_size_mib": 256}
 }
 JSON
 

@@ -436,7 +436,7 @@ api() {
 echo "JAIL-BOOT-SOURCE=$(api /boot-source '{"kernel_image_path": "vmlinux", "boot_args": "console=ttyS0 reboot=k panic=1 i8042.noaux kiln.script=/dev/vdb"}')"
 echo "JAIL-ROOTFS=$(api /drives/rootfs '{"drive_id": "rootfs", "path_on_host": "rootfs.ext4", "is_root_device": true, "is_read_only": false}')"
 echo "JAIL-SCRIPT=$(api /drives/script '{"drive_id": "script", "path_on_host": "script.img", "is_root_device": false, "is_read_only": true}')"
-echo "JAIL-MACHINE=$(api /machine-config '{"vcpu_count": 2, "mem_size_mib": 256}')"
+echo "JAIL-MACHINE=$(api /machine-config '{"vcpu_count": 1, "mem_size_mib": 256}')"
 echo "JAIL-NET=$(api /network-interfaces/eth0 '{"iface_id": "eth0", "host_dev_name": "tap0"}')"
 echo "HOST-UID=$(awk '/^Uid:/ {print $2, $3, $4, $5}' /proc/$KILN/status)"
 echo "HOST-GID=$(awk '/^Gid:/ {print $2, $3, $4, $5}' /proc/$KILN/status)"

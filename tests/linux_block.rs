@@ -36,7 +36,7 @@ fn config(script_dev: &str, drives: &[Drive]) -> String {
         r#"{{
   "boot-source": {{"kernel_image_path": "vmlinux",
                   "boot_args": "console=ttyS0 reboot=k panic=1 i8042.noaux kiln.script={script_dev}"}},
-  "machine-config": {{"vcpu_count": 2, "mem_size_mib": 256}},
+  "machine-config": {{"vcpu_count": 1, "mem_size_mib": 256}},
   "drives": [{}]
 }}"#,
         drives.join(",")

@@ -50,16 +50,14 @@ fn scenarios() -> Vec<Scenario> {
         boot("pvh-1", config("vmlinux", 1, BOOT_ARGS), &[]),
         boot("pvh-2", config("vmlinux", 2, BOOT_ARGS), &[]),
         boot("linux64-1", config("vmlinux-nopvh", 1, BOOT_ARGS), &[]),
-        boot("linux64-2", config("vmlinux-nopvh", 2, BOOT_ARGS), &[]),
         boot("bzimage-1", config("bzImage", 1, BOOT_ARGS), &[]),
-        boot("bzimage-2", config("bzImage", 2, BOOT_ARGS), &[]),
         boot("reboot-t", config("vmlinux", 1, &reboot_t), &[]),
         boot(
             "boot-timer",
             config("vmlinux", 1, BOOT_ARGS),
             &["--boot-timer"],
         ),
-        boot("demo", config("bzImage", 2, &demo), &[]),
+        boot("demo", config("bzImage", 1, &demo), &[]),
     ]
 }
 
@@ -116,19 +114,24 @@ fn assert_protocol(o: &Outcome, protocol: &str) {
 #[test]
 fn vmlinux_boots_through_pvh() {
     assert_protocol(assert_booted("pvh-1", 1), "Pvh");
+}
+
+/// The one guest with two vCPUs: in the nested rig a 2-vCPU guest fails to boot about four
+/// times as often as a 1-vCPU one, under Firecracker as under Kiln (resources/rig/README.md),
+/// so every other scenario runs one vCPU. AP start-up does not depend on the boot protocol.
+#[test]
+fn a_second_vcpu_comes_online() {
     assert_protocol(assert_booted("pvh-2", 2), "Pvh");
 }
 
 #[test]
 fn vmlinux_without_pvh_note_boots_through_the_64bit_entry() {
     assert_protocol(assert_booted("linux64-1", 1), "Linux64");
-    assert_protocol(assert_booted("linux64-2", 2), "Linux64");
 }
 
 #[test]
 fn bzimage_boots() {
     assert_protocol(assert_booted("bzimage-1", 1), "Linux64");
-    assert_protocol(assert_booted("bzimage-2", 2), "Linux64");
 }
 
 #[test]
@@ -170,7 +173,7 @@ fn boot_timer_logs_the_guest_boot_time() {
 
 #[test]
 fn demo_session_runs_its_commands() {
-    let o = assert_booted("demo", 2);
+    let o = assert_booted("demo", 1);
     assert!(o.has_line("kiln# uname -a"), "{}", o.tail());
     assert!(o.output.contains("Linux"), "{}", o.tail());
     assert!(o.has_line("kiln# free -m"), "{}", o.tail());

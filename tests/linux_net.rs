@@ -28,7 +28,7 @@ fn config(tap: &str, mac: &str, script: &str) -> String {
         r#"{{
   "boot-source": {{"kernel_image_path": "vmlinux", "initrd_path": "initramfs.cpio.gz",
                   "boot_args": "console=ttyS0 reboot=k panic=1 i8042.noaux kiln.script=/dev/vda"}},
-  "machine-config": {{"vcpu_count": 2, "mem_size_mib": 512}},
+  "machine-config": {{"vcpu_count": 1, "mem_size_mib": 512}},
   "drives": [{{"drive_id": "script", "path_on_host": "{script}", "is_root_device": false,
               "is_read_only": true}}],
   "network-interfaces": [{{"iface_id": "eth0", "host_dev_name": "{tap}", "guest_mac": "{mac}"}}]

@@ -26,7 +26,7 @@ fn config(root: &str, format: Option<&str>, script: &str) -> String {
         r#"{{
   "boot-source": {{"kernel_image_path": "vmlinux",
                   "boot_args": "console=ttyS0 reboot=k panic=1 i8042.noaux kiln.script=/dev/vdb"}},
-  "machine-config": {{"vcpu_count": 2, "mem_size_mib": 256}},
+  "machine-config": {{"vcpu_count": 1, "mem_size_mib": 256}},
   "drives": [
     {{"drive_id": "rootfs", "path_on_host": "{root}", "is_root_device": true,
       "is_read_only": false, "cache_type": "Writeback"{format}}},

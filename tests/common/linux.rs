@@ -261,7 +261,7 @@ const TRIPLE_FAULT: &str = "The guest stopped the VM (triple fault (KVM_EXIT_SHU
 const RIG_FAILURE: &str = "kiln-rig: RIG-FAILURE reason=";
 
 /// Fresh rigs a run may use after rig failures, in all.
-const RIG_RERUNS: usize = 2;
+const RIG_RERUNS: usize = 3;
 
 /// Whether a scenario's guest triple-faulted without asking to (only `reboot=t` asks to).
 fn unexpected_triple_fault(scenario: &Scenario, outcome: Option<&Outcome>) -> bool {
