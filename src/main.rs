@@ -33,8 +33,9 @@ struct Cli {
     /// Path to a Firecracker-format JSON file that configures and starts the microVM.
     #[arg(long)]
     config_file: Option<PathBuf>,
-    /// Path of the Unix socket that serves the HTTP API.
-    #[arg(long, default_value = "/run/kiln.socket")]
+    /// Path of the Unix socket that serves the HTTP API (Firecracker's default, which tools
+    /// that start a VMM without this flag look for).
+    #[arg(long, default_value = "/run/firecracker.socket")]
     api_sock: PathBuf,
     /// Do not serve the HTTP API; requires --config-file.
     #[arg(long, requires = "config_file")]

@@ -477,3 +477,35 @@ fn a_kernel_initrd_drive_or_backing_file_that_is_not_a_file_is_refused_at_once()
         "{line}"
     );
 }
+
+#[test]
+fn the_api_socket_defaults_to_firecrackers_path() {
+    // Tools that start a VMM without --api-sock (inside a jail, say) look for
+    // /run/firecracker.socket. kiln runs in a mount namespace with its own /run, so the test
+    // never touches the host's; the socket is reached through the process's root.
+    let mut child = std::process::Command::new("unshare")
+        .args([
+            "--mount",
+            "sh",
+            "-c",
+            "mount -t tmpfs kiln-test /run && exec \"$0\"",
+        ])
+        .arg(common::kiln_bin())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let sock =
+        std::path::PathBuf::from(format!("/proc/{}/root/run/firecracker.socket", child.id()));
+    common::http::wait_for_socket(&sock, TIMEOUT);
+    let response = common::http::request(&sock, "GET", "/", None);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(response.status, 200, "{}", response.body);
+    assert!(
+        response.body.contains("\"id\":\"anonymous-instance\""),
+        "{}",
+        response.body
+    );
+}
