@@ -80,7 +80,7 @@ kill $KILN 2>/dev/null
 wait $KILN; rc=$?
 # kiln's own output belongs to the scenario's: the harness reads the guest's fate from it.
 cat kiln.out
-grep -a 'Started 2 vCPUs' api.log >/dev/null && echo "API-LOG-FILE=has-lines" || echo "API-LOG-FILE=missing"
+grep -a 'Started 1 vCPUs' api.log >/dev/null && echo "API-LOG-FILE=has-lines" || echo "API-LOG-FILE=missing"
 echo "API-METRICS-LINES=$(grep -c utc_timestamp_ms metrics.ndjson)"
 grep -q '"vcpu"' metrics.ndjson && echo "API-METRICS-VCPU=yes" || echo "API-METRICS-VCPU=no"
 return $rc

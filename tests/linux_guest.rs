@@ -1,5 +1,5 @@
 //! End-to-end: kiln boots the real Linux guest (resources/guest) to its marker, in every kernel
-//! form and with 1 and 2 vCPUs, and ends with status 0 when the guest reboots.
+//! form with 1 vCPU (and once with 2), and ends with status 0 when the guest reboots.
 //!
 //! All scenarios run in one payload: on a host with hardware KVM directly, otherwise inside the
 //! nested QEMU/SVM rig (one rig boot for all of them). Each test asserts on its own scenario.
