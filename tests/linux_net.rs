@@ -17,7 +17,8 @@ mod common;
 use std::sync::OnceLock;
 
 use common::linux::{
-    finished_script, peer_finish, peer_start, script_drive, Outcome, Outcomes, Scenario,
+    finished_script, peer_finish, peer_start, peer_wait_ready, script_drive, Outcome, Outcomes,
+    Scenario,
 };
 
 /// iproute2 from the payload: busybox sh would run its own, smaller `ip` applet.
@@ -85,9 +86,12 @@ rm -f to-guest.bin from-guest.bin"#
     }
 }
 
-/// Seconds each bridged guest may run: both boot at once in the rig, and each pings until the
-/// other is up.
+/// Seconds each bridged guest may run: the second boots once the first is up, and each pings
+/// until the other is up (for 120 tries).
 const BRIDGE_TIMEOUT_SECS: u32 = 300;
+/// Seconds the second bridged guest waits for the first one's marker before it boots anyway:
+/// a rig guest under host load has been seen to take up to two minutes to its console.
+const BOOT_WAIT_SECS: u32 = 120;
 
 /// The script of one of the two bridged guests: ping the other until it answers, then stay up
 /// long enough for the other to reach this one too.
@@ -134,13 +138,15 @@ for tap in tap1 tap2; do
     {IP} -n kn2 link set $tap master br0
     {IP} -n kn2 link set $tap up
 done
-{peer}"#,
+{peer}
+{ready}"#,
             peer = peer_start(
                 "guest2",
                 "./bin/ip netns exec kn2",
                 "guest2.json",
                 BRIDGE_TIMEOUT_SECS
             ),
+            ready = peer_wait_ready("guest2", BOOT_WAIT_SECS),
         ),
         wrapper: "./bin/ip netns exec kn2",
         after: format!(

@@ -306,6 +306,17 @@ pub fn peer_start(peer: &str, wrapper: &str, config: &str, timeout_secs: u32) ->
     )
 }
 
+/// Shell for a `before` section, after [`peer_start`]: waits (at most `secs` seconds) until the
+/// peer's guest printed its marker, or the peer ended, so that the scenario's own guest does not
+/// boot while the peer's is still in early boot: two guests booting side by side fail far more
+/// often in the nested rig (resources/rig/README.md).
+pub fn peer_wait_ready(peer: &str, secs: u32) -> String {
+    format!(
+        "i=0; until grep -q KILN-GUEST-READY {peer}.peer.log || ! kill -0 ${peer}_pid 2>/dev/null \
+         || [ $i -ge {secs} ]; do sleep 1; i=$((i + 1)); done"
+    )
+}
+
 /// Shell for an `after` section: waits for the peer [`peer_start`] started and prints its exit
 /// status (`KILN-PEER-RC <peer>=<rc>`) and its output, each line prefixed with `<peer>| `.
 pub fn peer_finish(peer: &str) -> String {
