@@ -1,5 +1,4 @@
-//! Step 1: the command line (Firecracker's jailer flags, plus `--allow-root`) and its
-//! validation into a [`JailSpec`]. Everything that can be checked without changing the system
+//! Step 1: the command line (Firecracker's jailer flags) and its validation into a [`JailSpec`]. Everything that can be checked without changing the system
 //! is checked here, before anything is created, so most bad input leaves no trace at all.
 
 use std::ffi::OsString;
@@ -31,15 +30,12 @@ pub struct Cli {
     /// The kiln binary (static), copied into the jail.
     #[arg(long)]
     pub exec_file: PathBuf,
-    /// The user kiln runs as.
+    /// The user kiln runs as (0 is accepted with a warning: kiln confined but still root).
     #[arg(long)]
     pub uid: u32,
-    /// The group kiln runs as.
+    /// The group kiln runs as (0 is accepted with a warning).
     #[arg(long)]
     pub gid: u32,
-    /// Allow uid or gid 0, which are refused otherwise: kiln confined but still root.
-    #[arg(long)]
-    pub allow_root: bool,
     /// Where jails are built: <chroot-base-dir>/<exec file name>/<id>/root.
     #[arg(long, default_value = "/srv/jailer")]
     pub chroot_base_dir: PathBuf,
@@ -89,8 +85,6 @@ pub enum ArgsError {
     KilnId,
     #[error(transparent)]
     Elf(#[from] ElfError),
-    #[error("--{flag} 0 would run kiln as root; pass --allow-root to allow it.")]
-    Root { flag: &'static str },
     #[error(
         "--chroot-base-dir '{0}' is on a file system mounted noexec or nodev, where kiln could \
          not run or open its devices."
@@ -151,13 +145,9 @@ impl JailSpec {
             return Err(ArgsError::ReservedName(exec_file));
         }
         elf::check_static(&exec_file)?;
-        if !cli.allow_root {
-            if cli.uid == 0 {
-                return Err(ArgsError::Root { flag: "uid" });
-            }
-            if cli.gid == 0 {
-                return Err(ArgsError::Root { flag: "gid" });
-            }
+        if let Some(warning) = root_warning(cli.uid, cli.gid) {
+            // Firecracker's jailer accepts root too, and SDKs running as root pass it.
+            eprintln!("{warning}");
         }
         check_base_mount(&cli.chroot_base_dir)?;
         if let Some(path) = &cli.netns {
@@ -187,6 +177,20 @@ impl JailSpec {
             kiln_args: cli.kiln_args,
         })
     }
+}
+
+/// The warning line for a jailed uid or gid of 0, which keeps kiln root inside its jail.
+fn root_warning(uid: u32, gid: u32) -> Option<String> {
+    let which = match (uid, gid) {
+        (0, 0) => "--uid 0 and --gid 0",
+        (0, _) => "--uid 0",
+        (_, 0) => "--gid 0",
+        _ => return None,
+    };
+    Some(format!(
+        "Warning: {which}: kiln runs as root inside the jail; pass an unprivileged uid and gid \
+         to drop root."
+    ))
 }
 
 /// An id becomes a path component and a cgroup name, so it must not hold '/', '.' or anything
@@ -296,6 +300,24 @@ mod tests {
             assert!(matches!(err, ArgsError::ReservedName(_)), "{name}: {err}");
         }
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn uid_and_gid_0_are_accepted_with_a_warning() {
+        assert_eq!(root_warning(1, 1), None);
+        for (uid, gid, which) in [
+            (0, 0, "--uid 0 and --gid 0"),
+            (0, 5, "--uid 0"),
+            (5, 0, "--gid 0"),
+        ] {
+            assert_eq!(
+                root_warning(uid, gid).unwrap(),
+                format!(
+                    "Warning: {which}: kiln runs as root inside the jail; pass an unprivileged \
+                     uid and gid to drop root."
+                )
+            );
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::jail::Jail;
+use crate::jail::{Jail, JailError};
 use crate::sys;
 
 /// Where pivot_root puts the old root, inside the jail, until it is detached.
@@ -26,6 +26,8 @@ pub enum ChrootError {
     },
     #[error("Failed to bind-mount the jail root '{path}' onto itself: {source}")]
     Bind { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Jail(#[from] JailError),
 }
 
 fn step(what: &'static str) -> impl FnOnce(io::Error) -> ChrootError {
@@ -45,8 +47,16 @@ pub fn enter(jail: &mut Jail) -> Result<(), ChrootError> {
         }
     })?;
     std::env::set_current_dir(&root).map_err(step("enter the jail root"))?;
-    std::fs::create_dir(OLD_ROOT).map_err(step("create the old_root directory in the jail"))?;
-    jail.record(Path::new(OLD_ROOT), true);
+    // The path led to the directory the jail checked and holds open, not to one put there
+    // since (pivot_root then also checks that it is the bind mount).
+    jail.check_cwd_is_root()?;
+    match std::fs::create_dir(OLD_ROOT) {
+        Ok(()) => jail.record(Path::new(OLD_ROOT), true),
+        // Left by an earlier start that failed here; pivot_root checks that it is a directory
+        // inside the jail.
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(step("create the old_root directory in the jail")(e)),
+    }
     sys::pivot_root(Path::new("."), Path::new(OLD_ROOT))
         .map_err(step("pivot_root into the jail"))?;
     std::env::set_current_dir("/").map_err(step("enter the new root"))?;

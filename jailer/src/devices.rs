@@ -1,6 +1,7 @@
 //! Step 8: the only device nodes in the jail, each owned by the jailed user with mode 0600:
 //! `/dev/kvm` for the VM, `/dev/net/tun` for taps, `/dev/urandom` for randomness. The
-//! directories stay root's, so kiln cannot add or replace nodes.
+//! directories stay root's, so kiln cannot add or replace nodes. Nodes and directories an
+//! earlier start left in the jail are replaced and reused (see `jail`).
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -37,10 +38,13 @@ pub fn create(jail: &mut Jail, uid: u32, gid: u32) -> Result<(), DevicesError> {
     jail.mkdir_inside("dev/net", 0o755)?;
     for (inside, major, minor) in DEVICES {
         let path = Path::new("/").join(inside);
-        sys::mknod_char(&path, 0o600, *major, *minor).map_err(|source| DevicesError::Mknod {
+        // A node an earlier start left is replaced: the new one has the right numbers for sure.
+        let mknod_err = |source| DevicesError::Mknod {
             path: path.clone(),
             source,
-        })?;
+        };
+        Jail::clear_inside(Path::new(inside)).map_err(mknod_err)?;
+        sys::mknod_char(&path, 0o600, *major, *minor).map_err(mknod_err)?;
         jail.record(Path::new(inside), false);
         sys::lchown(&path, uid, gid).map_err(|source| DevicesError::Chown {
             path,

@@ -68,6 +68,8 @@ pub fn write_pid_file(jail: &mut Jail, exec_name: &str, pid: u32) -> Result<(), 
         path: path.clone(),
         source,
     };
+    // The pid file of an earlier start (whose kiln `jail` checked is gone) is replaced.
+    Jail::clear_inside(Path::new(&inside)).map_err(pid_err)?;
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)

@@ -35,6 +35,67 @@ pub fn open_dir(path: &Path) -> io::Result<OwnedFd> {
     Ok(OwnedFd::from(file))
 }
 
+/// Opens directory `rel` under `dir` without following a symlink at `rel` (`ELOOP`) and
+/// refusing anything but a directory (`ENOTDIR`); close-on-exec.
+pub fn open_dir_at(dir: &impl AsFd, rel: &Path) -> io::Result<File> {
+    open_at(
+        dir,
+        rel,
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+    )
+}
+
+/// Opens `rel` under `dir` for reading, not following a symlink at `rel`.
+pub fn open_read_at(dir: &impl AsFd, rel: &Path) -> io::Result<File> {
+    open_at(
+        dir,
+        rel,
+        libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+    )
+}
+
+/// Creates the new file `rel` under `dir` with `mode` and opens it for writing; fails if any
+/// file, or a symlink, has that name.
+pub fn create_file_at(dir: &impl AsFd, rel: &Path, mode: libc::mode_t) -> io::Result<File> {
+    let rel = cstring(rel)?;
+    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    // SAFETY: `dir` is an open descriptor and `rel` a NUL-terminated string that outlives the
+    // call; with O_CREAT the mode argument is read, and it is given.
+    let fd = check(unsafe {
+        libc::openat(
+            dir.as_fd().as_raw_fd(),
+            rel.as_ptr(),
+            flags,
+            libc::c_uint::from(mode),
+        )
+    })?;
+    // SAFETY: openat just returned this descriptor and nothing else owns it.
+    Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+/// `openat` without O_CREAT.
+fn open_at(dir: &impl AsFd, rel: &Path, flags: libc::c_int) -> io::Result<File> {
+    let rel = cstring(rel)?;
+    // SAFETY: `dir` is an open descriptor and `rel` a NUL-terminated string that outlives the
+    // call; without O_CREAT no mode argument is read.
+    let fd = check(unsafe { libc::openat(dir.as_fd().as_raw_fd(), rel.as_ptr(), flags) })?;
+    // SAFETY: openat just returned this descriptor and nothing else owns it.
+    Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+/// Takes an exclusive `flock` on `file` without waiting; `EWOULDBLOCK` when another open file
+/// description holds it. Closing every descriptor of this one (close-on-exec included) releases it.
+pub fn try_lock_exclusive(file: &impl AsFd) -> io::Result<()> {
+    // SAFETY: flock takes a descriptor and flags and touches no memory.
+    check(unsafe { libc::flock(file.as_fd().as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }).map(drop)
+}
+
+/// This process's effective uid and gid.
+pub fn effective_ids() -> (u32, u32) {
+    // SAFETY: geteuid and getegid touch no memory and cannot fail.
+    unsafe { (libc::geteuid(), libc::getegid()) }
+}
+
 /// Creates directory `rel` under `dir` with `mode`.
 pub fn mkdirat(dir: &impl AsFd, rel: &Path, mode: libc::mode_t) -> io::Result<()> {
     let rel = cstring(rel)?;
@@ -54,18 +115,11 @@ pub fn unlinkat(dir: &impl AsFd, rel: &Path, is_dir: bool) -> io::Result<()> {
 
 /// Opens `rel` under `dir` for writing, without creating it.
 pub fn open_write_at(dir: &impl AsFd, rel: &Path) -> io::Result<File> {
-    let rel = cstring(rel)?;
-    // SAFETY: `dir` is an open descriptor and `rel` a NUL-terminated string that outlives the
-    // call; without O_CREAT no mode argument is read.
-    let fd = check(unsafe {
-        libc::openat(
-            dir.as_fd().as_raw_fd(),
-            rel.as_ptr(),
-            libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
-        )
-    })?;
-    // SAFETY: openat just returned this descriptor and nothing else owns it.
-    Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+    open_at(
+        dir,
+        rel,
+        libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+    )
 }
 
 /// Creates the character device node `path` with `mode` (permission bits) and `major:minor`.
