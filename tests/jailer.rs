@@ -6,6 +6,9 @@
 //!   limits, no inherited descriptor or environment; `--new-pid-ns --daemonize` too;
 //! - every bad input is refused with one line, leaves no jail or cgroup behind, and a good
 //!   start with the same id follows;
+//! - a jail an SDK made (with the kernel in it) is used, a symlinked `<id>` or `root` is
+//!   refused, a failed start keeps the SDK's files, a second start beside a running kiln is
+//!   refused, and `--uid 0 --gid 0` starts with a warning;
 //! - in the rig (or on hardware KVM), a jailed kiln boots the real Linux guest from a rootfs
 //!   hard-linked into the jail.
 
@@ -32,11 +35,21 @@ use common::jailer::{
 use common::linux::{finished_script, script_drive, Outcome, Outcomes, Scenario};
 use common::tiny_kernel::{self, Ending};
 
-/// Boots the tiny guest (halting forever) in a jailed kiln through its API.
-fn boot_tiny_guest(kiln: &Jailed) {
-    let kernel = kiln.root.join("vmlinux");
+/// Writes the tiny guest (halting forever) to `root/vmlinux`, readable by everyone.
+fn write_tiny_kernel(root: &Path) {
+    let kernel = root.join("vmlinux");
     fs::write(&kernel, tiny_kernel::build(false, Ending::HaltForever)).unwrap();
     fs::set_permissions(&kernel, fs::Permissions::from_mode(0o644)).unwrap();
+}
+
+/// Boots the tiny guest (halting forever) in a jailed kiln through its API.
+fn boot_tiny_guest(kiln: &Jailed) {
+    write_tiny_kernel(&kiln.root);
+    boot_vmlinux(kiln);
+}
+
+/// Boots the kernel at `/vmlinux` of a jailed kiln through its API.
+fn boot_vmlinux(kiln: &Jailed) {
     let sock = kiln.socket();
     for (path, body) in [
         (
@@ -177,7 +190,10 @@ fn a_jailed_kiln_runs_confined_in_its_v1_cgroup_and_netns() {
     assert_eq!(limit("Max file size"), "1073741824 1073741824");
     // No inherited descriptor, no environment.
     for fd in fs::read_dir(format!("/proc/{}/fd", kiln.pid)).unwrap() {
-        let target = fs::read_link(fd.unwrap().path()).unwrap();
+        // kiln may close a descriptor (an API connection) between the listing and the read.
+        let Ok(target) = fs::read_link(fd.unwrap().path()) else {
+            continue;
+        };
         assert!(
             !target.to_string_lossy().contains("inherited-marker"),
             "kiln inherited {}",
@@ -317,22 +333,25 @@ fn a_dynamic_exec_file_is_refused() {
 }
 
 #[test]
-fn uid_0_is_refused_without_allow_root() {
+fn uid_0_and_gid_0_start_kiln_as_root_with_a_warning() {
     let t = JailTest::new("root");
-    let (code, stderr) = t.refused(t.command_as("vm-root", &static_kiln(), "0", &[]));
-    assert_eq!(code, 153, "{stderr}");
-    assert_eq!(
-        stderr,
-        "Error: --uid 0 would run kiln as root; pass --allow-root to allow it.\n"
-    );
-    assert_no_trace(&t, "vm-root");
-    // The same start with the override runs kiln as uid 0, still jailed.
-    let allowed = t.command_as("vm-root", &static_kiln(), "0", &["--allow-root"]);
-    let kiln = t.start_command("vm-root", allowed);
+    let cmd = t.command_ids("vm-root", &static_kiln(), "0", "0", &[]);
+    let kiln = t.start_command("vm-root", cmd);
     assert_eq!(kiln.status("Uid"), "0\t0\t0\t0");
-    assert_eq!(kiln.status("Gid"), format!("{GID}\t{GID}\t{GID}\t{GID}"));
+    assert_eq!(kiln.status("Gid"), "0\t0\t0\t0");
+    // Still jailed.
     let proc_root = Path::new("/proc").join(kiln.pid.to_string()).join("root");
     assert_eq!(dev_ino(&proc_root), dev_ino(&kiln.root));
+    let out = kiln.kill().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.lines().next(),
+        Some(
+            "Warning: --uid 0 and --gid 0: kiln runs as root inside the jail; pass an \
+             unprivileged uid and gid to drop root."
+        ),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -364,27 +383,120 @@ fn an_unknown_cgroup_key_is_refused_and_leaves_no_jail_or_cgroup() {
     );
 }
 
+/// Makes `<base>/kiln/<id>/root` with the tiny kernel in it, as an SDK does before it starts
+/// the jailer; returns the root.
+fn sdk_jail(t: &JailTest, id: &str) -> std::path::PathBuf {
+    let root = t.root(id);
+    fs::create_dir_all(&root).unwrap();
+    write_tiny_kernel(&root);
+    root
+}
+
 #[test]
-fn an_existing_jail_is_refused_and_left_alone() {
-    let t = JailTest::new("exists");
-    let jail = t.base.0.join("kiln/vm-exists");
-    fs::create_dir_all(jail.join("root")).unwrap();
-    fs::write(jail.join("root/keep"), "mine").unwrap();
-    let (code, stderr) = t.refused(t.command("vm-exists", &["--cgroup", "cpu.shares=256"]));
+fn an_sdk_made_jail_is_used_and_its_kernel_boots_and_stays() {
+    let t = JailTest::new("sdk");
+    let root = sdk_jail(&t, "vm-sdk");
+    let kernel = fs::read(root.join("vmlinux")).unwrap();
+    let kiln = t.start("vm-sdk", &["--cgroup", "cpu.shares=256"]);
+    assert_eq!(dev_ino(&kiln.root), dev_ino(&root));
+    boot_vmlinux(&kiln);
+    let mut names: Vec<String> = fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["dev", "kiln", "kiln.pid", "run", "vmlinux"]);
+    drop(kiln);
+    // A start in the jail the last one left (its exec copy, device nodes, pid file, socket)
+    // works too, and the kernel is still the SDK's.
+    let kiln = t.start("vm-sdk", &["--cgroup", "cpu.shares=256"]);
+    boot_vmlinux(&kiln);
+    assert_eq!(fs::read(root.join("vmlinux")).unwrap(), kernel);
+    let pid = fs::read_to_string(root.join("kiln.pid")).unwrap();
+    assert_eq!(pid, kiln.pid.to_string());
+}
+
+#[test]
+fn a_symlinked_id_or_root_is_refused_and_its_target_untouched() {
+    let t = JailTest::new("symlink");
+    let target = t.base.0.join("elsewhere");
+    fs::create_dir_all(target.join("root")).unwrap();
+    fs::create_dir_all(t.base.0.join("kiln/vm-rootlink")).unwrap();
+    std::os::unix::fs::symlink(&target, t.base.0.join("kiln/vm-idlink")).unwrap();
+    std::os::unix::fs::symlink(target.join("root"), t.root("vm-rootlink")).unwrap();
+    for (id, bad) in [
+        ("vm-idlink", t.base.0.join("kiln/vm-idlink")),
+        ("vm-rootlink", t.root("vm-rootlink")),
+    ] {
+        let (code, stderr) = t.refused(t.command(id, &["--cgroup", "cpu.shares=256"]));
+        assert_eq!(code, 1, "{id}: {stderr}");
+        assert_eq!(
+            stderr,
+            format!(
+                "Error: The jail path '{}' exists but is a symlink or not a directory; the \
+                 jailer uses only a real directory there.\n",
+                bad.display()
+            )
+        );
+        let cgroup = v1_mount("cpu").join(&t.parent_cgroup).join(id);
+        assert!(!cgroup.exists(), "no cgroup for a refused jail");
+    }
+    assert_eq!(fs::read_dir(target.join("root")).unwrap().count(), 0);
+    assert!(fs::symlink_metadata(t.root("vm-rootlink"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+}
+
+#[test]
+fn a_start_that_fails_in_an_sdk_made_jail_keeps_the_sdk_files() {
+    let t = JailTest::new("sdkfail");
+    let root = sdk_jail(&t, "vm-sdkfail");
+    // A file where the jailer needs its /dev directory fails the start after the exec copy,
+    // the cgroup and pivot_root.
+    fs::write(root.join("dev"), "not a directory").unwrap();
+    let (code, stderr) = t.refused(t.command("vm-sdkfail", &["--cgroup", "cpu.shares=256"]));
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(
+        stderr,
+        "Error: The jail path '/dev' exists but is a symlink or not a directory; the jailer \
+         uses only a real directory there.\n"
+    );
+    let mut names: Vec<String> = fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["dev", "vmlinux"], "only the start's own files went");
+    assert_eq!(fs::read(root.join("dev")).unwrap(), b"not a directory");
+    let cgroup = v1_mount("cpu").join(&t.parent_cgroup).join("vm-sdkfail");
+    assert!(!cgroup.exists(), "{} was left behind", cgroup.display());
+    fs::remove_file(root.join("dev")).unwrap();
+    let kiln = assert_good_start(&t, "vm-sdkfail", &["--cgroup", "cpu.shares=256"]);
+    boot_vmlinux(&kiln);
+}
+
+#[test]
+fn a_second_start_beside_a_running_kiln_is_refused_and_changes_nothing() {
+    let t = JailTest::new("twice");
+    let kiln = t.start("vm-twice", &[]);
+    let exe = dev_ino(&kiln.root.join("kiln"));
+    let (code, stderr) = t.refused(t.command("vm-twice", &[]));
     assert_eq!(code, 1, "{stderr}");
     assert_eq!(
         stderr,
         format!(
-            "Error: The jail '{}' already exists: an id names one jail; remove the old jail or \
-             pick another --id.\n",
-            jail.display()
+            "Error: kiln (pid {}) still runs in the jail '{}'; stop it or pick another --id.\n",
+            kiln.pid,
+            kiln.root.display()
         )
     );
-    assert_eq!(fs::read_to_string(jail.join("root/keep")).unwrap(), "mine");
-    let cgroup = v1_mount("cpu").join(&t.parent_cgroup).join("vm-exists");
-    assert!(!cgroup.exists(), "no cgroup for a refused jail");
-    fs::remove_dir_all(&jail).unwrap();
-    assert_good_start(&t, "vm-exists", &["--cgroup", "cpu.shares=256"]);
+    assert_eq!(dev_ino(&kiln.root.join("kiln")), exe);
+    assert_eq!(
+        fs::read_to_string(kiln.root.join("kiln.pid")).unwrap(),
+        kiln.pid.to_string()
+    );
+    assert_eq!(request(&kiln.socket(), "GET", "/", None).status, 200);
 }
 
 #[test]

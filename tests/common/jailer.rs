@@ -103,12 +103,24 @@ impl JailTest {
 
     /// [`JailTest::command`] with another exec file and uid.
     pub fn command_as(&self, id: &str, exec_file: &Path, uid: &str, extra: &[&str]) -> Command {
+        self.command_ids(id, exec_file, uid, &GID.to_string(), extra)
+    }
+
+    /// [`JailTest::command`] with another exec file, uid and gid.
+    pub fn command_ids(
+        &self,
+        id: &str,
+        exec_file: &Path,
+        uid: &str,
+        gid: &str,
+        extra: &[&str],
+    ) -> Command {
         let mut cmd = Command::new(static_jailer());
         cmd.arg("--id")
             .arg(id)
             .arg("--exec-file")
             .arg(exec_file)
-            .args(["--uid", uid, "--gid", &GID.to_string()])
+            .args(["--uid", uid, "--gid", gid])
             .arg("--chroot-base-dir")
             .arg(&self.base.0)
             .args(["--parent-cgroup", &self.parent_cgroup])
