@@ -141,6 +141,8 @@ impl Jail {
         match sys::try_lock_exclusive(&id_dir) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // Even if this start made `<id>`, the one holding the lock now uses it.
+                self.created.clear();
                 return Err(JailError::Busy(id_path));
             }
             Err(source) => {
