@@ -352,12 +352,13 @@ fn unlink_stale(dir: &impl AsFd, rel: &Path, path: &Path) -> Result<(), JailErro
 /// The pid in the pid file `rel` under the jail root `root`, if that process lives with this
 /// jail as its root.
 fn running_kiln(root: &File, rel: &Path) -> Option<u32> {
+    let file = sys::open_read_at(root, rel).ok()?;
+    // Only a regular file is a pid file; anything else an SDK put there is ignored.
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
     let mut text = String::new();
-    sys::open_read_at(root, rel)
-        .ok()?
-        .take(32)
-        .read_to_string(&mut text)
-        .ok()?;
+    file.take(32).read_to_string(&mut text).ok()?;
     let pid: u32 = text.trim().parse().ok()?;
     let theirs = fs::metadata(format!("/proc/{pid}/root")).ok()?;
     let ours = root.metadata().ok()?;
@@ -484,6 +485,14 @@ mod tests {
         // A pid file naming a live process whose root is another directory is stale.
         let root = base.join("kiln/vm-8/root");
         fs::write(root.join("kiln.pid"), std::process::id().to_string()).unwrap();
+        Jail::create(&base, OsStr::new("kiln"), "vm-8").unwrap();
+        // A FIFO there is no pid file, and reading it must not block.
+        fs::remove_file(root.join("kiln.pid")).unwrap();
+        let fifo = std::process::Command::new("mkfifo")
+            .arg(root.join("kiln.pid"))
+            .status()
+            .unwrap();
+        assert!(fifo.success());
         Jail::create(&base, OsStr::new("kiln"), "vm-8").unwrap();
         fs::remove_dir_all(base).unwrap();
     }

@@ -45,13 +45,11 @@ pub fn open_dir_at(dir: &impl AsFd, rel: &Path) -> io::Result<File> {
     )
 }
 
-/// Opens `rel` under `dir` for reading, not following a symlink at `rel`.
+/// Opens `rel` under `dir` for reading, not following a symlink at `rel`, and without
+/// blocking on a FIFO.
 pub fn open_read_at(dir: &impl AsFd, rel: &Path) -> io::Result<File> {
-    open_at(
-        dir,
-        rel,
-        libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-    )
+    let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
+    open_at(dir, rel, flags)
 }
 
 /// Creates the new file `rel` under `dir` with `mode` and opens it for writing; fails if any
