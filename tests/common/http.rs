@@ -68,7 +68,7 @@ pub fn request(sock: &Path, method: &str, path: &str, body: Option<&str>) -> Res
         if let Some(end) = find(&raw, b"\r\n\r\n") {
             break end + 4;
         }
-        let n = stream.read(&mut buf).unwrap();
+        let n = read_some(&mut stream, &mut buf);
         assert!(n > 0, "the connection closed before the headers ended");
         raw.extend_from_slice(&buf[..n]);
     };
@@ -90,12 +90,23 @@ pub fn request(sock: &Path, method: &str, path: &str, body: Option<&str>) -> Res
         })
         .unwrap_or(0);
     while raw.len() < header_end + length {
-        let n = stream.read(&mut buf).unwrap();
+        let n = read_some(&mut stream, &mut buf);
         assert!(n > 0, "the connection closed before the body ended");
         raw.extend_from_slice(&buf[..n]);
     }
     let body = String::from_utf8_lossy(&raw[header_end..header_end + length]).into_owned();
     Response { status, body }
+}
+
+/// One `read`, retried on EINTR: with a read timeout set, a socket read is not restarted after
+/// a signal or a stop and continue of the test process, so `read` can return `Interrupted`.
+fn read_some(stream: &mut UnixStream, buf: &mut [u8]) -> usize {
+    loop {
+        match stream.read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => return r.unwrap(),
+        }
+    }
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
