@@ -10,10 +10,12 @@
 //! walk. Names the jailer creates (the exec copy, device nodes, the pid file) that a previous
 //! start left are unlinked and created anew, never written through.
 //!
-//! One jail, one kiln: the start holds an exclusive `flock` on `<id>` until it execs kiln (the
-//! descriptor is close-on-exec), and refuses a jail whose pid file names a live process whose
-//! root is this jail, so neither two concurrent starts nor a start next to a running kiln
-//! share a jail.
+//! One jail, one kiln: the start holds an exclusive `flock` on `<id>` until kiln's pid is in the
+//! pid file, just before the exec (the descriptor is close-on-exec, so kiln never gets it), and
+//! refuses a jail whose pid file names a live process whose root is this jail, so neither two
+//! concurrent starts nor a start next to a running kiln share a jail. Firecracker's jailer has
+//! neither: a second start beside a running Firecracker fails only by chance, with `ETXTBSY`
+//! when it rewrites the exec copy.
 //!
 //! Removal works from inside the jail too: `Jail` keeps `<chroot base>/<exec name>`, `<id>` and
 //! `root` open and records every path it creates relative to one of them, so `unlinkat` still

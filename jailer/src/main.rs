@@ -3,7 +3,8 @@
 //!
 //! 1. validate the arguments (`args`);
 //! 2. close inherited descriptors and empty the environment (`sanitize`);
-//! 3. create `<base>/<exec name>/<id>/root` with the exec file in it (`jail`);
+//! 3. create `<base>/<exec name>/<id>/root`, or reuse the one an SDK made, with the exec file
+//!    in it (`jail`);
 //! 4. set the resource limits (`limits`);
 //! 5. create and join the cgroup (`cgroup`);
 //! 6. join the network namespace (`netns`);
@@ -13,8 +14,9 @@
 //! 10. daemonize or enter a new pid namespace, 11. write the pid file, 12. drop to the uid
 //!     and gid and exec kiln (`process`).
 //!
-//! Until the exec, a failure undoes what the start created (the jail directory, the cgroup), so
-//! the next start with the same id is not blocked. Exit status: 153 when the arguments are at
+//! Until the exec, a failure undoes what this start created (the jail directories it made, the
+//! files it put in, the cgroup) and nothing else, so the next start with the same id is not
+//! blocked and an SDK's files in the jail stay. Exit status: 153 when the arguments are at
 //! fault, 1 when building the jail fails, 0 for the parent of `--new-pid-ns` once kiln runs.
 //! Errors are one line on stderr.
 
