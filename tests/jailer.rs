@@ -383,12 +383,15 @@ fn an_unknown_cgroup_key_is_refused_and_leaves_no_jail_or_cgroup() {
     );
 }
 
-/// Makes `<base>/kiln/<id>/root` with the tiny kernel in it, as an SDK does before it starts
-/// the jailer; returns the root.
+/// Makes `<base>/kiln/<id>/root` with the tiny kernel hard-linked in from `<base>/<id>/`, as
+/// an SDK does before it starts the jailer; returns the root.
 fn sdk_jail(t: &JailTest, id: &str) -> std::path::PathBuf {
     let root = t.root(id);
     fs::create_dir_all(&root).unwrap();
-    write_tiny_kernel(&root);
+    let host = t.base.0.join(id);
+    fs::create_dir_all(&host).unwrap();
+    write_tiny_kernel(&host);
+    fs::hard_link(host.join("vmlinux"), root.join("vmlinux")).unwrap();
     root
 }
 
@@ -412,6 +415,12 @@ fn an_sdk_made_jail_is_used_and_its_kernel_boots_and_stays() {
     let kiln = t.start("vm-sdk", &["--cgroup", "cpu.shares=256"]);
     boot_vmlinux(&kiln);
     assert_eq!(fs::read(root.join("vmlinux")).unwrap(), kernel);
+    let host_kernel = t.base.0.join("vm-sdk/vmlinux");
+    assert_eq!(
+        dev_ino(&host_kernel),
+        dev_ino(&root.join("vmlinux")),
+        "still the hard link"
+    );
     let pid = fs::read_to_string(root.join("kiln.pid")).unwrap();
     assert_eq!(pid, kiln.pid.to_string());
 }
