@@ -14,6 +14,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::line_sink::{LineSink, LineSinkError};
 
+mod line;
+pub mod schema;
+
 /// One counter: a group (`block_rootfs`, `vcpu`, ...), a name within it, and its total.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Counter {
@@ -147,27 +150,25 @@ impl Metrics {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or_default();
-        let mut groups = serde_json::Map::new();
-        for c in &counters {
-            let key = (c.group.clone(), c.name.clone());
-            let before = inner.flushed.get(&key).copied().unwrap_or(0);
-            let group = groups
-                .entry(c.group.clone())
-                .or_insert_with(|| serde_json::json!({}));
-            if let Some(group) = group.as_object_mut() {
-                group.insert(c.name.clone(), c.total.saturating_sub(before).into());
+        let increases = counters.iter().map(|c| {
+            let before = inner
+                .flushed
+                .get(&(c.group.clone(), c.name.clone()))
+                .copied()
+                .unwrap_or(0);
+            Counter {
+                total: c.total.saturating_sub(before),
+                ..c.clone()
             }
+        });
+        let mut line = line::Line::new();
+        for c in increases {
+            line.add(&c);
         }
         for g in Self::gauges(&inner) {
-            let group = groups
-                .entry(g.group)
-                .or_insert_with(|| serde_json::json!({}));
-            if let Some(group) = group.as_object_mut() {
-                group.insert(g.name, g.total.into());
-            }
+            line.set(&g);
         }
-        groups.insert("utc_timestamp_ms".into(), now_ms.into());
-        let mut line = serde_json::Value::Object(groups).to_string();
+        let mut line = line.finish(now_ms).to_string();
         line.push('\n');
         if !inner
             .sink
@@ -183,14 +184,16 @@ impl Metrics {
         Ok(true)
     }
 
-    /// The totals in Prometheus text format: `kiln_<group>_<name> <total>`.
+    /// The totals in Prometheus text format: `kiln_<group>_<name> <total>`, with the group
+    /// and name the JSON line gives the counter (`kiln_kiln_<group>_<name>` for Kiln's own).
     pub fn prometheus(&self) -> String {
         let inner = self.lock();
         let counters = Self::counters(&inner).into_iter().map(|c| (c, "counter"));
         let gauges = Self::gauges(&inner).into_iter().map(|g| (g, "gauge"));
         let mut text = String::new();
         for (c, kind) in counters.chain(gauges) {
-            let name = format!("kiln_{}_{}", sanitize(&c.group), sanitize(&c.name));
+            let path = line::path(&c.group, &c.name).join("_");
+            let name = format!("kiln_{}", sanitize(&path));
             text.push_str(&format!("# TYPE {name} {kind}\n{name} {}\n", c.total));
         }
         text
