@@ -61,13 +61,27 @@ fn serial_output(config: Option<&VmConfig>) -> Result<Box<dyn Write + Send>, Err
     Ok(Box::new(output))
 }
 
-/// The API's request counters, as the `api_server` metrics group.
+/// The API's request counters: in Firecracker's `get_api_requests`, `put_api_requests` and
+/// `patch_api_requests`, and per route (with the faults and unrouted requests) in the
+/// `api_server` group, which the metrics line moves under `kiln` (Firecracker lacks them).
 struct ApiCounters(Arc<ApiMetrics>);
 
 impl MetricSource for ApiCounters {
     fn counters(&self) -> Vec<Counter> {
         let faults = ("faults".to_string(), self.0.faults());
+        let firecracker = self
+            .0
+            .firecracker_counters()
+            .into_iter()
+            .map(|(group, name, total)| Counter {
+                group: group.to_string(),
+                name,
+                total,
+            });
         Counter::group("api_server", self.0.snapshot().into_iter().chain([faults]))
+            .into_iter()
+            .chain(firecracker)
+            .collect()
     }
 }
 

@@ -18,6 +18,8 @@ pub struct ApiMetrics {
     unrouted: AtomicU64,
     /// Requests answered with 4xx or 5xx, routed or not.
     faults: AtomicU64,
+    /// Faults per route, indexed by `Route as usize`.
+    route_faults: [AtomicU64; Route::ALL.len()],
 }
 
 impl Default for ApiMetrics {
@@ -26,6 +28,7 @@ impl Default for ApiMetrics {
             routes: std::array::from_fn(|_| AtomicU64::new(0)),
             unrouted: AtomicU64::new(0),
             faults: AtomicU64::new(0),
+            route_faults: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 }
@@ -44,9 +47,32 @@ impl ApiMetrics {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts one response with a 4xx or 5xx status.
-    pub(crate) fn count_fault(&self) {
+    /// Counts one response with a 4xx or 5xx status, for `route` or an unrouted request.
+    pub(crate) fn count_fault(&self, route: Option<Route>) {
         self.faults.fetch_add(1, Ordering::Relaxed);
+        if let Some(counter) = route.and_then(|r| self.route_faults.get(r as usize)) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The counters in Firecracker's groups, as (group, name, value): `<resource>_count` for
+    /// the requests a route received and `<resource>_fails` for those answered with a fault
+    /// (`put_api_requests.drive_count`, ...), Firecracker's meanings. GET requests have no
+    /// `_fails` in Firecracker. Routes Firecracker does not count are left out (see
+    /// [`ApiMetrics::snapshot`] for every route).
+    pub fn firecracker_counters(&self) -> Vec<(&'static str, String, u64)> {
+        let mut counters = Vec::new();
+        for (i, route) in Route::ALL.iter().enumerate() {
+            let Some((group, resource)) = firecracker_name(*route) else {
+                continue;
+            };
+            let get = |c: &[AtomicU64]| c.get(i).map_or(0, |c| c.load(Ordering::Relaxed));
+            counters.push((group, format!("{resource}_count"), get(&self.routes)));
+            if group != "get_api_requests" {
+                counters.push((group, format!("{resource}_fails"), get(&self.route_faults)));
+            }
+        }
+        counters
     }
 
     /// Requests per route, named like `"PUT /drives/{id}"`, in route-table order, then
@@ -69,6 +95,29 @@ impl ApiMetrics {
     }
 }
 
+/// Firecracker's metrics group and resource name for a route's requests, if it counts them.
+pub fn firecracker_name(route: Route) -> Option<(&'static str, &'static str)> {
+    const GET: &str = "get_api_requests";
+    const PUT: &str = "put_api_requests";
+    const PATCH: &str = "patch_api_requests";
+    Some(match route {
+        Route::GetInstanceInfo => (GET, "instance_info"),
+        Route::GetVersion => (GET, "vmm_version"),
+        Route::GetMachineConfig => (GET, "machine_cfg"),
+        Route::PutMachineConfig => (PUT, "machine_cfg"),
+        Route::PatchMachineConfig => (PATCH, "machine_cfg"),
+        Route::PutBootSource => (PUT, "boot_source"),
+        Route::PutDrive => (PUT, "drive"),
+        Route::PatchDrive => (PATCH, "drive"),
+        Route::PutNetworkInterface => (PUT, "network"),
+        Route::PatchNetworkInterface => (PATCH, "network"),
+        Route::PutLogger => (PUT, "logger"),
+        Route::PutMetrics => (PUT, "metrics"),
+        Route::PutActions => (PUT, "actions"),
+        Route::GetVmConfig | Route::GetMetrics | Route::PatchVm => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,7 +129,7 @@ mod tests {
         m.count_request(Some(Route::PutDrive));
         m.count_request(Some(Route::PatchVm));
         m.count_request(None);
-        m.count_fault();
+        m.count_fault(Some(Route::PutDrive));
         let snap = m.snapshot();
         assert_eq!(snap.len(), Route::ALL.len() + 1);
         let get = |name: &str| snap.iter().find(|(n, _)| n == name).unwrap().1;
@@ -89,5 +138,15 @@ mod tests {
         assert_eq!(get("GET /"), 0);
         assert_eq!(get("unrouted"), 1);
         assert_eq!(m.faults(), 1);
+        let fc = m.firecracker_counters();
+        let fc = |group: &str, name: &str| {
+            fc.iter()
+                .find(|(g, n, _)| *g == group && n == name)
+                .unwrap()
+                .2
+        };
+        assert_eq!(fc("put_api_requests", "drive_count"), 2);
+        assert_eq!(fc("put_api_requests", "drive_fails"), 1);
+        assert_eq!(fc("get_api_requests", "instance_info_count"), 0);
     }
 }

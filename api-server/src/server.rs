@@ -67,7 +67,8 @@ pub(crate) fn handle(
     let method = request.method();
     let path = request.uri().get_abs_path();
     let version = request.http_version();
-    metrics.count_request(Route::find(method, path).map(|(route, _)| route));
+    let route = Route::find(method, path).map(|(route, _)| route);
+    metrics.count_request(route);
     let body = request.body.as_ref().map(|b| b.raw());
     let response = match request::parse(method, path, body) {
         Ok(action) => {
@@ -78,7 +79,7 @@ pub(crate) fn handle(
     };
     let status = response.status();
     if !matches!(status, StatusCode::OK | StatusCode::NoContent) {
-        metrics.count_fault();
+        metrics.count_fault(route);
         let fault = response
             .body()
             .map(|b| String::from_utf8_lossy(b.raw()).into_owned());
