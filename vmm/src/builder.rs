@@ -124,6 +124,8 @@ pub fn build(config: &VmConfig, host: HostOptions) -> Result<Vmm, BuildError> {
     let mut io_bus = Bus::new();
     let mut mmio_bus = Bus::new();
     let legacy = legacy::attach(vm.fd(), &mut io_bus, host.serial_out, &stop_evt)?;
+    host.metrics
+        .add_source(Arc::new(legacy::UartMetrics(legacy.serial.clone())));
     if host.boot_timer {
         mmio::attach_boot_timer(&mut mmio_bus, host.start)?;
     }

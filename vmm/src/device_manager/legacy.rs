@@ -7,6 +7,8 @@ use std::sync::{Arc, Mutex};
 use devices::legacy::{EventFdTrigger, Serial, I8042};
 use devices::{Bus, BusError};
 use kvm_ioctls::VmFd;
+
+use crate::metrics::{Counter, MetricSource};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// COM1's ports.
@@ -43,6 +45,20 @@ pub struct LegacyDevices {
     pub serial_drained: EventFd,
     /// The i8042, for injecting Ctrl-Alt-Del.
     pub i8042: Arc<Mutex<I8042>>,
+}
+
+/// The UART's counters, as Firecracker's `uart` metrics group.
+#[derive(Debug)]
+pub struct UartMetrics(pub Arc<Mutex<Serial>>);
+
+impl MetricSource for UartMetrics {
+    fn counters(&self) -> Vec<Counter> {
+        let serial = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Counter::group("uart", [("missed_write_count", serial.missed_writes())])
+    }
 }
 
 /// Creates an eventfd that raises `irq` in the guest.
