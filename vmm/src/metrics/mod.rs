@@ -257,6 +257,11 @@ mod tests {
             metrics.prometheus()
         );
         assert_eq!(lines[1]["logger"]["missed_metrics_count"], 0);
+        // Written lines have Firecracker's whole schema, the device's group and aggregate.
+        for line in &lines {
+            line::tests::assert_has_reference_fields(line);
+        }
+        assert_eq!(lines[1]["block"]["read_bytes"], 50);
         std::fs::remove_file(path).unwrap();
     }
 
