@@ -40,7 +40,7 @@ use crate::metrics::{Counter, MetricSource};
 use crate::seccomp::{SeccompError, SeccompFilters, ThreadKind};
 
 /// The kinds of vCPU exit the metrics count.
-const EXIT_KINDS: [&str; 8] = [
+const EXIT_KINDS: [&str; 10] = [
     "exit_io_in",
     "exit_io_out",
     "exit_mmio_read",
@@ -49,9 +49,18 @@ const EXIT_KINDS: [&str; 8] = [
     "exit_system_event",
     "exit_interrupted",
     "exit_other",
+    // Firecracker's `vcpu.failures`: a vCPU that stopped on an error (a failed entry, an
+    // internal error, an unexpected exit, a failed KVM_RUN).
+    "failures",
+    // Firecracker's `vcpu.kvmclock_ctrl_fails`: KVM_KVMCLOCK_CTRL failed on a pause.
+    "kvmclock_ctrl_fails",
 ];
+/// The index of `failures` in [`EXIT_KINDS`].
+const FAILURES: usize = 8;
+/// The index of `kvmclock_ctrl_fails` in [`EXIT_KINDS`].
+const KVMCLOCK_CTRL_FAILS: usize = 9;
 
-/// vCPU exits by kind, summed over all vCPUs.
+/// vCPU exits by kind, and vCPU failures, summed over all vCPUs (the `vcpu` metrics group).
 #[derive(Debug, Default)]
 pub struct VcpuExitCounters([AtomicU64; EXIT_KINDS.len()]);
 
@@ -364,6 +373,7 @@ impl VcpuThread {
                 // Tell a kvm-clock guest that the host stopped it, so its watchdogs do not
                 // take the pause for a soft lockup. A guest without kvm-clock makes this fail.
                 if let Err(e) = self.vcpu.fd.kvmclock_ctrl() {
+                    self.vcpu.exits.count(KVMCLOCK_CTRL_FAILS);
                     log::debug!("vCPU {}: KVM_KVMCLOCK_CTRL: {e}", self.vcpu.index);
                 }
                 self.respond(VcpuResponse::Paused);
@@ -434,10 +444,14 @@ impl VcpuThread {
                 exits.count(6);
                 RunOutcome::Interrupted
             }
-            Ok(VcpuExit::FailEntry(reason, cpu)) => RunOutcome::Stop(VmStop::Error(format!(
-                "vCPU {index} failed to enter the guest (hardware reason {reason:#x}, cpu {cpu})"
-            ))),
+            Ok(VcpuExit::FailEntry(reason, cpu)) => {
+                exits.count(FAILURES);
+                RunOutcome::Stop(VmStop::Error(format!(
+                    "vCPU {index} failed to enter the guest (hardware reason {reason:#x}, cpu {cpu})"
+                )))
+            }
             Ok(VcpuExit::InternalError) => {
+                exits.count(FAILURES);
                 let rip = self.vcpu.fd.get_regs().map(|r| r.rip).unwrap_or_default();
                 RunOutcome::Stop(VmStop::Error(format!(
                     "vCPU {index} stopped with KVM_EXIT_INTERNAL_ERROR at rip {rip:#x}"
@@ -445,6 +459,7 @@ impl VcpuThread {
             }
             Ok(other) => {
                 exits.count(7);
+                exits.count(FAILURES);
                 RunOutcome::Stop(VmStop::Error(format!(
                     "vCPU {index} got an unexpected exit: {other:?}"
                 )))
@@ -453,7 +468,10 @@ impl VcpuThread {
                 exits.count(6);
                 RunOutcome::Interrupted
             }
-            Err(e) => RunOutcome::Stop(VmStop::Error(format!("vCPU {index} KVM_RUN failed: {e}"))),
+            Err(e) => {
+                exits.count(FAILURES);
+                RunOutcome::Stop(VmStop::Error(format!("vCPU {index} KVM_RUN failed: {e}")))
+            }
         }
     }
 }
