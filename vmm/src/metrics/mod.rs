@@ -344,4 +344,37 @@ mod tests {
         );
         std::fs::remove_file(path).unwrap();
     }
+
+    struct Mixed;
+
+    impl MetricSource for Mixed {
+        fn counters(&self) -> Vec<Counter> {
+            Counter::group("vcpu", [("exit_io_out", 5), ("exit_shutdown", 1)])
+        }
+    }
+
+    #[test]
+    fn prometheus_names_a_counter_where_the_json_line_puts_it() {
+        let metrics = Metrics::default();
+        metrics.add_source(Arc::new(Mixed));
+        let path = std::env::temp_dir().join(format!("kiln-mixed-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        metrics.set_sink(&path).unwrap();
+        metrics.flush().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(line["vcpu"]["exit_io_out"], 5);
+        assert_eq!(line["kiln"]["vcpu"]["exit_shutdown"], 1);
+        assert!(line["vcpu"].get("exit_shutdown").is_none());
+        let prometheus = metrics.prometheus();
+        assert!(
+            prometheus.contains("\nkiln_vcpu_exit_io_out 5\n"),
+            "{prometheus}"
+        );
+        assert!(
+            prometheus.contains("\nkiln_kiln_vcpu_exit_shutdown 1\n"),
+            "{prometheus}"
+        );
+        std::fs::remove_file(path).unwrap();
+    }
 }
