@@ -150,7 +150,14 @@ fn configure_start_pause_and_resume_through_the_api() {
         prometheus.body
     );
     assert!(
-        prometheus.body.contains("kiln_api_server_"),
+        prometheus
+            .body
+            .contains("kiln_put_api_requests_actions_count "),
+        "{}",
+        prometheus.body
+    );
+    assert!(
+        prometheus.body.contains("kiln_kiln_api_server_faults "),
         "{}",
         prometheus.body
     );
@@ -164,6 +171,10 @@ fn configure_start_pause_and_resume_through_the_api() {
     let line = std::fs::read_to_string(&metrics).unwrap();
     let line: serde_json::Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
     assert!(line["vcpu"]["exit_io_out"].as_u64().unwrap() > 0, "{line}");
+    // InstanceStart and this FlushMetrics at least, in Firecracker's group.
+    let actions = line["put_api_requests"]["actions_count"].as_u64().unwrap();
+    assert!(actions >= 2, "{line}");
+    assert!(line["put_api_requests"]["actions_fails"].is_u64(), "{line}");
 }
 
 #[test]
