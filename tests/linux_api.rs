@@ -111,9 +111,13 @@ fn value(key: &str) -> String {
     outcome().expect_value(key)
 }
 
+fn assert_value(key: &str, want: &str) {
+    outcome().assert_value(key, want)
+}
+
 #[test]
 fn the_getting_started_sequence_boots_the_guest() {
-    assert_eq!(value("API-STATE-BEFORE"), "Not started");
+    assert_value("API-STATE-BEFORE", "Not started");
     for step in [
         "API-BOOT-SOURCE",
         "API-ROOTFS",
@@ -123,7 +127,7 @@ fn the_getting_started_sequence_boots_the_guest() {
     ] {
         assert_eq!(value(step), "204", "{step}:\n{}", outcome().tail());
     }
-    assert_eq!(value("API-STATE-AFTER-START"), "Running");
+    assert_value("API-STATE-AFTER-START", "Running");
 }
 
 #[test]
@@ -144,9 +148,9 @@ fn state_changes_are_refused_in_the_wrong_phase() {
 
 #[test]
 fn pause_stops_the_guest_and_resume_continues_it() {
-    assert_eq!(value("API-PAUSE"), "204");
-    assert_eq!(value("API-STATE-PAUSED"), "Paused");
-    assert_eq!(value("API-RESUME"), "204");
+    assert_value("API-PAUSE", "204");
+    assert_value("API-STATE-PAUSED", "Paused");
+    assert_value("API-RESUME", "204");
     let counts: Vec<u32> = value("API-COUNTS")
         .split_whitespace()
         .map(|c| {
@@ -164,25 +168,25 @@ fn pause_stops_the_guest_and_resume_continues_it() {
 
 #[test]
 fn ctrl_alt_del_shuts_the_guest_down_and_kiln_exits_0() {
-    assert_eq!(value("API-CTRL-ALT-DEL"), "204");
+    assert_value("API-CTRL-ALT-DEL", "204");
     assert_eq!(outcome().rc, 0, "{}", outcome().tail());
 }
 
 #[test]
 fn log_and_metrics_reach_the_configured_files() {
-    assert_eq!(value("API-LOGGER"), "204");
-    assert_eq!(value("API-METRICS"), "204");
-    assert_eq!(value("API-FLUSH"), "204");
-    assert_eq!(value("API-LOG-FILE"), "has-lines");
+    assert_value("API-LOGGER", "204");
+    assert_value("API-METRICS", "204");
+    assert_value("API-FLUSH", "204");
+    assert_value("API-LOG-FILE", "has-lines");
     let lines: u32 = value("API-METRICS-LINES").parse().unwrap();
     assert!(lines >= 1);
-    assert_eq!(value("API-METRICS-VCPU"), "yes");
+    assert_value("API-METRICS-VCPU", "yes");
 }
 
 #[test]
 fn patching_a_drive_swaps_its_file_and_the_guest_sees_the_new_size() {
-    assert_eq!(value("API-SWAP-DRIVE"), "204");
-    assert_eq!(value("API-SIZE-BEFORE-PATCH"), "2048");
+    assert_value("API-SWAP-DRIVE", "204");
+    assert_value("API-SIZE-BEFORE-PATCH", "2048");
     assert_eq!(value("API-PATCH-DRIVE"), "204", "{}", outcome().tail());
     assert_eq!(
         value("API-SIZE-AFTER-PATCH"),

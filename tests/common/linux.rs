@@ -95,6 +95,17 @@ impl Outcome {
             .unwrap_or_else(|| panic!("no {key}= line in output ending:\n{}", self.tail()))
     }
 
+    /// Checks that `key=` has the value `want`, showing the end of the output when not: a wrong
+    /// value alone does not say whether kiln, the guest or the rig stopped.
+    pub fn assert_value(&self, key: &str, want: &str) {
+        let got = self.expect_value(key);
+        assert!(
+            got == want,
+            "{key}={got}, expected {want}; output ending:\n{}",
+            self.tail()
+        );
+    }
+
     /// The value of `key=` on the guest's `KILN-GUEST` lines.
     pub fn guest_value(&self, key: &str) -> Option<String> {
         let prefix = format!("{key}=");
