@@ -117,13 +117,7 @@ fn configure_start_pause_and_resume_through_the_api() {
         "The requested operation is not supported before starting the microVM."
     );
 
-    let start = request(
-        &sock,
-        "PUT",
-        "/actions",
-        Some(r#"{"action_type": "InstanceStart"}"#),
-    );
-    assert_eq!(start.status, 204, "{start:?}");
+    instance_start(&sock);
     assert_eq!(state(&sock), "Running");
     let late = request(&sock, "PUT", "/boot-source", Some(&boot));
     assert_eq!(
@@ -223,13 +217,7 @@ fn patch_drives_reopens_the_drives_own_image_and_refuses_a_locked_one() {
         request(&sock, "PUT", "/drives/data", Some(&drive(&image))).status,
         204
     );
-    let start = request(
-        &sock,
-        "PUT",
-        "/actions",
-        Some(r#"{"action_type": "InstanceStart"}"#),
-    );
-    assert_eq!(start.status, 204, "{start:?}");
+    instance_start(&sock);
 
     let patch = |path: &Path| {
         let body = format!(
@@ -253,13 +241,7 @@ fn patch_drives_reopens_the_drives_own_image_and_refuses_a_locked_one() {
         request(&sock2, "PUT", "/drives/data", Some(&drive(&other))).status,
         204
     );
-    let start = request(
-        &sock2,
-        "PUT",
-        "/actions",
-        Some(r#"{"action_type": "InstanceStart"}"#),
-    );
-    assert_eq!(start.status, 204, "{start:?}");
+    instance_start(&sock2);
     assert_eq!(
         fault(&patch(&other)),
         format!(
@@ -421,13 +403,7 @@ fn a_console_nobody_reads_never_blocks_the_vcpu() {
         request(&sock, "PUT", "/boot-source", Some(&boot)).status,
         204
     );
-    let start = request(
-        &sock,
-        "PUT",
-        "/actions",
-        Some(r#"{"action_type": "InstanceStart"}"#),
-    );
-    assert_eq!(start.status, 204, "{start:?}");
+    instance_start(&sock);
     // Far more than 64 KiB of console output by now.
     std::thread::sleep(Duration::from_secs(1));
     for _ in 0..3 {
@@ -439,6 +415,17 @@ fn a_console_nobody_reads_never_blocks_the_vcpu() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(state(&sock), "Running");
+}
+
+/// Starts the configured microVM, which must succeed.
+fn instance_start(sock: &Path) {
+    let start = request(
+        sock,
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type": "InstanceStart"}"#),
+    );
+    assert_eq!(start.status, 204, "{start:?}");
 }
 
 /// A pipe that holds one page: (read end, write end).
