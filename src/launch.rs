@@ -63,7 +63,8 @@ fn serial_output(config: Option<&VmConfig>) -> Result<Box<dyn Write + Send>, Err
 
 /// The API's request counters: in Firecracker's `get_api_requests`, `put_api_requests` and
 /// `patch_api_requests`, and per route (with the faults and unrouted requests) in the
-/// `api_server` group, which the metrics line moves under `kiln` (Firecracker lacks them).
+/// `api_server` group, which the metrics line moves under `kiln` (Firecracker lacks them);
+/// the last pause and resume requests' durations in `latencies_us`.
 struct ApiCounters(Arc<ApiMetrics>);
 
 impl MetricSource for ApiCounters {
@@ -82,6 +83,10 @@ impl MetricSource for ApiCounters {
             .into_iter()
             .chain(firecracker)
             .collect()
+    }
+
+    fn gauges(&self) -> Vec<Counter> {
+        Counter::group("latencies_us", self.0.latencies())
     }
 }
 
@@ -120,6 +125,7 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
     let config = cli.config_file.as_deref().map(load_config).transpose()?;
     let console_input = std::io::stdin().is_terminal();
     let metrics = Arc::new(Metrics::default());
+    vmm::fatal_signals::install(metrics.clone()).map_err(|e| Error::Run(e.to_string()))?;
     let startup = Arc::new(StartupTimes::new(StartTimes {
         start_time_us: cli.start_time_us,
         start_time_cpu_us: cli.start_time_cpu_us,

@@ -169,6 +169,13 @@ fn configure_start_pause_and_resume_through_the_api() {
     let actions = line["put_api_requests"]["actions_count"].as_u64().unwrap();
     assert!(actions >= 2, "{line}");
     assert!(line["put_api_requests"]["actions_fails"].is_u64(), "{line}");
+    // The last pause and resume, timed in the VMM thread and, around that, in the API thread.
+    for what in ["pause_vm", "resume_vm"] {
+        let latencies = &line["latencies_us"];
+        let vmm = latencies[format!("vmm_{what}")].as_u64().unwrap();
+        let api = latencies[what].as_u64().unwrap();
+        assert!(vmm > 0 && api >= vmm, "{what}: {line}");
+    }
 }
 
 #[test]

@@ -1,5 +1,6 @@
-//! Seccomp confinement: the built-in vCPU filter kills the process on a forbidden syscall and
-//! lets an allowed one through; a running kiln has a filter on every thread (`Seccomp: 2`);
+//! Seccomp confinement: a forbidden syscall under the built-in vCPU filter ends the process as
+//! in Firecracker (one log line naming the syscall, a last metrics line, status 148), an
+//! allowed one goes through; a running kiln has a filter on every thread (`Seccomp: 2`);
 //! `--no-seccomp` and `--seccomp-filter` change that, and a bad filter file is one error line.
 
 // Test code reports failures by panicking.
@@ -21,12 +22,15 @@ use std::time::Duration;
 use common::http::{request, wait_for_socket};
 use common::tiny_kernel::{self, Ending};
 use common::{kiln_bin, run_kiln, vm_config, TempDir};
+use vmm::logger::LoggerConfig;
 use vmm::seccomp::{SeccompFilters, ThreadKind};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 /// Firecracker's generic error status, which it also gives for a bad filter file.
 const EXIT_GENERIC_ERROR: i32 = 1;
 const EXIT_ARG_PARSING: i32 = 153;
+/// Firecracker's status when a seccomp filter trapped a syscall.
+const EXIT_BAD_SYSCALL: i32 = 148;
 
 /// Tells the re-executed test binary which syscall to make under the vCPU filter.
 const CHILD_ENV: &str = "KILN_SECCOMP_TEST_CHILD";
@@ -61,6 +65,16 @@ fn child_under_the_vcpu_filter() {
     };
     // What kiln does first, before any thread exists.
     vmm::seccomp::settle_allocator();
+    let logger = LoggerConfig {
+        instance_id: "seccomp-test",
+        level: vmm::logger::parse_level("Info").unwrap(),
+        show_level: false,
+        show_log_origin: false,
+        path: None,
+        module: None,
+    };
+    vmm::logger::init(&logger).unwrap();
+    vmm::fatal_signals::install(std::sync::Arc::new(vmm::metrics::Metrics::default())).unwrap();
     let filters = SeccompFilters::builtin().unwrap();
     std::thread::spawn(move || {
         filters.apply(ThreadKind::Vcpu).unwrap();
@@ -101,16 +115,21 @@ fn run_child(what: &str) -> std::process::Output {
 }
 
 #[test]
-fn a_forbidden_syscall_under_the_vcpu_filter_kills_the_process_with_sigsys() {
-    for what in ["forbidden-ioctl", "forbidden-socket"] {
+fn a_forbidden_syscall_under_the_vcpu_filter_ends_the_process_with_status_148() {
+    for (what, nr) in [
+        ("forbidden-ioctl", libc::SYS_ioctl),
+        ("forbidden-socket", libc::SYS_socket),
+    ] {
         let out = run_child(what);
+        let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(
-            out.status.signal(),
-            Some(libc::SIGSYS),
-            "{what}: {:?}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout)
+            out.status.code(),
+            Some(EXIT_BAD_SYSCALL),
+            "{what}: {:?}\n{stderr}",
+            out.status
         );
+        let line = format!("Shutting down VM after intercepting a bad syscall ({nr}).");
+        assert!(stderr.contains(&line), "{what}: no '{line}' in:\n{stderr}");
     }
 }
 
@@ -300,6 +319,69 @@ fn ret(k: u32) -> [u8; 8] {
 
 const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
 const SECCOMP_RET_KILL_PROCESS: u32 = 0x8000_0000;
+const SECCOMP_RET_TRAP: u32 = 0x0003_0000;
+
+/// A program that traps syscall `nr` and allows every other.
+fn trap_only(nr: i64) -> [[u8; 8]; 4] {
+    let insn = |code: u16, jt: u8, jf: u8, k: u32| {
+        let mut insn = [0; 8];
+        insn[..2].copy_from_slice(&code.to_le_bytes());
+        insn[2] = jt;
+        insn[3] = jf;
+        insn[4..].copy_from_slice(&k.to_le_bytes());
+        insn
+    };
+    [
+        // BPF_LD | BPF_W | BPF_ABS: seccomp_data.nr
+        insn(0x20, 0, 0, 0),
+        // BPF_JMP | BPF_JEQ | BPF_K: the next instruction for `nr`, else the one after it
+        insn(0x15, 0, 1, nr as u32),
+        ret(SECCOMP_RET_TRAP),
+        ret(SECCOMP_RET_ALLOW),
+    ]
+}
+
+#[test]
+fn a_trapped_syscall_ends_kiln_with_firecrackers_status_log_line_and_metrics() {
+    let dir = TempDir::new("seccomp-trap");
+    // A vCPU thread's first ioctl (KVM_RUN) is trapped.
+    let file = filter_file(
+        &dir,
+        &[
+            ("vmm", &[]),
+            ("api", &[]),
+            ("vcpu", &trap_only(libc::SYS_ioctl)),
+        ],
+    );
+    let kernel = dir.write("vmlinux", tiny_kernel::build(false, Ending::I8042Reset));
+    let config = dir.write("vm.json", vm_config(&kernel, "console=ttyS0", 1, 64));
+    let metrics = dir.path("metrics.ndjson");
+    let out = run_kiln(
+        &[
+            "--no-api",
+            "--config-file",
+            config.to_str().unwrap(),
+            "--seccomp-filter",
+            file.to_str().unwrap(),
+            "--metrics-path",
+            metrics.to_str().unwrap(),
+        ],
+        TIMEOUT,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(EXIT_BAD_SYSCALL), "{stderr}");
+    let line = format!(
+        "Shutting down VM after intercepting a bad syscall ({}).",
+        libc::SYS_ioctl
+    );
+    assert!(stderr.contains(&line), "no '{line}' in:\n{stderr}");
+    assert!(out.stdout.is_empty(), "the guest must not have run");
+    let written = std::fs::read_to_string(&metrics).unwrap();
+    let last: serde_json::Value =
+        serde_json::from_str(written.lines().last().expect("a metrics line")).unwrap();
+    assert_eq!(last["seccomp"]["num_faults"], 1, "{last}");
+    assert_eq!(last["vmm"]["panic_count"], 0, "{last}");
+}
 
 #[test]
 fn a_custom_filter_file_replaces_the_builtin_filters() {
@@ -425,7 +507,7 @@ impl Served {
         Self { child, sock, dir }
     }
 
-    /// Fails the test if kiln has ended (a seccomp kill shows as SIGSYS), else checks that it
+    /// Fails the test if kiln has ended (a trapped syscall shows as status 148), else checks that it
     /// still answers.
     fn assert_alive(&mut self) {
         std::thread::sleep(Duration::from_millis(200));

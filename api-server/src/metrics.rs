@@ -1,11 +1,13 @@
-//! Request counters for the API: how many requests each route received, and how many were
-//! answered with a fault. The API thread counts; the VMM reads them through a shared
+//! Request counters for the API: how many requests each route received, how many were
+//! answered with a fault, and how long the last pause and resume took. The API thread counts; the VMM reads them through a shared
 //! [`ApiMetrics`] to publish them with its own metrics.
 //!
 //! Requests that micro-http refuses before they are parsed (malformed HTTP, bodies over the
 //! limit) never reach the router and are not counted here.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use vmm::metrics::LastLatency;
+use vmm::rpc::VmmAction;
 
 use crate::request::Route;
 
@@ -20,6 +22,9 @@ pub struct ApiMetrics {
     faults: AtomicU64,
     /// Faults per route, indexed by `Route as usize`.
     route_faults: [AtomicU64; Route::ALL.len()],
+    /// How long the last pause and resume request took, from parsed to answered, in µs.
+    pause: LastLatency,
+    resume: LastLatency,
 }
 
 impl Default for ApiMetrics {
@@ -29,6 +34,8 @@ impl Default for ApiMetrics {
             unrouted: AtomicU64::new(0),
             faults: AtomicU64::new(0),
             route_faults: std::array::from_fn(|_| AtomicU64::new(0)),
+            pause: LastLatency::default(),
+            resume: LastLatency::default(),
         }
     }
 }
@@ -87,6 +94,24 @@ impl ApiMetrics {
                 self.unrouted.load(Ordering::Relaxed),
             )])
             .collect()
+    }
+
+    /// Where the latency of `action` is kept, if it is one Firecracker times.
+    pub(crate) fn latency_of(&self, action: &VmmAction) -> Option<&LastLatency> {
+        match action {
+            VmmAction::Pause => Some(&self.pause),
+            VmmAction::Resume => Some(&self.resume),
+            _ => None,
+        }
+    }
+
+    /// The last latencies, as Firecracker's `latencies_us` names them (`pause_vm`,
+    /// `resume_vm`: the whole request, in the API thread).
+    pub fn latencies(&self) -> [(&'static str, u64); 2] {
+        [
+            ("pause_vm", self.pause.us()),
+            ("resume_vm", self.resume.us()),
+        ]
     }
 
     /// Requests answered with a fault (4xx or 5xx) so far.

@@ -9,7 +9,7 @@
 //! bytes arrive in several parts waits for the rest: see third_party/dbs-uhttp/KILN-PATCHES.md.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dbs_uhttp::{HttpServer, Request, Response, StatusCode};
 use vmm::rpc::{ActionResult, ApiSender, ChannelError, VmmAction};
@@ -73,7 +73,13 @@ pub(crate) fn handle(
     let response = match request::parse(method, path, body) {
         Ok(action) => {
             log::info!("API request {} {path}: {action:?}", method.to_str());
-            response::from_outcome(version, execute(action))
+            let latency = metrics.latency_of(&action);
+            let start = Instant::now();
+            let outcome = execute(action);
+            if let Some(latency) = latency {
+                latency.record(start.elapsed());
+            }
+            response::from_outcome(version, outcome)
         }
         Err(err) => response::fault(version, StatusCode::BadRequest, &err.to_string()),
     };

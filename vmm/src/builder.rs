@@ -126,6 +126,8 @@ pub fn build(config: &VmConfig, host: HostOptions) -> Result<Vmm, BuildError> {
     let legacy = legacy::attach(vm.fd(), &mut io_bus, host.serial_out, &stop_evt)?;
     host.metrics
         .add_source(Arc::new(legacy::UartMetrics(legacy.serial.clone())));
+    host.metrics
+        .add_source(Arc::new(legacy::I8042Metrics(legacy.i8042.clone())));
     if host.boot_timer {
         mmio::attach_boot_timer(&mut mmio_bus, host.start)?;
     }

@@ -12,6 +12,7 @@ pub mod console_output;
 pub mod controller;
 pub mod cpu_usage;
 pub mod device_manager;
+pub mod fatal_signals;
 pub mod line_sink;
 pub mod loader;
 pub mod logger;

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use log::{LevelFilter, Log, Metadata, Record};
+use log::{Level, LevelFilter, Log, Metadata, Record};
 
 use crate::line_sink::{LineSink, LineSinkError};
 
@@ -153,6 +153,37 @@ impl Logger {
         self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Logs `message` at the error level unless the logger is locked: for a signal handler or the
+/// panic hook, which may have interrupted the lock's holder on its own thread and must not wait
+/// for it. Not filtered by `--module`, as these lines say why the process ended.
+pub fn try_error(message: &str) {
+    if log::max_level() < Level::Error {
+        return;
+    }
+    let mut state = match LOGGER.state.try_lock() {
+        Ok(state) => state,
+        Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) => {
+            MISSED_LINES.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    };
+    if let Some(state) = state.as_mut() {
+        let args = format_args!("{message}");
+        let record = Record::builder()
+            .args(args)
+            .level(Level::Error)
+            .module_path_static(Some(module_path!()))
+            .file_static(Some(file!()))
+            .line(Some(line!()))
+            .build();
+        let line = state.line(&record);
+        if !state.out.write_line(line.as_bytes()) {
+            MISSED_LINES.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 //! or shutdown, or a vCPU error).
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use devices::virtio::block::Block;
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
@@ -18,7 +18,7 @@ use crate::controller::{Controller, NOT_AFTER_START};
 use crate::device_manager::block;
 use crate::device_manager::legacy::LegacyDevices;
 use crate::device_manager::mmio::SharedTransport;
-use crate::metrics::Metrics;
+use crate::metrics::{Counter, LastLatency, MetricSource, Metrics};
 use crate::rpc::{
     ActionError, ActionResult, ApiReceiver, DriveUpdate, InstanceState, VmmAction, VmmData,
 };
@@ -50,6 +50,30 @@ pub enum RuntimeError {
     /// The VMM thread could not install its seccomp filter.
     #[error(transparent)]
     Seccomp(#[from] SeccompError),
+}
+
+/// How long the VMM thread took for the last pause and resume, as Firecracker's
+/// `latencies_us.vmm_pause_vm` and `vmm_resume_vm`.
+#[derive(Debug, Default)]
+struct VmmLatencies {
+    pause: LastLatency,
+    resume: LastLatency,
+}
+
+impl MetricSource for VmmLatencies {
+    fn counters(&self) -> Vec<Counter> {
+        Vec::new()
+    }
+
+    fn gauges(&self) -> Vec<Counter> {
+        Counter::group(
+            "latencies_us",
+            [
+                ("vmm_pause_vm", self.pause.us()),
+                ("vmm_resume_vm", self.resume.us()),
+            ],
+        )
+    }
 }
 
 /// A device (or other event source) served by the VMM thread's event loop.
@@ -133,6 +157,7 @@ pub struct Vmm {
     event_manager: EventManager<Subscriber>,
     stop: Arc<Mutex<Flag>>,
     paused: bool,
+    latencies: Arc<VmmLatencies>,
     drives: Vec<AttachedDrive>,
     legacy: LegacyDevices,
     metrics: Arc<Metrics>,
@@ -178,12 +203,15 @@ impl Vmm {
             timer,
             metrics: parts.metrics.clone(),
         })));
+        let latencies = Arc::new(VmmLatencies::default());
+        parts.metrics.add_source(latencies.clone());
         Ok(Self {
             vcpus: parts.vcpus,
             handles: Vec::new(),
             event_manager,
             stop,
             paused: false,
+            latencies,
             drives: parts.drives,
             legacy: parts.legacy,
             metrics: parts.metrics,
@@ -236,13 +264,17 @@ impl Vmm {
         }
         match action {
             VmmAction::Pause => {
+                let start = Instant::now();
                 let result = self.all_vcpus(VcpuEvent::Pause, &VcpuResponse::Paused);
+                self.latencies.pause.record(start.elapsed());
                 self.paused = result.is_ok();
                 log::info!("Paused the microVM");
                 result
             }
             VmmAction::Resume => {
+                let start = Instant::now();
                 let result = self.all_vcpus(VcpuEvent::Resume, &VcpuResponse::Resumed);
+                self.latencies.resume.record(start.elapsed());
                 self.paused = result.is_err();
                 log::info!("Resumed the microVM");
                 result

@@ -4,7 +4,9 @@
 //! The policies are data: `resources/seccomp/<target>.json`, in seccompiler's JSON format with a
 //! comment on every rule, compiled to BPF by `build.rs` and built into the binary. Each filter
 //! allows only what its thread does once it serves the guest, with the ioctl numbers spelled
-//! out, and kills the whole process on anything else (`SECCOMP_RET_KILL_PROCESS`).
+//! out, and traps anything else (`SECCOMP_RET_TRAP`, as Firecracker's): the SIGSYS handler
+//! ([`crate::fatal_signals`]) logs the syscall, writes a last metrics line with
+//! `seccomp.num_faults` and ends the process with Firecracker's status 148.
 //!
 //! `--seccomp-filter FILE` replaces them with a compiled map in the binary format of
 //! Firecracker's `seccompiler-bin` (bincode, fixed-width little-endian integers): a map from
@@ -17,7 +19,7 @@
 //! threads created after it, so these three are created before the VMM thread confines itself.
 //!
 //! A build with the `seccomp-log` feature (for test runs, see `resources/seccomp-log.sh`) logs
-//! each syscall outside a filter to the kernel's audit log instead of killing the process.
+//! each syscall outside a filter to the kernel's audit log instead of trapping it.
 
 use std::collections::BTreeMap;
 use std::fmt;

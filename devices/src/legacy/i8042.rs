@@ -95,6 +95,23 @@ pub enum I8042Error {
     Interrupt(std::io::Error),
 }
 
+/// What the guest did with the controller, with the meanings of Firecracker's `i8042` metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct I8042Counters {
+    /// Reset pulses and interrupts that could not be signalled.
+    pub error_count: u64,
+    /// Reads that were not one byte from 0x60 or 0x64.
+    pub missed_read_count: u64,
+    /// Writes that were not one byte to 0x60 or 0x64, or an unknown command.
+    pub missed_write_count: u64,
+    /// Bytes read from 0x60 and 0x64.
+    pub read_count: u64,
+    /// Times the guest pulsed the reset line.
+    pub reset_count: u64,
+    /// Bytes written to 0x60 and 0x64 that the controller acted on.
+    pub write_count: u64,
+}
+
 /// The i8042 controller and its keyboard on the port I/O bus.
 #[derive(Debug)]
 pub struct I8042 {
@@ -115,6 +132,7 @@ pub struct I8042 {
     /// Each rising edge is one eventfd write, which KVM turns into one interrupt.
     irq_line: bool,
     keyboard: Keyboard,
+    counters: I8042Counters,
 }
 
 impl I8042 {
@@ -132,7 +150,13 @@ impl I8042 {
             last_read: 0,
             irq_line: false,
             keyboard: Keyboard::new(),
+            counters: I8042Counters::default(),
         }
+    }
+
+    /// What the guest did with the controller so far.
+    pub fn counters(&self) -> I8042Counters {
+        self.counters
     }
 
     /// Types Ctrl-Alt-Del: presses Ctrl, Alt and Del, then releases them, in the scan code set
@@ -208,12 +232,15 @@ impl I8042 {
     /// `update_irq` on guest-triggered paths, where there is no caller to hand an error to.
     fn update_irq_or_log(&mut self) {
         if let Err(e) = self.update_irq() {
+            self.counters.error_count += 1;
             throttled_log::throttled_error!("{e}");
         }
     }
 
     fn pulse_reset(&mut self) {
+        self.counters.reset_count += 1;
         if let Err(e) = self.reset.trigger() {
+            self.counters.error_count += 1;
             throttled_log::throttled_error!("Failed to signal the i8042 reset: {e}");
         }
     }
@@ -234,7 +261,8 @@ impl I8042 {
         self.last_read
     }
 
-    fn write_command(&mut self, command: u8) {
+    /// Acts on a controller command; returns whether it is one the controller knows.
+    fn write_command(&mut self, command: u8) -> bool {
         self.last_write_was_command = true;
         // A new command abandons one still waiting for its parameter.
         self.awaiting = None;
@@ -257,9 +285,14 @@ impl I8042 {
             CMD_KBD_ENABLE => self.ctr &= !CTR_KBD_DISABLE,
             CMD_READ_OUTPUT_PORT => self.controller_reply = Some(self.output_port),
             CMD_PULSE_FIRST.. if command & OUTPUT_PORT_RESET == 0 => self.pulse_reset(),
-            _ => throttled_log::throttled_debug!("Ignoring i8042 command {command:#04x}"),
+            _ => {
+                throttled_log::throttled_debug!("Ignoring i8042 command {command:#04x}");
+                self.update_irq_or_log();
+                return false;
+            }
         }
         self.update_irq_or_log();
+        true
     }
 
     fn write_data(&mut self, byte: u8) {
@@ -295,21 +328,35 @@ impl BusDevice for I8042 {
         data.fill(0);
         // The registers are byte-wide and x86 guests use `inb`: other sizes read as zeros and
         // have no side effect (reading 0x60 consumes a byte).
-        if let [byte] = data {
-            *byte = match offset {
-                DATA => self.read_data(),
-                COMMAND => self.status(),
-                // 0x61-0x63 are not the i8042's.
-                _ => 0,
-            };
-        }
+        let [byte] = data else {
+            self.counters.missed_read_count += 1;
+            return;
+        };
+        *byte = match offset {
+            DATA => self.read_data(),
+            COMMAND => self.status(),
+            // 0x61-0x63 are not the i8042's.
+            _ => {
+                self.counters.missed_read_count += 1;
+                return;
+            }
+        };
+        self.counters.read_count += 1;
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        match (offset, data) {
-            (DATA, &[byte]) => self.write_data(byte),
+        let acted = match (offset, data) {
+            (DATA, &[byte]) => {
+                self.write_data(byte);
+                true
+            }
             (COMMAND, &[byte]) => self.write_command(byte),
-            _ => {}
+            _ => false,
+        };
+        if acted {
+            self.counters.write_count += 1;
+        } else {
+            self.counters.missed_write_count += 1;
         }
     }
 }

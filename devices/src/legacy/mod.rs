@@ -4,7 +4,7 @@
 mod i8042;
 mod serial;
 
-pub use i8042::{I8042Error, I8042};
+pub use i8042::{I8042Counters, I8042Error, I8042};
 pub use serial::{Serial, SerialInput};
 
 use vm_superio::Trigger;

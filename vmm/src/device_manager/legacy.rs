@@ -61,6 +61,31 @@ impl MetricSource for UartMetrics {
     }
 }
 
+/// The i8042's counters, as Firecracker's `i8042` metrics group.
+#[derive(Debug)]
+pub struct I8042Metrics(pub Arc<Mutex<I8042>>);
+
+impl MetricSource for I8042Metrics {
+    fn counters(&self) -> Vec<Counter> {
+        let c = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .counters();
+        Counter::group(
+            "i8042",
+            [
+                ("error_count", c.error_count),
+                ("missed_read_count", c.missed_read_count),
+                ("missed_write_count", c.missed_write_count),
+                ("read_count", c.read_count),
+                ("reset_count", c.reset_count),
+                ("write_count", c.write_count),
+            ],
+        )
+    }
+}
+
 /// Creates an eventfd that raises `irq` in the guest.
 fn irq_eventfd(vm: &VmFd, irq: u32) -> Result<EventFd, LegacyError> {
     let fd = EventFd::new(EFD_NONBLOCK).map_err(LegacyError::EventFd)?;

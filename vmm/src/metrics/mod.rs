@@ -9,8 +9,9 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::line_sink::{LineSink, LineSinkError};
 
@@ -45,6 +46,24 @@ impl Counter {
     }
 }
 
+/// The duration of an operation's last run, in µs, as Firecracker's `latencies_us` keeps it
+/// (a gauge: each line carries the value).
+#[derive(Debug, Default)]
+pub struct LastLatency(AtomicU64);
+
+impl LastLatency {
+    /// Keeps `elapsed` as the last duration.
+    pub fn record(&self, elapsed: Duration) {
+        let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.0.store(us, Ordering::Relaxed);
+    }
+
+    /// The last duration, in µs; 0 before the first.
+    pub fn us(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// Something that keeps counters.
 pub trait MetricSource: Send + Sync {
     /// The current totals.
@@ -66,6 +85,9 @@ pub enum MetricsError {
     /// The metrics file was configured twice.
     #[error("The metrics file is already configured.")]
     AlreadyConfigured,
+    /// Another frame held the metrics when a signal handler wanted to write them.
+    #[error("The metrics were locked.")]
+    Busy,
     /// The metrics file or FIFO did not take the line.
     #[error("The metrics line was dropped: the metrics file or FIFO did not take it.")]
     Dropped,
@@ -141,11 +163,24 @@ impl Metrics {
     /// Writes one JSON line with the increases since the previous one, if a file is set.
     /// Returns whether a line was written.
     pub fn flush(&self) -> Result<bool, MetricsError> {
-        let mut inner = self.lock();
+        Self::flush_locked(&mut self.lock())
+    }
+
+    /// [`Metrics::flush`], unless the metrics are locked: for a signal handler, which may have
+    /// interrupted the lock's holder on its own thread and must not wait for it.
+    pub fn try_flush(&self) -> Result<bool, MetricsError> {
+        match self.inner.try_lock() {
+            Ok(mut inner) => Self::flush_locked(&mut inner),
+            Err(std::sync::TryLockError::Poisoned(e)) => Self::flush_locked(&mut e.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => Err(MetricsError::Busy),
+        }
+    }
+
+    fn flush_locked(inner: &mut Inner) -> Result<bool, MetricsError> {
         if inner.sink.is_none() {
             return Ok(false);
         }
-        let counters = Self::counters(&inner);
+        let counters = Self::counters(inner);
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
@@ -165,7 +200,7 @@ impl Metrics {
         for c in increases {
             line.add(&c);
         }
-        for g in Self::gauges(&inner) {
+        for g in Self::gauges(inner) {
             line.set(&g);
         }
         let mut line = line.finish(now_ms).to_string();

@@ -371,3 +371,29 @@ fn hostile_guest_cannot_break_or_grow_the_device() {
     r.keyboard(&[KBD_RESET]);
     assert_eq!(r.keyboard(&[KBD_RESET]), [KBD_ACK, KBD_SELF_TEST_PASSED]);
 }
+
+#[test]
+fn counters_have_firecrackers_meanings() {
+    let mut r = rig();
+    r.command(CMD_SELF_TEST);
+    assert_eq!(r.read(), SELF_TEST_PASSED);
+    r.status();
+    // Not byte-wide, not the i8042's port, an unknown command.
+    r.dev.read(DATA, &mut [0; 2]);
+    r.dev.read(2, &mut [0]);
+    r.dev.write(COMMAND, &[0xfe, 0]);
+    r.dev.write(3, &[0]);
+    r.command(0xc0);
+    r.command(0xfe);
+    assert_eq!(
+        r.dev.counters(),
+        I8042Counters {
+            error_count: 0,
+            missed_read_count: 2,
+            missed_write_count: 3,
+            read_count: 2,
+            reset_count: 1,
+            write_count: 2,
+        }
+    );
+}
