@@ -507,8 +507,8 @@ impl Served {
         Self { child, sock, dir }
     }
 
-    /// Fails the test if kiln has ended (a trapped syscall shows as status 148), else checks that it
-    /// still answers.
+    /// Fails the test if kiln has ended (a trapped syscall shows as status 148), else checks
+    /// that it still answers.
     fn assert_alive(&mut self) {
         std::thread::sleep(Duration::from_millis(200));
         if let Some(status) = self.child.try_wait().unwrap() {
