@@ -221,9 +221,30 @@ impl Metrics {
 
     /// The totals in Prometheus text format: `kiln_<group>_<name> <total>`, with the group
     /// and name the JSON line gives the counter (`kiln_kiln_<group>_<name>` for Kiln's own).
+    /// Per-device counters are also summed into their aggregate (`kiln_block_<name>`), as the
+    /// JSON line sums them into `block`.
     pub fn prometheus(&self) -> String {
         let inner = self.lock();
-        let counters = Self::counters(&inner).into_iter().map(|c| (c, "counter"));
+        let counters = Self::counters(&inner);
+        let mut aggregates: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+        for c in &counters {
+            if let Some(kind) = schema::device_kind(&c.group) {
+                let sum = aggregates.entry((kind, c.name.as_str())).or_default();
+                *sum = sum.saturating_add(c.total);
+            }
+        }
+        let aggregates: Vec<Counter> = aggregates
+            .into_iter()
+            .map(|((group, name), total)| Counter {
+                group: group.to_string(),
+                name: name.to_string(),
+                total,
+            })
+            .collect();
+        let counters = counters
+            .into_iter()
+            .chain(aggregates)
+            .map(|c| (c, "counter"));
         let gauges = Self::gauges(&inner).into_iter().map(|g| (g, "gauge"));
         let mut text = String::new();
         for (c, kind) in counters.chain(gauges) {
@@ -298,6 +319,32 @@ mod tests {
         }
         assert_eq!(lines[1]["block"]["read_bytes"], 50);
         std::fs::remove_file(path).unwrap();
+    }
+
+    struct TwoDrives;
+
+    impl MetricSource for TwoDrives {
+        fn counters(&self) -> Vec<Counter> {
+            let a = Counter::group("block_a", [("read_count", 3), ("write_count", 1)]);
+            a.into_iter()
+                .chain(Counter::group("block_b", [("read_count", 4)]))
+                .collect()
+        }
+    }
+
+    #[test]
+    fn prometheus_sums_per_device_counters_into_the_aggregate_as_the_json_line() {
+        let metrics = Metrics::default();
+        metrics.add_source(Arc::new(TwoDrives));
+        let prometheus = metrics.prometheus();
+        for line in [
+            "\nkiln_block_a_read_count 3\n",
+            "\nkiln_block_b_read_count 4\n",
+            "\nkiln_block_read_count 7\n",
+            "\nkiln_block_write_count 1\n",
+        ] {
+            assert!(prometheus.contains(line), "{line:?} in {prometheus}");
+        }
     }
 
     #[test]

@@ -81,10 +81,11 @@ pub enum NetError {
 pub struct NetStats {
     rx_bytes: AtomicU64,
     rx_packets: AtomicU64,
-    rx_drops: AtomicU64,
+    rx_fails: AtomicU64,
     tx_bytes: AtomicU64,
     tx_packets: AtomicU64,
-    tx_drops: AtomicU64,
+    tx_malformed_frames: AtomicU64,
+    tap_write_fails: AtomicU64,
 }
 
 impl NetStats {
@@ -96,9 +97,10 @@ impl NetStats {
     pub fn rx_packets(&self) -> u64 {
         self.rx_packets.load(Ordering::Relaxed)
     }
-    /// Frames from the tap dropped: they did not fit the guest's buffers, or those were broken.
-    pub fn rx_drops(&self) -> u64 {
-        self.rx_drops.load(Ordering::Relaxed)
+    /// Frames from the tap dropped: they did not fit the guest's buffers, those were broken,
+    /// the tap sent no header, or the driver reset with a frame waiting.
+    pub fn rx_fails(&self) -> u64 {
+        self.rx_fails.load(Ordering::Relaxed)
     }
     /// Frame bytes (headers excluded) written to the tap.
     pub fn tx_bytes(&self) -> u64 {
@@ -108,20 +110,25 @@ impl NetStats {
     pub fn tx_packets(&self) -> u64 {
         self.tx_packets.load(Ordering::Relaxed)
     }
-    /// Transmit chains dropped: malformed, or refused by the tap.
-    pub fn tx_drops(&self) -> u64 {
-        self.tx_drops.load(Ordering::Relaxed)
+    /// Transmit chains dropped because the guest made them malformed.
+    pub fn tx_malformed_frames(&self) -> u64 {
+        self.tx_malformed_frames.load(Ordering::Relaxed)
+    }
+    /// Frames the tap refused, dropped.
+    pub fn tap_write_fails(&self) -> u64 {
+        self.tap_write_fails.load(Ordering::Relaxed)
     }
 
-    /// Every counter with its name in Firecracker's `net_<iface_id>` metrics group.
-    pub fn snapshot(&self) -> [(&'static str, u64); 6] {
+    /// Every counter with its name (and meaning) in Firecracker's `net_<iface_id>` group.
+    pub fn snapshot(&self) -> [(&'static str, u64); 7] {
         [
             ("rx_bytes_count", self.rx_bytes()),
             ("rx_packets_count", self.rx_packets()),
-            ("rx_drops", self.rx_drops()),
+            ("rx_fails", self.rx_fails()),
             ("tx_bytes_count", self.tx_bytes()),
             ("tx_packets_count", self.tx_packets()),
-            ("tx_drops", self.tx_drops()),
+            ("tx_malformed_frames", self.tx_malformed_frames()),
+            ("tap_write_fails", self.tap_write_fails()),
         ]
     }
 
@@ -129,15 +136,18 @@ impl NetStats {
         self.rx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
         self.rx_packets.fetch_add(1, Ordering::Relaxed);
     }
-    pub(super) fn rx_dropped(&self) {
-        self.rx_drops.fetch_add(1, Ordering::Relaxed);
+    pub(super) fn rx_failed(&self) {
+        self.rx_fails.fetch_add(1, Ordering::Relaxed);
     }
     pub(super) fn tx_sent(&self, bytes: usize) {
         self.tx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
         self.tx_packets.fetch_add(1, Ordering::Relaxed);
     }
-    pub(super) fn tx_dropped(&self) {
-        self.tx_drops.fetch_add(1, Ordering::Relaxed);
+    pub(super) fn tx_malformed(&self) {
+        self.tx_malformed_frames.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(super) fn tap_write_failed(&self) {
+        self.tap_write_fails.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -431,7 +441,7 @@ impl VirtioDevice for Net {
         self.acked_features = 0;
         // The driver that posted buffers for it is gone.
         if self.rx.discard_pending() {
-            self.stats.rx_dropped();
+            self.stats.rx_failed();
         }
     }
 }

@@ -97,12 +97,12 @@ impl Rx {
             let Some(frame) = self.buf.get_mut(..len).filter(|f| f.len() > VNET_HDR_LEN) else {
                 // The tap always sends a header; a frame without one means a broken backend.
                 self.pending = None;
-                stats.rx_dropped();
+                stats.rx_failed();
                 continue;
             };
             match deliver(queue, mem, frame, mergeable, guest_errors, used_any)? {
                 Outcome::Delivered => stats.rx_delivered(len - VNET_HDR_LEN),
-                Outcome::Dropped => stats.rx_dropped(),
+                Outcome::Dropped => stats.rx_failed(),
                 Outcome::Deferred => return Ok(Drain::Done),
                 Outcome::Yielded => return Ok(Drain::Yielded),
             }

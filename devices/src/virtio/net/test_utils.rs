@@ -180,7 +180,7 @@ pub fn fuzz_net_queues(input: &[u8]) -> Option<Arc<NetStats>> {
     }
     let stats = net.stats();
     assert!(
-        stats.rx_packets() + stats.rx_drops() <= sent,
+        stats.rx_packets() + stats.rx_fails() <= sent,
         "more frames received than sent"
     );
     let mut on_wire = 0;

@@ -44,7 +44,7 @@ impl Tx {
                 Ok(()) => self.send(io, stats),
                 Err(e) => {
                     guest_errors.record(&e);
-                    stats.tx_dropped();
+                    stats.tx_malformed();
                 }
             }
             ring::publish_used(queue, mem, &[(head, 0)], guest_errors)?;
@@ -64,7 +64,7 @@ impl Tx {
         match result {
             Ok(()) => stats.tx_sent(self.frame.len().saturating_sub(VNET_HDR_LEN)),
             Err(e) => {
-                stats.tx_dropped();
+                stats.tap_write_failed();
                 self.write_errors = self.write_errors.saturating_add(1);
                 let n = self.write_errors;
                 throttled_log::throttled_log!(
