@@ -106,6 +106,7 @@ pub fn firecracker_name(route: Route) -> Option<(&'static str, &'static str)> {
         Route::GetMachineConfig => (GET, "machine_cfg"),
         Route::PutMachineConfig => (PUT, "machine_cfg"),
         Route::PatchMachineConfig => (PATCH, "machine_cfg"),
+        Route::PutCpuConfig => (PUT, "cpu_cfg"),
         Route::PutBootSource => (PUT, "boot_source"),
         Route::PutDrive => (PUT, "drive"),
         Route::PatchDrive => (PATCH, "drive"),
