@@ -1,5 +1,5 @@
-//! Request counters for the API: how many requests each route received, and how many were
-//! answered with a fault. The API thread counts; the VMM reads them through a shared
+//! Request counters for the API: how many requests each route received, how many were
+//! answered with a fault, and how many used a deprecated field. The API thread counts; the VMM reads them through a shared
 //! [`ApiMetrics`] to publish them with its own metrics.
 //!
 //! Requests that micro-http refuses before they are parsed (malformed HTTP, bodies over the
@@ -20,6 +20,8 @@ pub struct ApiMetrics {
     faults: AtomicU64,
     /// Faults per route, indexed by `Route as usize`.
     route_faults: [AtomicU64; Route::ALL.len()],
+    /// Requests answered with Firecracker's `Deprecation` header.
+    deprecated: AtomicU64,
 }
 
 impl Default for ApiMetrics {
@@ -29,6 +31,7 @@ impl Default for ApiMetrics {
             unrouted: AtomicU64::new(0),
             faults: AtomicU64::new(0),
             route_faults: std::array::from_fn(|_| AtomicU64::new(0)),
+            deprecated: AtomicU64::new(0),
         }
     }
 }
@@ -55,11 +58,17 @@ impl ApiMetrics {
         }
     }
 
+    /// Counts one request that used a deprecated field.
+    pub(crate) fn count_deprecated(&self) {
+        self.deprecated.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The counters in Firecracker's groups, as (group, name, value): `<resource>_count` for
     /// the requests a route received and `<resource>_fails` for those answered with a fault
     /// (`put_api_requests.drive_count`, ...), Firecracker's meanings. GET requests have no
     /// `_fails` in Firecracker. Routes Firecracker does not count are left out (see
-    /// [`ApiMetrics::snapshot`] for every route).
+    /// [`ApiMetrics::snapshot`] for every route). Then
+    /// `deprecated_api.deprecated_http_api_calls`.
     pub fn firecracker_counters(&self) -> Vec<(&'static str, String, u64)> {
         let mut counters = Vec::new();
         for (i, route) in Route::ALL.iter().enumerate() {
@@ -72,6 +81,11 @@ impl ApiMetrics {
                 counters.push((group, format!("{resource}_fails"), get(&self.route_faults)));
             }
         }
+        counters.push((
+            "deprecated_api",
+            "deprecated_http_api_calls".to_string(),
+            self.deprecated.load(Ordering::Relaxed),
+        ));
         counters
     }
 
@@ -131,6 +145,7 @@ mod tests {
         m.count_request(Some(Route::PatchVm));
         m.count_request(None);
         m.count_fault(Some(Route::PutDrive));
+        m.count_deprecated();
         let snap = m.snapshot();
         assert_eq!(snap.len(), Route::ALL.len() + 1);
         let get = |name: &str| snap.iter().find(|(n, _)| n == name).unwrap().1;
@@ -149,5 +164,6 @@ mod tests {
         assert_eq!(fc("put_api_requests", "drive_count"), 2);
         assert_eq!(fc("put_api_requests", "drive_fails"), 1);
         assert_eq!(fc("get_api_requests", "instance_info_count"), 0);
+        assert_eq!(fc("deprecated_api", "deprecated_http_api_calls"), 1);
     }
 }

@@ -73,7 +73,14 @@ pub(crate) fn handle(
     let response = match request::parse(method, path, body) {
         Ok(action) => {
             log::info!("API request {} {path}: {action:?}", method.to_str());
-            response::from_outcome(version, execute(action))
+            let deprecation = request::deprecation(&action);
+            let mut response = response::from_outcome(version, execute(action));
+            if let Some(warning) = deprecation {
+                log::warn!("{warning}");
+                metrics.count_deprecated();
+                response.set_deprecation();
+            }
+            response
         }
         Err(err) => response::fault(version, StatusCode::BadRequest, &err.to_string()),
     };

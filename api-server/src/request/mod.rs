@@ -101,6 +101,12 @@ pub fn parse(method: Method, path: &str, body: Option<&[u8]>) -> Result<VmmActio
     })
 }
 
+/// The warning for a request that uses a deprecated field, which Firecracker logs and answers
+/// with a `Deprecation: true` header.
+pub fn deprecation(action: &VmmAction) -> Option<&'static str> {
+    machine_config::deprecation(action)
+}
+
 /// Checks a resource ID from the path: non-empty, ASCII alphanumerics, `_` and `-` only.
 fn checked_id(id: &str) -> Result<&str, RequestError> {
     if id.is_empty() {
