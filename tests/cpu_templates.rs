@@ -345,3 +345,35 @@ fn a_custom_template_changes_the_guests_cpuid() {
         assert_eq!(kiln, firecracker, "kiln vs Firecracker (plain, masked)");
     }
 }
+
+#[test]
+fn cpu_config_is_refused_after_start_as_firecracker_refuses_it() {
+    assert!(have_kvm(), "/dev/kvm is required");
+    let dir = TempDir::new("cpu-after");
+    let kernel = dir.write("vmlinux", tiny_kernel::build(false, Ending::HaltForever));
+    for program in programs("cpu_config_is_refused_after_start_as_firecracker_refuses_it") {
+        let sock = dir.path("after.sock");
+        let _ = std::fs::remove_file(&sock);
+        let _vmm = serve(&program, &sock);
+        let boot = format!(r#"{{"kernel_image_path": "{}"}}"#, kernel.display());
+        assert_eq!(
+            request(&sock, "PUT", "/boot-source", Some(&boot)).status,
+            204
+        );
+        assert_eq!(
+            request(&sock, "PUT", "/cpu-config", Some(NO_X2APIC)).status,
+            204
+        );
+        let start = r#"{"action_type": "InstanceStart"}"#;
+        assert_eq!(request(&sock, "PUT", "/actions", Some(start)).status, 204);
+        assert_eq!(
+            answer(&request(&sock, "PUT", "/cpu-config", Some("{}"))),
+            (
+                400,
+                "The requested operation is not supported after starting the microVM.".into()
+            ),
+            "{}",
+            program.display()
+        );
+    }
+}
