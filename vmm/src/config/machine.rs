@@ -1,4 +1,4 @@
-//! `machine-config`: vCPUs, memory size and the memory options.
+//! `machine-config`: vCPUs, memory size, the memory options and the CPU template.
 
 use serde::{Deserialize, Serialize};
 
