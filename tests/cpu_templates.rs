@@ -296,8 +296,11 @@ fn guest_leaf1_ecx(program: &Path, dir: &TempDir, cpu_config: &str) -> u32 {
         kernel.display()
     );
     let config = dir.write("cpuid-vm.json", config);
+    // Firecracker logs to stdout, where a line can land inside the guest's: log to a file.
+    let log = dir.write("cpuid-vm.log", "");
     let child = Command::new(program)
         .args(["--no-api", "--config-file", config.to_str().unwrap()])
+        .args(["--log-path", log.to_str().unwrap()])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
