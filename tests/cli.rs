@@ -156,6 +156,30 @@ fn unimplemented_sections_are_refused_by_name() {
 }
 
 #[test]
+fn a_cpu_config_that_is_not_a_template_is_named() {
+    let dir = TempDir::new("cli");
+    let with = |cpu_config: &str| {
+        format!(
+            r#"{{"boot-source": {{"kernel_image_path": "{}"}}, "cpu-config": {cpu_config}}}"#,
+            kernel(&dir).display()
+        )
+    };
+    let (code, line) = run_config(&with(r#""/nonexistent/template.json""#));
+    assert_eq!(code, Some(EXIT_BAD_CONFIGURATION));
+    assert_eq!(
+        line,
+        "Error: Invalid cpu-config: Failed to read the CPU template file \
+         /nonexistent/template.json: No such file or directory (os error 2)"
+    );
+    let (code, line) = run_config(&with(r#"{"cpuid_modifiers": [{"leaf": "1"}]}"#));
+    assert_eq!(code, Some(EXIT_BAD_CONFIGURATION));
+    assert!(
+        line.contains("untagged enum CustomCpuTemplateOrPath"),
+        "{line}"
+    );
+}
+
+#[test]
 fn unreadable_config_file_is_named() {
     let out = run_kiln(
         &["--no-api", "--config-file", "/nonexistent/vm.json"],

@@ -1,5 +1,7 @@
 //! End-to-end: kiln boots the real Linux guest (resources/guest) to its marker, in every kernel
-//! form with 1 vCPU (and once with 2), and ends with status 0 when the guest reboots.
+//! form with 1 vCPU (and once with 2), and ends with status 0 when the guest reboots; and CPU
+//! templates (static T2A, a custom `cpu-config`) change the flags the guest's /proc/cpuinfo
+//! shows, against a boot without one.
 //!
 //! All scenarios run in one payload: on a host with hardware KVM directly, otherwise inside the
 //! nested QEMU/SVM rig (one rig boot for all of them). Each test asserts on its own scenario.
@@ -18,7 +20,8 @@ use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use common::linux::{
-    parse_outcomes, rig_failure_reason, run_scenarios, stopped_in_early_boot, Outcome, Scenario,
+    parse_outcomes, rig_failure_reason, run_scenarios, script_drive, stopped_in_early_boot,
+    Outcome, Scenario,
 };
 
 /// Firecracker's recommended arguments for a serial-console guest, with reboot=k.
@@ -43,6 +46,39 @@ fn boot(name: &'static str, config: String, args: &'static [&'static str]) -> Sc
     }
 }
 
+/// What the CPU-template scenarios' guests report from /proc/cpuinfo.
+const CPUINFO_SCRIPT: &str = r#"
+field() { grep -m1 "^$1[[:space:]]*:" /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'; }
+echo "GUEST-CPU-VENDOR=$(field vendor_id)"
+echo "GUEST-CPU-FMS=$(field 'cpu family')-$(field model)-$(field stepping)"
+echo "GUEST-CPU-FLAGS=$(field flags)"
+"#;
+
+/// A custom template that clears SSE4.2 (CPUID leaf 1 ECX bit 20).
+const NO_SSE4_2: &str = r#"{"cpuid_modifiers": [{"leaf": "0x1", "subleaf": "0x0", "flags": 0,
+    "modifiers": [{"register": "ecx", "bitmap": "0bxxxxxxxxxxx0xxxxxxxxxxxxxxxxxxxx"}]}]}"#;
+
+/// A guest that prints its CPU's vendor, family-model-stepping and flags, with `machine` added
+/// to its machine-config and `cpu_config` as its cpu-config section.
+fn cpuinfo(name: &'static str, machine: &str, cpu_config: &str) -> Scenario {
+    let script = format!("{name}-script.img");
+    Scenario {
+        name,
+        config: format!(
+            r#"{{
+  "boot-source": {{"kernel_image_path": "vmlinux", "initrd_path": "initramfs.cpio.gz",
+                  "boot_args": "{BOOT_ARGS} kiln.script=/dev/vda"}},
+  "machine-config": {{"vcpu_count": 1, "mem_size_mib": 256{machine}}},
+  "drives": [{{"drive_id": "script", "path_on_host": "{script}", "is_root_device": false,
+              "is_read_only": true}}],
+  "cpu-config": {cpu_config}
+}}"#
+        ),
+        files: vec![(script, script_drive(CPUINFO_SCRIPT))],
+        ..Default::default()
+    }
+}
+
 fn scenarios() -> Vec<Scenario> {
     let reboot_t = BOOT_ARGS.replace("reboot=k", "reboot=t");
     let demo = format!("{BOOT_ARGS} kiln.run=demo");
@@ -58,6 +94,9 @@ fn scenarios() -> Vec<Scenario> {
             &["--boot-timer"],
         ),
         boot("demo", config("bzImage", 1, &demo), &[]),
+        cpuinfo("cpu-plain", "", "null"),
+        cpuinfo("cpu-t2a", r#", "cpu_template": "T2A""#, "null"),
+        cpuinfo("cpu-custom", "", NO_SSE4_2),
     ]
 }
 
@@ -177,6 +216,116 @@ fn demo_session_runs_its_commands() {
     assert!(o.has_line("kiln# uname -a"), "{}", o.tail());
     assert!(o.output.contains("Linux"), "{}", o.tail());
     assert!(o.has_line("kiln# free -m"), "{}", o.tail());
+}
+
+/// The flags a guest's /proc/cpuinfo shows, after its script ran.
+fn cpu_flags(name: &str) -> Vec<String> {
+    let o = outcome(name);
+    assert_eq!(o.rc, 0, "{name}: kiln exited {}:\n{}", o.rc, o.tail());
+    assert_eq!(
+        o.value("KILN-SCRIPT-EXIT rc").as_deref(),
+        Some("0"),
+        "{name}:\n{}",
+        o.tail()
+    );
+    let flags = o.expect_value("GUEST-CPU-FLAGS");
+    flags.split_whitespace().map(str::to_string).collect()
+}
+
+/// The /proc/cpuinfo flags of the bits Firecracker's T2A clears (its table, vmm/src/cpu_template
+/// /data/T2A.json): leaf 1 ECX, leaf 7 EBX/ECX/EDX, leaf 0xd subleaf 1 EAX, leaf 0x80000001
+/// ECX/EDX and leaf 0x80000008 EBX.
+const T2A_CLEARS: [&str; 25] = [
+    "monitor",
+    "rdseed",
+    "adx",
+    "clflushopt",
+    "clwb",
+    "sha_ni",
+    "avx512f",
+    "avx512dq",
+    "umip",
+    "pku",
+    "ospke",
+    "vaes",
+    "vpclmulqdq",
+    "rdpid",
+    "la57",
+    "fsrm",
+    "xsavec",
+    "xgetbv1",
+    "xsaves",
+    "sse4a",
+    "misalignsse",
+    "3dnowprefetch",
+    "mmxext",
+    "pdpe1gb",
+    "clzero",
+];
+
+/// Flags T2A leaves alone that every x86-64 guest the rig runs has.
+const T2A_KEEPS: [&str; 4] = ["sse4_2", "avx2", "aes", "popcnt"];
+
+/// Whether the plain guest's CPU is an AMD Milan, the only CPU T2A is for (as in Firecracker):
+/// the rig's default, `-cpu EPYC-Milan` (family 25, model 1, stepping 1).
+fn guest_cpu_is_milan() -> bool {
+    let o = outcome("cpu-plain");
+    o.expect_value("GUEST-CPU-VENDOR") == "AuthenticAMD"
+        && o.expect_value("GUEST-CPU-FMS") == "25-1-1"
+}
+
+#[test]
+fn t2a_hides_the_flags_firecrackers_t2a_hides() {
+    if !guest_cpu_is_milan() {
+        // Refused at InstanceStart, in Firecracker's words, as Firecracker refuses it.
+        let o = outcome("cpu-t2a");
+        assert_ne!(
+            o.rc,
+            0,
+            "T2A booted on a CPU that is not a Milan:\n{}",
+            o.tail()
+        );
+        assert!(o.has_line("Failed to get CPU template: "), "{}", o.tail());
+        eprintln!("t2a_hides_the_flags_firecrackers_t2a_hides: the CPU is not a Milan; checked the refusal only");
+        return;
+    }
+    let plain = cpu_flags("cpu-plain");
+    let t2a = cpu_flags("cpu-t2a");
+    let hidden: Vec<&str> = T2A_CLEARS
+        .into_iter()
+        .filter(|flag| plain.iter().any(|f| f == flag))
+        .collect();
+    assert!(
+        !hidden.is_empty(),
+        "the plain guest has none of T2A's flags: {plain:?}"
+    );
+    for flag in hidden {
+        assert!(!t2a.iter().any(|f| f == flag), "T2A left {flag}: {t2a:?}");
+    }
+    for flag in T2A_KEEPS {
+        if plain.iter().any(|f| f == flag) {
+            assert!(t2a.iter().any(|f| f == flag), "T2A hid {flag}: {t2a:?}");
+        }
+    }
+    assert!(t2a.iter().any(|f| f == "sse4_2"), "{t2a:?}");
+}
+
+#[test]
+fn a_custom_cpu_config_hides_the_flag_it_clears() {
+    let plain = cpu_flags("cpu-plain");
+    let custom = cpu_flags("cpu-custom");
+    assert!(plain.iter().any(|f| f == "sse4_2"), "{plain:?}");
+    assert!(!custom.iter().any(|f| f == "sse4_2"), "{custom:?}");
+    // Only that bit: the guest sees every other flag as without the template.
+    let rest = |flags: &[String]| {
+        flags
+            .iter()
+            .filter(|f| *f != "sse4_2")
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    assert_eq!(rest(&custom), rest(&plain));
+    assert!(custom.iter().any(|f| f == "sse4_1"), "{custom:?}");
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! Request counters for the API: how many requests each route received, how many were
-//! answered with a fault, and how long the last pause and resume took. The API thread counts; the VMM reads them through a shared
+//! answered with a fault, how many used a deprecated field, and how long the last pause and
+//! resume took. The API thread counts; the VMM reads them through a shared
 //! [`ApiMetrics`] to publish them with its own metrics.
 //!
 //! Requests that micro-http refuses before they are parsed (malformed HTTP, bodies over the
@@ -25,6 +26,8 @@ pub struct ApiMetrics {
     /// How long the last pause and resume request took, from parsed to answered, in µs.
     pause: LastLatency,
     resume: LastLatency,
+    /// Requests answered with Firecracker's `Deprecation` header.
+    deprecated: AtomicU64,
 }
 
 impl Default for ApiMetrics {
@@ -36,6 +39,7 @@ impl Default for ApiMetrics {
             route_faults: std::array::from_fn(|_| AtomicU64::new(0)),
             pause: LastLatency::default(),
             resume: LastLatency::default(),
+            deprecated: AtomicU64::new(0),
         }
     }
 }
@@ -62,11 +66,17 @@ impl ApiMetrics {
         }
     }
 
+    /// Counts one request that used a deprecated field.
+    pub(crate) fn count_deprecated(&self) {
+        self.deprecated.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The counters in Firecracker's groups, as (group, name, value): `<resource>_count` for
     /// the requests a route received and `<resource>_fails` for those answered with a fault
     /// (`put_api_requests.drive_count`, ...), Firecracker's meanings. GET requests have no
     /// `_fails` in Firecracker. Routes Firecracker does not count are left out (see
-    /// [`ApiMetrics::snapshot`] for every route).
+    /// [`ApiMetrics::snapshot`] for every route). Then
+    /// `deprecated_api.deprecated_http_api_calls`.
     pub fn firecracker_counters(&self) -> Vec<(&'static str, String, u64)> {
         let mut counters = Vec::new();
         for (i, route) in Route::ALL.iter().enumerate() {
@@ -79,6 +89,11 @@ impl ApiMetrics {
                 counters.push((group, format!("{resource}_fails"), get(&self.route_faults)));
             }
         }
+        counters.push((
+            "deprecated_api",
+            "deprecated_http_api_calls".to_string(),
+            self.deprecated.load(Ordering::Relaxed),
+        ));
         counters
     }
 
@@ -131,6 +146,7 @@ pub fn firecracker_name(route: Route) -> Option<(&'static str, &'static str)> {
         Route::GetMachineConfig => (GET, "machine_cfg"),
         Route::PutMachineConfig => (PUT, "machine_cfg"),
         Route::PatchMachineConfig => (PATCH, "machine_cfg"),
+        Route::PutCpuConfig => (PUT, "cpu_cfg"),
         Route::PutBootSource => (PUT, "boot_source"),
         Route::PutDrive => (PUT, "drive"),
         Route::PatchDrive => (PATCH, "drive"),
@@ -155,6 +171,7 @@ mod tests {
         m.count_request(Some(Route::PatchVm));
         m.count_request(None);
         m.count_fault(Some(Route::PutDrive));
+        m.count_deprecated();
         let snap = m.snapshot();
         assert_eq!(snap.len(), Route::ALL.len() + 1);
         let get = |name: &str| snap.iter().find(|(n, _)| n == name).unwrap().1;
@@ -173,5 +190,6 @@ mod tests {
         assert_eq!(fc("put_api_requests", "drive_count"), 2);
         assert_eq!(fc("put_api_requests", "drive_fails"), 1);
         assert_eq!(fc("get_api_requests", "instance_info_count"), 0);
+        assert_eq!(fc("deprecated_api", "deprecated_http_api_calls"), 1);
     }
 }

@@ -73,13 +73,20 @@ pub(crate) fn handle(
     let response = match request::parse(method, path, body) {
         Ok(action) => {
             log::info!("API request {} {path}: {action:?}", method.to_str());
+            let deprecation = request::deprecation(&action);
             let latency = metrics.latency_of(&action);
             let start = Instant::now();
             let outcome = execute(action);
             if let Some(latency) = latency {
                 latency.record(start.elapsed());
             }
-            response::from_outcome(version, outcome)
+            let mut response = response::from_outcome(version, outcome);
+            if let Some(warning) = deprecation {
+                log::warn!("{warning}");
+                metrics.count_deprecated();
+                response.set_deprecation();
+            }
+            response
         }
         Err(err) => response::fault(version, StatusCode::BadRequest, &err.to_string()),
     };

@@ -83,6 +83,13 @@ pub fn seed_requests() -> Vec<Vec<u8>> {
         with_body("PATCH", "/machine-config", r#"{"mem_size_mib": 512}"#),
         with_body(
             "PUT",
+            "/cpu-config",
+            r#"{"kvm_capabilities": ["!1"], "cpuid_modifiers": [{"leaf": "0x1", "subleaf": "0x0",
+                "flags": 0, "modifiers": [{"register": "ecx", "bitmap": "0bx1_0x"}]}],
+                "msr_modifiers": [{"addr": "0x10a", "bitmap": "0b1"}]}"#,
+        ),
+        with_body(
+            "PUT",
             "/boot-source",
             r#"{"kernel_image_path": "/k", "boot_args": "console=ttyS0"}"#,
         ),

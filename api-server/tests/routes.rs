@@ -130,3 +130,25 @@ fn requests_are_counted_per_route() {
     assert_eq!(count("unrouted"), 1);
     assert_eq!(api.metrics.faults(), 2);
 }
+
+#[test]
+fn cpu_template_in_machine_config_is_answered_as_deprecated() {
+    let api = Api::start("deprecated");
+    let with = r#"{"vcpu_count": 1, "mem_size_mib": 128, "cpu_template": "T2A"}"#;
+    let put = api.call("PUT", "/machine-config", Some(with));
+    assert_eq!(put.status, 204);
+    assert_eq!(put.header("Deprecation"), Some("true"));
+    let patch = api.call(
+        "PATCH",
+        "/machine-config",
+        Some(r#"{"cpu_template": "None"}"#),
+    );
+    assert_eq!(patch.header("Deprecation"), Some("true"));
+    let without = r#"{"vcpu_count": 1, "mem_size_mib": 128}"#;
+    let plain = api.call("PUT", "/machine-config", Some(without));
+    assert_eq!(plain.header("Deprecation"), None);
+    let cpu_config = api.call("PUT", "/cpu-config", Some("{}"));
+    assert_eq!(cpu_config.status, 204);
+    assert_eq!(cpu_config.header("Deprecation"), None);
+    assert!(matches!(api.actions()[3], VmmAction::PutCpuConfig(_)));
+}

@@ -24,6 +24,34 @@ pub enum Ending {
     HaltForever,
     /// Writes `X` to COM1 without end, not waiting for the UART.
     PrintForever,
+    /// Prints `CPUID1.ECX=<8 hex digits>` (CPUID leaf 1's ECX, the feature flags a CPU
+    /// template changes), then resets through the i8042.
+    CpuidThenReset,
+}
+
+/// Code that prints CPUID leaf 1's ECX as `CPUID1.ECX=xxxxxxxx\n`.
+fn print_cpuid_ecx() -> Vec<u8> {
+    let mut code = print("CPUID1.ECX=");
+    code.extend_from_slice(&[
+        0xb8, 0x01, 0x00, 0x00, 0x00, // mov eax, 1
+        0x31, 0xc9, // xor ecx, ecx
+        0x0f, 0xa2, // cpuid
+        0x89, 0xcb, // mov ebx, ecx
+        0xb9, 0x08, 0x00, 0x00, 0x00, // mov ecx, 8 (digits)
+        0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+        0xc1, 0xc3, 0x04, // 1: rol ebx, 4 (the next digit into the low nibble)
+        0x88, 0xd8, // mov al, bl
+        0x24, 0x0f, // and al, 0xf
+        0x04, 0x30, // add al, '0'
+        0x3c, 0x3a, // cmp al, '9' + 1
+        0x72, 0x02, // jb 2f
+        0x04, 0x27, // add al, 'a' - '9' - 1
+        0xee, // 2: out dx, al
+        0xff, 0xc9, // dec ecx (not 0x49, a REX prefix in long mode)
+        0x75, 0xec, // jnz 1b
+    ]);
+    code.extend(print("\n"));
+    code
 }
 
 /// Code that prints `text` on COM1.
@@ -60,6 +88,11 @@ fn ending(ending: Ending) -> Vec<u8> {
             code
         }
         Ending::I8042Reset => RESET.to_vec(),
+        Ending::CpuidThenReset => {
+            let mut code = print_cpuid_ecx();
+            code.extend_from_slice(&RESET);
+            code
+        }
         Ending::TripleFault => vec![0x0f, 0x0b],
         Ending::HaltForever => vec![0xfa], // cli
         Ending::PrintForever => {

@@ -13,6 +13,7 @@ use crate::arch::x86_64::boot_params::{write_boot_params, BootData, BootParamsEr
 use crate::arch::x86_64::mptable::{setup_mptable, MptableError};
 use crate::config::VmConfig;
 use crate::config::{guest_order, root_cmdline};
+use crate::cpu_template::{CpuTemplateType, HostCpu, StaticTemplateError};
 use crate::device_manager::{block, legacy, mmio, net};
 use crate::loader::{self, LoaderError};
 use crate::metrics::Metrics;
@@ -25,6 +26,9 @@ use crate::vstate::vm::{Vm, VmError};
 /// Errors building the VM.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
+    /// The static CPU template is not for this host (Firecracker's message).
+    #[error("Failed to get CPU template: {0}")]
+    CpuTemplate(#[from] StaticTemplateError),
     /// Creating or setting up the KVM VM failed.
     #[error(transparent)]
     Vm(#[from] VmError),
@@ -103,7 +107,10 @@ pub fn build(config: &VmConfig, host: HostOptions) -> Result<Vmm, BuildError> {
         .mem_size_bytes()
         .ok_or(MemoryError::TooLarge(u64::MAX))?;
 
-    let vm = Vm::new()?;
+    // As in Firecracker: the template is resolved first, and its capabilities checked with
+    // Kiln's when the VM is created.
+    let template = CpuTemplateType::resolve(machine.cpu_template.as_ref(), &HostCpu::current())?;
+    let vm = Vm::new(&template)?;
     let mem = create_guest_memory(mem_size)?;
     vm.register_memory(&mem, machine.track_dirty_pages)?;
 
@@ -208,6 +215,7 @@ pub fn build(config: &VmConfig, host: HostOptions) -> Result<Vmm, BuildError> {
         count: machine.vcpu_count,
         smt: machine.smt,
         entry: kernel.entry,
+        template: &template,
     };
     let io_bus = Arc::new(io_bus);
     let mmio_bus = Arc::new(mmio_bus);

@@ -94,6 +94,10 @@ impl Controller {
             VmmAction::PutBootSource(b) => r.set_boot_source(b),
             VmmAction::PutMachineConfig(m) => r.set_machine_config(m),
             VmmAction::PatchMachineConfig(u) => r.update_machine_config(u),
+            VmmAction::PutCpuConfig(t) => {
+                r.set_cpu_config(t);
+                Ok(())
+            }
             VmmAction::PutDrive(d) => r.put_drive(d),
             VmmAction::PutNetworkInterface(n) => r.put_network_interface(n),
             VmmAction::PutLogger(settings) => {

@@ -10,6 +10,7 @@ pub mod config;
 pub mod console;
 pub mod console_output;
 pub mod controller;
+pub mod cpu_template;
 pub mod cpu_usage;
 pub mod device_manager;
 pub mod fatal_signals;

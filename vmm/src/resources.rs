@@ -9,6 +9,7 @@ use crate::config::{
     validate_drives, validate_interfaces, BootSourceConfig, DriveConfig, MachineConfig,
     NetworkInterfaceConfig, SerialConfig, VmConfig, UNIMPLEMENTED_SECTIONS,
 };
+use crate::cpu_template::{CpuTemplateType, CustomCpuTemplate};
 use crate::rpc::{ActionError, MachineConfigUpdate};
 
 /// The configuration under construction.
@@ -53,11 +54,19 @@ impl VmResources {
         Ok(())
     }
 
-    /// `PUT /machine-config`.
-    pub fn set_machine_config(&mut self, machine: MachineConfig) -> Result<(), ActionError> {
+    /// `PUT /machine-config`: every field is replaced but the CPU template, which is kept
+    /// when the body names none (even a custom one), as in Firecracker.
+    pub fn set_machine_config(&mut self, mut machine: MachineConfig) -> Result<(), ActionError> {
         machine.validate().map_err(error)?;
+        machine.cpu_template =
+            CpuTemplateType::update(self.machine.cpu_template.clone(), machine.cpu_template);
         self.machine = machine;
         Ok(())
+    }
+
+    /// `PUT /cpu-config`: the custom template replaces the template in place, static or custom.
+    pub fn set_cpu_config(&mut self, template: CustomCpuTemplate) {
+        self.machine.cpu_template = Some(CpuTemplateType::Custom(template));
     }
 
     /// `PATCH /machine-config`.
@@ -79,7 +88,7 @@ impl VmResources {
             machine.track_dirty_pages = v;
         }
         if let Some(v) = update.cpu_template {
-            machine.cpu_template = Some(v);
+            machine.cpu_template = Some(CpuTemplateType::Static(v));
         }
         if let Some(v) = update.huge_pages {
             machine.huge_pages = v;
@@ -132,8 +141,9 @@ impl VmResources {
 
     /// The configuration in the config-file format, for `GET /vm/config`: every section
     /// Firecracker 1.16 writes, in its shapes, so that Firecracker loads the result too.
-    /// Sections not configured are empty; `logger` and `metrics` are `null`, as Firecracker
-    /// writes them whatever was set. `serial` (not in Firecracker's file) only when set.
+    /// Sections not configured are empty; `logger`, `metrics` and `cpu-config` are `null`, as
+    /// Firecracker writes them whatever was set (a custom CPU template is not exported; a
+    /// static one is, in `machine-config`). `serial` (not in Firecracker's file) only when set.
     pub fn to_json(&self) -> serde_json::Value {
         // Firecracker writes an unset boot source with an empty kernel path.
         let boot_source = self.boot_source.clone().unwrap_or(BootSourceConfig {
@@ -151,6 +161,7 @@ impl VmResources {
         );
         sections.insert("logger".into(), serde_json::Value::Null);
         sections.insert("metrics".into(), serde_json::Value::Null);
+        sections.insert("cpu-config".into(), serde_json::Value::Null);
         for (name, empty) in UNIMPLEMENTED_SECTIONS {
             sections.insert(name.into(), empty.json());
         }
@@ -251,6 +262,63 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.0, "mem_size_mib must be greater than 0.");
         assert_eq!(r.machine.mem_size_mib, 128);
+    }
+
+    #[test]
+    fn the_cpu_template_set_last_wins_as_in_firecracker() {
+        use crate::cpu_template::StaticCpuTemplate;
+        let static_template = |t| Some(CpuTemplateType::Static(t));
+        let custom = Some(CpuTemplateType::Custom(CustomCpuTemplate::default()));
+        let mut r = VmResources::default();
+        r.set_cpu_config(CustomCpuTemplate::default());
+        assert_eq!(r.machine.cpu_template, custom);
+        // A PUT without a template keeps the custom one; `None` removes it.
+        let mut machine = MachineConfig {
+            vcpu_count: 2,
+            ..Default::default()
+        };
+        r.set_machine_config(machine.clone()).unwrap();
+        assert_eq!(
+            (r.machine.vcpu_count, &r.machine.cpu_template),
+            (2, &custom)
+        );
+        machine.cpu_template = static_template(StaticCpuTemplate::None);
+        r.set_machine_config(machine.clone()).unwrap();
+        assert_eq!(r.machine.cpu_template, None);
+        let patch = |t| MachineConfigUpdate {
+            cpu_template: Some(t),
+            ..Default::default()
+        };
+        r.update_machine_config(patch(StaticCpuTemplate::C3))
+            .unwrap();
+        assert_eq!(
+            r.machine.cpu_template,
+            static_template(StaticCpuTemplate::C3)
+        );
+        r.update_machine_config(MachineConfigUpdate {
+            smt: Some(true),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            r.machine.cpu_template,
+            static_template(StaticCpuTemplate::C3)
+        );
+        r.set_cpu_config(CustomCpuTemplate::default());
+        assert_eq!(r.machine.cpu_template, custom);
+        r.update_machine_config(patch(StaticCpuTemplate::T2A))
+            .unwrap();
+        assert_eq!(
+            r.machine.cpu_template,
+            static_template(StaticCpuTemplate::T2A)
+        );
+        // Exported as Firecracker exports it: the static name, and cpu-config null.
+        let json = r.to_json();
+        assert_eq!(json["machine-config"]["cpu_template"], "T2A");
+        assert_eq!(json["cpu-config"], serde_json::Value::Null);
+        r.update_machine_config(patch(StaticCpuTemplate::None))
+            .unwrap();
+        assert_eq!(r.machine.cpu_template, None);
     }
 
     #[test]

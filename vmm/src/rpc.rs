@@ -13,6 +13,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::config::{BootSourceConfig, DriveConfig, MachineConfig, NetworkInterfaceConfig};
 pub use crate::config::{LoggerSettings, MetricsSettings};
+use crate::cpu_template::{CustomCpuTemplate, StaticCpuTemplate};
 
 /// The Firecracker version whose API Kiln speaks. `GET /version` and `GET /` report it as
 /// `firecracker_version`, so that clients that check it keep working; Kiln's own version is
@@ -38,6 +39,8 @@ pub enum VmmAction {
     PutMachineConfig(MachineConfig),
     /// `PATCH /machine-config`.
     PatchMachineConfig(MachineConfigUpdate),
+    /// `PUT /cpu-config`: a custom CPU template.
+    PutCpuConfig(CustomCpuTemplate),
     /// `PUT /drives/{id}`.
     PutDrive(DriveConfig),
     /// `PATCH /drives/{id}`.
@@ -78,9 +81,9 @@ pub struct MachineConfigUpdate {
     /// New dirty-page tracking setting.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub track_dirty_pages: Option<bool>,
-    /// New CPU template.
+    /// New static CPU template; `None` removes the template, static or custom.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cpu_template: Option<String>,
+    pub cpu_template: Option<StaticCpuTemplate>,
     /// New huge-page setting.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub huge_pages: Option<crate::config::HugePages>,

@@ -12,6 +12,20 @@ pub(super) fn parse_put(body: &[u8]) -> Result<VmmAction, RequestError> {
     )?))
 }
 
+/// Firecracker's warning for an action that uses `cpu_template` (static templates are
+/// deprecated in favour of `PUT /cpu-config`), answered with its `Deprecation` header.
+pub(super) fn deprecation(action: &VmmAction) -> Option<&'static str> {
+    match action {
+        VmmAction::PutMachineConfig(m) if m.cpu_template.is_some() => {
+            Some("PUT /machine-config: cpu_template field is deprecated.")
+        }
+        VmmAction::PatchMachineConfig(u) if u.cpu_template.is_some() => {
+            Some("PATCH /machine-config: cpu_template field is deprecated.")
+        }
+        _ => None,
+    }
+}
+
 /// Parses `PATCH /machine-config`. A body that changes nothing is refused, as in Firecracker.
 pub(super) fn parse_patch(body: &[u8]) -> Result<VmmAction, RequestError> {
     let update: MachineConfigUpdate = from_json(body)?;
@@ -68,6 +82,23 @@ mod tests {
             let err = parse_put(body.as_bytes()).unwrap_err().to_string();
             assert!(err.contains(expected), "{body}: {err}");
         }
+    }
+
+    #[test]
+    fn cpu_template_is_deprecated_as_in_firecracker() {
+        let put = |body: &str| deprecation(&parse_put(body.as_bytes()).unwrap());
+        assert_eq!(put(r#"{"vcpu_count": 1, "mem_size_mib": 128}"#), None);
+        let none = r#"{"vcpu_count": 1, "mem_size_mib": 128, "cpu_template": "None"}"#;
+        assert!(put(none)
+            .unwrap()
+            .starts_with("PUT /machine-config: cpu_template"));
+        let null = r#"{"vcpu_count": 1, "mem_size_mib": 128, "cpu_template": null}"#;
+        assert_eq!(put(null), None);
+        let patch = parse_patch(br#"{"cpu_template": "T2A"}"#).unwrap();
+        assert_eq!(
+            deprecation(&patch),
+            Some("PATCH /machine-config: cpu_template field is deprecated.")
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 mod actions;
 mod boot_source;
+mod cpu_config;
 mod drive;
 mod logger;
 mod machine_config;
@@ -86,6 +87,7 @@ pub fn parse(method: Method, path: &str, body: Option<&[u8]>) -> Result<VmmActio
         Route::GetMachineConfig => VmmAction::GetMachineConfig,
         Route::PutMachineConfig => machine_config::parse_put(body)?,
         Route::PatchMachineConfig => machine_config::parse_patch(body)?,
+        Route::PutCpuConfig => cpu_config::parse_put(body)?,
         Route::PutBootSource => boot_source::parse_put(body)?,
         Route::PutDrive => drive::parse_put(id()?, body)?,
         Route::PatchDrive => drive::parse_patch(id()?, body)?,
@@ -97,6 +99,12 @@ pub fn parse(method: Method, path: &str, body: Option<&[u8]>) -> Result<VmmActio
         Route::PutActions => actions::parse_put(body)?,
         Route::PatchVm => vm::parse_patch(body)?,
     })
+}
+
+/// The warning for a request that uses a deprecated field, which Firecracker logs and answers
+/// with a `Deprecation: true` header.
+pub fn deprecation(action: &VmmAction) -> Option<&'static str> {
+    machine_config::deprecation(action)
 }
 
 /// Checks a resource ID from the path: non-empty, ASCII alphanumerics, `_` and `-` only.

@@ -50,6 +50,8 @@ routes! {
     PutMachineConfig => Put "/machine-config",
     /// `PATCH /machine-config`.
     PatchMachineConfig => Patch "/machine-config",
+    /// `PUT /cpu-config`: a custom CPU template.
+    PutCpuConfig => Put "/cpu-config",
     /// `PUT /boot-source`.
     PutBootSource => Put "/boot-source",
     /// `PUT /drives/{id}`.

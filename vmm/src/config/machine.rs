@@ -1,6 +1,8 @@
-//! `machine-config`: vCPUs, memory size and the memory options.
+//! `machine-config`: vCPUs, memory size, the memory options and the CPU template.
 
 use serde::{Deserialize, Serialize};
+
+use crate::cpu_template::{self, CpuTemplateType};
 
 /// The most vCPUs a VM can have, as in Firecracker.
 pub const MAX_VCPUS: u8 = 32;
@@ -47,20 +49,22 @@ pub struct MachineConfig {
     /// Whether vCPUs are presented as hyperthread pairs.
     #[serde(default)]
     pub smt: bool,
-    /// A named CPU template. Written, as Firecracker writes it, only when it names one:
-    /// absent and `"None"` are left out.
-    #[serde(default, skip_serializing_if = "names_no_template")]
-    pub cpu_template: Option<String>,
+    /// The CPU template. Only a static one is read and written here, by name, and only when
+    /// it names one, as Firecracker writes it; a custom one (`cpu-config`) is held here too.
+    /// As read, `Static(None)` asks to remove the template ([`CpuTemplateType::update`]).
+    #[serde(
+        default,
+        skip_serializing_if = "cpu_template::names_no_static_template",
+        deserialize_with = "cpu_template::deserialize_static",
+        serialize_with = "cpu_template::serialize_static"
+    )]
+    pub cpu_template: Option<CpuTemplateType>,
     /// Whether KVM tracks the pages the guest dirties (for snapshots).
     #[serde(default)]
     pub track_dirty_pages: bool,
     /// Backing page size.
     #[serde(default)]
     pub huge_pages: HugePages,
-}
-
-fn names_no_template(template: &Option<String>) -> bool {
-    matches!(template.as_deref(), None | Some("None"))
 }
 
 impl Default for MachineConfig {
@@ -91,9 +95,6 @@ impl MachineConfig {
         if self.mem_size_bytes().is_none() {
             return Err(MachineConfigError::MemSizeTooLarge(self.mem_size_mib));
         }
-        if !names_no_template(&self.cpu_template) {
-            return Err(MachineConfigError::Unsupported("cpu_template"));
-        }
         if self.huge_pages != HugePages::None {
             return Err(MachineConfigError::Unsupported("huge_pages"));
         }
@@ -113,17 +114,47 @@ impl MachineConfig {
 mod tests {
     use super::*;
 
+    use crate::cpu_template::{CustomCpuTemplate, StaticCpuTemplate};
+
     #[test]
-    fn cpu_template_is_written_only_when_it_names_one() {
+    fn cpu_template_is_written_only_when_it_names_a_static_one() {
         let mut machine = MachineConfig::default();
         let keys = |m: &MachineConfig| serde_json::to_value(m).unwrap().as_object().unwrap().len();
         assert_eq!(keys(&machine), 5);
-        machine.cpu_template = Some("None".into());
+        machine.cpu_template = Some(CpuTemplateType::Static(StaticCpuTemplate::None));
         assert_eq!(keys(&machine), 5);
-        machine.cpu_template = Some("T2".into());
+        machine.cpu_template = Some(CpuTemplateType::Custom(CustomCpuTemplate::default()));
+        assert_eq!(keys(&machine), 5);
+        machine.cpu_template = Some(CpuTemplateType::Static(StaticCpuTemplate::T2));
         assert_eq!(
             serde_json::to_value(&machine).unwrap()["cpu_template"],
             "T2"
         );
+    }
+
+    #[test]
+    fn cpu_template_takes_firecrackers_names() {
+        let read = |template: &str| {
+            serde_json::from_str::<MachineConfig>(&format!(
+                r#"{{"vcpu_count": 1, "mem_size_mib": 128, "cpu_template": {template}}}"#
+            ))
+            .map(|m| m.cpu_template)
+        };
+        for name in ["C3", "T2", "T2S", "T2CL", "T2A", "None"] {
+            let template = read(&format!("\"{name}\"")).unwrap();
+            let Some(CpuTemplateType::Static(t)) = template else {
+                panic!("{name}: {template:?}");
+            };
+            assert_eq!(t.to_string(), name);
+        }
+        assert_eq!(read("null").unwrap(), None);
+        let err = read(r#""Bogus""#).unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "unknown variant `Bogus`, expected one of `C3`, `T2`, `T2S`, `None`, `T2CL`, `T2A`"
+            ),
+            "{err}"
+        );
+        assert!(read("{}").is_err());
     }
 }

@@ -6,6 +6,7 @@
 //! than silently ignored.
 
 mod boot_source;
+mod cpu_config;
 mod drive;
 mod machine;
 mod net;
@@ -23,6 +24,8 @@ pub use serial::SerialConfig;
 
 use serde::Deserialize;
 
+use crate::cpu_template::CpuTemplateType;
+
 /// Errors in a VM configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -38,6 +41,9 @@ pub enum ConfigError {
     /// The machine configuration is invalid.
     #[error("Invalid machine-config: {0}")]
     Machine(#[from] machine::MachineConfigError),
+    /// The custom CPU template cannot be read.
+    #[error("Invalid cpu-config: {0}")]
+    CpuConfig(#[from] cpu_config::CpuConfigError),
     /// A drive, or the set of drives, is invalid.
     #[error("Invalid drives: {0}")]
     Drive(#[from] drive::DriveError),
@@ -51,7 +57,7 @@ pub enum ConfigError {
 pub struct VmConfig {
     /// The kernel, initrd and command line.
     pub boot_source: BootSourceConfig,
-    /// vCPUs and memory.
+    /// vCPUs, memory and the CPU template (static, or the `cpu-config` section's custom one).
     pub machine: MachineConfig,
     /// Where the guest console goes; stdout when absent.
     pub serial: Option<SerialConfig>,
@@ -79,7 +85,7 @@ struct ConfigFile {
     #[serde(rename = "network-interfaces", default)]
     network_interfaces: Vec<NetworkInterfaceConfig>,
     #[serde(rename = "cpu-config", default)]
-    cpu_config: serde_json::Value,
+    cpu_config: Option<cpu_config::CustomCpuTemplateOrPath>,
     #[serde(default)]
     balloon: serde_json::Value,
     #[serde(default)]
@@ -122,9 +128,8 @@ impl EmptySection {
 /// The sections of Firecracker 1.16's config file that Kiln does not implement yet, in the
 /// order `VmConfig::from_json` checks them, with the value Firecracker writes when they are
 /// empty. `GET /vm/config` writes each so that its output has Firecracker's shape.
-pub const UNIMPLEMENTED_SECTIONS: [(&str, EmptySection); 7] = [
+pub const UNIMPLEMENTED_SECTIONS: [(&str, EmptySection); 6] = [
     ("balloon", EmptySection::Null),
-    ("cpu-config", EmptySection::Null),
     ("mmds-config", EmptySection::Null),
     ("vsock", EmptySection::Null),
     ("entropy", EmptySection::Null),
@@ -147,7 +152,6 @@ impl VmConfig {
         let file: ConfigFile = serde_json::from_str(json)?;
         let unimplemented = [
             &file.balloon,
-            &file.cpu_config,
             &file.mmds_config,
             &file.vsock,
             &file.entropy,
@@ -161,8 +165,13 @@ impl VmConfig {
         if let Some(((name, _), _)) = present {
             return Err(ConfigError::Unsupported(name));
         }
-        let machine = file.machine.unwrap_or_default();
+        let mut machine = file.machine.unwrap_or_default();
         machine.validate()?;
+        // As in Firecracker: machine-config first, then cpu-config, whose template wins.
+        machine.cpu_template = CpuTemplateType::update(None, machine.cpu_template);
+        if let Some(section) = file.cpu_config {
+            machine.cpu_template = Some(CpuTemplateType::Custom(section.load()?));
+        }
         file.boot_source.validate()?;
         drive::validate_drives(&file.drives)?;
         net::validate_interfaces(&file.network_interfaces)?;
@@ -400,6 +409,54 @@ mod tests {
                 format!("The '{name}' section is not supported yet.")
             );
         }
+    }
+
+    #[test]
+    fn cpu_config_carries_a_custom_template_that_wins_over_machine_configs() {
+        use crate::cpu_template::{CustomCpuTemplate, KvmCapability, StaticCpuTemplate};
+        let k = kernel();
+        let with = |machine: &str, cpu_config: &str| {
+            let json = format!(
+                r#"{{"boot-source": {{"kernel_image_path": "{}"}},
+                    "machine-config": {{"vcpu_count": 1, "mem_size_mib": 128{machine}}},
+                    "cpu-config": {cpu_config}}}"#,
+                k.0.display()
+            );
+            VmConfig::from_json(&json).map(|c| c.machine.cpu_template)
+        };
+        let custom = CustomCpuTemplate {
+            kvm_capabilities: vec![KvmCapability::Remove(3)],
+            ..Default::default()
+        };
+        let inline = r#"{"kvm_capabilities": ["!3"]}"#;
+        assert_eq!(
+            with(r#", "cpu_template": "T2""#, inline).unwrap(),
+            Some(CpuTemplateType::Custom(custom))
+        );
+        assert_eq!(
+            with(r#", "cpu_template": "T2A""#, "null").unwrap(),
+            Some(CpuTemplateType::Static(StaticCpuTemplate::T2A))
+        );
+        assert_eq!(with(r#", "cpu_template": "None""#, "null").unwrap(), None);
+        let err = with(
+            "",
+            r#"{"msr_modifiers": [{"addr": "16", "bitmap": "0b1"}]}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("untagged enum CustomCpuTemplateOrPath"),
+            "{err}"
+        );
+        let err = with("", r#""/nonexistent/template.json""#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(
+                "Invalid cpu-config: Failed to read the CPU template file /nonexistent"
+            ),
+            "{err}"
+        );
     }
 
     #[test]

@@ -19,6 +19,7 @@
 //! [`crate::seccomp`]). The kick's handler is installed for the whole process while the VM is
 //! built, before any filter, so taking the signal needs only `rt_sigreturn` from the filter.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, sync_channel, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::Arc;
@@ -26,7 +27,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use devices::Bus;
-use kvm_bindings::CpuId;
+use kvm_bindings::{kvm_msr_entry, CpuId, Msrs};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
@@ -36,6 +37,7 @@ use crate::arch::x86_64::cpuid::{self, CpuidError, VcpuTopology};
 use crate::arch::x86_64::interrupts::set_lint;
 use crate::arch::x86_64::msr::{boot_msrs, MsrError};
 use crate::arch::x86_64::regs::{self, EntryPoint, RegsError};
+use crate::cpu_template::{apply_cpuid, apply_msrs, msr_addresses, ApplyError, CustomCpuTemplate};
 use crate::metrics::{Counter, MetricSource};
 use crate::seccomp::{SeccompError, SeccompFilters, ThreadKind};
 
@@ -99,6 +101,12 @@ pub enum VcpuError {
     /// CPUID normalisation failed.
     #[error(transparent)]
     Cpuid(#[from] CpuidError),
+    /// The CPU template names a CPUID entry or MSR KVM does not have.
+    #[error(transparent)]
+    Template(#[from] ApplyError),
+    /// KVM did not give the value of an MSR the CPU template changes (Firecracker's message).
+    #[error("Failed to get KVM vcpu msr: {0:#x}")]
+    TemplateMsr(u32),
     /// The boot MSR list could not be built.
     #[error(transparent)]
     Msrs(#[from] MsrError),
@@ -186,6 +194,8 @@ pub struct VcpuConfig<'a> {
     pub smt: bool,
     /// Where the kernel starts.
     pub entry: EntryPoint,
+    /// The CPU template's modifiers (empty for none).
+    pub template: &'a CustomCpuTemplate,
 }
 
 impl Vcpu {
@@ -217,8 +227,13 @@ impl Vcpu {
     }
 
     /// Sets CPUID, MSRs, registers, FPU and LAPIC so the vCPU starts at the kernel's entry.
+    ///
+    /// The CPU template goes onto KVM's supported CPUID before the per-vCPU normalisation, as
+    /// in Firecracker. Its MSRs are read once the CPUID is set, since KVM answers for the MSRs
+    /// of the features the guest's CPUID has, then modified, and set with the boot MSRs.
     pub fn configure(&self, mem: &GuestMemoryMmap, cfg: &VcpuConfig) -> Result<(), VcpuError> {
         let mut cpuid = cfg.supported_cpuid.clone();
+        apply_cpuid(&mut cpuid, cfg.template)?;
         let topo = VcpuTopology {
             index: self.index,
             count: cfg.count,
@@ -229,7 +244,9 @@ impl Vcpu {
             .set_cpuid2(&cpuid)
             .map_err(self.ioctl("set CPUID"))?;
 
-        let msrs = boot_msrs()?;
+        let mut templated = self.template_msrs(cfg.template)?;
+        apply_msrs(&mut templated, cfg.template)?;
+        let msrs = boot_msrs(templated)?;
         let set = self.fd.set_msrs(&msrs).map_err(self.ioctl("set MSRs"))?;
         let wanted = msrs.as_slice().len();
         if set != wanted {
@@ -256,6 +273,31 @@ impl Vcpu {
             .set_lapic(&lapic)
             .map_err(self.ioctl("set the LAPIC"))?;
         Ok(())
+    }
+
+    /// The current values of the MSRs `template` changes.
+    fn template_msrs(&self, template: &CustomCpuTemplate) -> Result<BTreeMap<u32, u64>, VcpuError> {
+        let addresses = msr_addresses(template);
+        if addresses.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let entries: Vec<kvm_msr_entry> = addresses
+            .iter()
+            .map(|&index| kvm_msr_entry {
+                index,
+                ..Default::default()
+            })
+            .collect();
+        let mut msrs = Msrs::from_entries(&entries).map_err(MsrError::Fam)?;
+        let read = self
+            .fd
+            .get_msrs(&mut msrs)
+            .map_err(self.ioctl("get the CPU template's MSRs"))?;
+        // KVM stops at the first MSR it does not have.
+        if let Some(missing) = addresses.get(read) {
+            return Err(VcpuError::TemplateMsr(*missing));
+        }
+        Ok(msrs.as_slice().iter().map(|e| (e.index, e.data)).collect())
     }
 
     /// Starts the vCPU's thread, paused, and returns once the thread has installed its seccomp

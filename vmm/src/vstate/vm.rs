@@ -8,6 +8,7 @@ use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::arch::x86_64::layout::{KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
+use crate::cpu_template::{capabilities, CustomCpuTemplate};
 
 /// Errors creating and setting up the VM.
 #[derive(Debug, thiserror::Error)]
@@ -18,9 +19,9 @@ pub enum VmError {
     /// KVM speaks another API version.
     #[error("KVM API version {0} is not supported; version 12 is required.")]
     ApiVersion(i32),
-    /// KVM lacks a capability Kiln needs.
-    #[error("KVM lacks the {0:?} capability.")]
-    MissingCap(kvm_ioctls::Cap),
+    /// KVM lacks a capability Kiln or the CPU template needs (Firecracker's message).
+    #[error("Missing KVM capabilities: {0:#x}")]
+    MissingCap(u32),
     /// A KVM ioctl on the VM failed.
     #[error("Failed to {what}: {source}")]
     Ioctl {
@@ -37,13 +38,13 @@ fn ioctl(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
 const KVM_API_VERSION: i32 = 12;
 
 /// The capabilities the boot path relies on.
-const REQUIRED_CAPS: [kvm_ioctls::Cap; 6] = [
-    kvm_ioctls::Cap::Irqchip,
-    kvm_ioctls::Cap::Ioeventfd,
-    kvm_ioctls::Cap::Irqfd,
-    kvm_ioctls::Cap::UserMemory,
-    kvm_ioctls::Cap::SetTssAddr,
-    kvm_ioctls::Cap::Pit2,
+const REQUIRED_CAPS: [u32; 6] = [
+    kvm_bindings::KVM_CAP_IRQCHIP,
+    kvm_bindings::KVM_CAP_IOEVENTFD,
+    kvm_bindings::KVM_CAP_IRQFD,
+    kvm_bindings::KVM_CAP_USER_MEMORY,
+    kvm_bindings::KVM_CAP_SET_TSS_ADDR,
+    kvm_bindings::KVM_CAP_PIT2,
 ];
 
 /// A KVM VM with its interrupt controllers.
@@ -54,14 +55,20 @@ pub struct Vm {
 }
 
 impl Vm {
-    /// Opens /dev/kvm and creates a VM with the in-kernel IOAPIC, PIC and PIT.
-    pub fn new() -> Result<Self, VmError> {
+    /// Opens /dev/kvm and creates a VM with the in-kernel IOAPIC, PIC and PIT, after checking
+    /// the capabilities Kiln needs and those the CPU template adds or removes.
+    pub fn new(template: &CustomCpuTemplate) -> Result<Self, VmError> {
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
         let version = kvm.get_api_version();
         if version != KVM_API_VERSION {
             return Err(VmError::ApiVersion(version));
         }
-        if let Some(cap) = REQUIRED_CAPS.into_iter().find(|c| !kvm.check_extension(*c)) {
+        let caps = capabilities(&REQUIRED_CAPS, template);
+        // KVM_CHECK_EXTENSION answers 0 for a capability it lacks.
+        if let Some(cap) = caps
+            .into_iter()
+            .find(|cap| kvm.check_extension_raw(u64::from(*cap)) == 0)
+        {
             return Err(VmError::MissingCap(cap));
         }
         let fd = kvm.create_vm().map_err(ioctl("create the VM"))?;

@@ -1,5 +1,8 @@
 //! The MSRs a vCPU starts with: the syscall MSRs cleared, fast strings on, and write-back
-//! caching as the MTRR default so the guest does not run uncached.
+//! caching as the MTRR default so the guest does not run uncached, over the values a CPU
+//! template gives.
+
+use std::collections::BTreeMap;
 
 use kvm_bindings::{kvm_msr_entry, Msrs};
 
@@ -26,27 +29,34 @@ const MSR_MTRR_DEF_TYPE: u32 = 0x2ff;
 const MTRR_ENABLE: u64 = 1 << 11;
 const MTRR_MEM_TYPE_WB: u64 = 0x6;
 
-/// The MSR values every vCPU boots with.
-pub fn boot_msrs() -> Result<Msrs, MsrError> {
-    let entry = |index, data| kvm_msr_entry {
-        index,
-        data,
-        ..Default::default()
-    };
-    Msrs::from_entries(&[
-        entry(MSR_IA32_SYSENTER_CS, 0),
-        entry(MSR_IA32_SYSENTER_ESP, 0),
-        entry(MSR_IA32_SYSENTER_EIP, 0),
-        entry(MSR_STAR, 0),
-        entry(MSR_CSTAR, 0),
-        entry(MSR_KERNEL_GS_BASE, 0),
-        entry(MSR_SYSCALL_MASK, 0),
-        entry(MSR_LSTAR, 0),
-        entry(MSR_IA32_TSC, 0),
-        entry(MSR_IA32_MISC_ENABLE, MSR_IA32_MISC_ENABLE_FAST_STRING),
-        entry(MSR_MTRR_DEF_TYPE, MTRR_ENABLE | MTRR_MEM_TYPE_WB),
-    ])
-    .map_err(MsrError::Fam)
+/// The boot values, by MSR.
+const BOOT_MSRS: [(u32, u64); 11] = [
+    (MSR_IA32_SYSENTER_CS, 0),
+    (MSR_IA32_SYSENTER_ESP, 0),
+    (MSR_IA32_SYSENTER_EIP, 0),
+    (MSR_STAR, 0),
+    (MSR_CSTAR, 0),
+    (MSR_KERNEL_GS_BASE, 0),
+    (MSR_SYSCALL_MASK, 0),
+    (MSR_LSTAR, 0),
+    (MSR_IA32_TSC, 0),
+    (MSR_IA32_MISC_ENABLE, MSR_IA32_MISC_ENABLE_FAST_STRING),
+    (MSR_MTRR_DEF_TYPE, MTRR_ENABLE | MTRR_MEM_TYPE_WB),
+];
+
+/// The MSR values every vCPU boots with: `templated` (a CPU template's MSRs, as modified), with
+/// the boot values over them where both name an MSR, as in Firecracker. In address order.
+pub fn boot_msrs(mut templated: BTreeMap<u32, u64>) -> Result<Msrs, MsrError> {
+    templated.extend(BOOT_MSRS);
+    let entries: Vec<kvm_msr_entry> = templated
+        .into_iter()
+        .map(|(index, data)| kvm_msr_entry {
+            index,
+            data,
+            ..Default::default()
+        })
+        .collect();
+    Msrs::from_entries(&entries).map_err(MsrError::Fam)
 }
 
 #[cfg(test)]
@@ -55,7 +65,7 @@ mod tests {
 
     #[test]
     fn enables_write_back_mtrr_default() {
-        let msrs = boot_msrs().unwrap();
+        let msrs = boot_msrs(BTreeMap::new()).unwrap();
         let mtrr = msrs
             .as_slice()
             .iter()
@@ -63,5 +73,20 @@ mod tests {
             .unwrap();
         assert_eq!(mtrr.data, 0x806);
         assert_eq!(msrs.as_slice().len(), 11);
+    }
+
+    #[test]
+    fn a_templates_msrs_are_set_under_the_boot_values() {
+        let templated = BTreeMap::from([(0x10a, 0x4c), (MSR_IA32_TSC, 5)]);
+        let msrs = boot_msrs(templated).unwrap();
+        let value = |index| {
+            msrs.as_slice()
+                .iter()
+                .find(|e| e.index == index)
+                .unwrap()
+                .data
+        };
+        assert_eq!((value(0x10a), value(MSR_IA32_TSC)), (0x4c, 0));
+        assert_eq!(msrs.as_slice().len(), 12);
     }
 }
