@@ -45,6 +45,7 @@ pub enum CpuidError {
 
 const LEAF_FEATURES: u32 = 0x1;
 const LEAF_CACHE_PARAMS: u32 = 0x4;
+const LEAF_STRUCTURED_EXT: u32 = 0x7;
 const LEAF_EXT_TOPOLOGY: u32 = 0xb;
 const LEAF_EXT_TOPOLOGY_V2: u32 = 0x1f;
 const LEAF_KVM_SIGNATURE: u32 = 0x4000_0000;
@@ -58,6 +59,8 @@ const ECX_TSC_DEADLINE: u32 = 1 << 24;
 const EDX_HTT: u32 = 1 << 28;
 const ECX_AMD_CMP_LEGACY: u32 = 1 << 1;
 const ECX_AMD_TOPOEXT: u32 = 1 << 22;
+/// CPUID.7.0:EDX[29]: the IA32_ARCH_CAPABILITIES MSR exists.
+const EDX_ARCH_CAPABILITIES: u32 = 1 << 29;
 const TOPOLOGY_LEVEL_SMT: u32 = 1;
 const TOPOLOGY_LEVEL_CORE: u32 = 2;
 /// "KVMKVMKVM\0\0\0" as EBX, ECX, EDX.
@@ -118,6 +121,11 @@ fn normalize_entry(entry: &mut kvm_cpuid_entry2, topo: VcpuTopology, intel: bool
         LEAF_KVM_SIGNATURE => {
             entry.eax = entry.eax.max(LEAF_KVM_FEATURES);
             [entry.ebx, entry.ecx, entry.edx] = KVM_SIGNATURE;
+        }
+        LEAF_STRUCTURED_EXT if !intel && entry.index == 0 => {
+            // KVM lists IA32_ARCH_CAPABILITIES whatever the CPU, but AMD CPUs have no such
+            // MSR; Firecracker clears the bit on AMD too.
+            entry.edx &= !EDX_ARCH_CAPABILITIES;
         }
         LEAF_AMD_EXT_FEATURES if !intel => {
             // Without TOPOEXT the guest takes its topology from leaves 1 and 0x80000008, which
@@ -293,5 +301,26 @@ mod tests {
         normalize(&mut cpuid, topo).unwrap();
         assert_eq!(find(&cpuid, LEAF_AMD_EXT_FEATURES, 0).ecx, 0x1);
         assert_eq!(find(&cpuid, LEAF_AMD_SIZES, 0).ecx, 0x10000 | (1 << 12) | 1);
+    }
+
+    #[test]
+    fn amd_has_no_arch_capabilities_msr_and_intel_keeps_it() {
+        let mut features = leaf(LEAF_STRUCTURED_EXT, 0);
+        features.edx = EDX_ARCH_CAPABILITIES | 0x4;
+        let topo = VcpuTopology {
+            index: 0,
+            count: 1,
+            smt: false,
+        };
+        let mut amd = CpuId::from_entries(&[leaf(0, 0), features]).unwrap();
+        normalize(&mut amd, topo).unwrap();
+        assert_eq!(find(&amd, LEAF_STRUCTURED_EXT, 0).edx, 0x4);
+        let mut intel = intel_cpuid();
+        intel.push(features).unwrap();
+        normalize(&mut intel, topo).unwrap();
+        assert_eq!(
+            find(&intel, LEAF_STRUCTURED_EXT, 0).edx,
+            EDX_ARCH_CAPABILITIES | 0x4
+        );
     }
 }
