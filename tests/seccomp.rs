@@ -321,6 +321,22 @@ const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
 const SECCOMP_RET_KILL_PROCESS: u32 = 0x8000_0000;
 const SECCOMP_RET_TRAP: u32 = 0x0003_0000;
 
+/// Runs kiln without its API on a tiny guest that resets, under the filter file `filters`,
+/// with `args` added.
+fn tiny_guest_under(dir: &TempDir, filters: &Path, args: &[&str]) -> std::process::Output {
+    let kernel = dir.write("vmlinux", tiny_kernel::build(false, Ending::I8042Reset));
+    let config = dir.write("vm.json", vm_config(&kernel, "console=ttyS0", 1, 64));
+    let mut all = vec![
+        "--no-api",
+        "--config-file",
+        config.to_str().unwrap(),
+        "--seccomp-filter",
+        filters.to_str().unwrap(),
+    ];
+    all.extend_from_slice(args);
+    run_kiln(&all, TIMEOUT)
+}
+
 /// A program that traps syscall `nr` and allows every other.
 fn trap_only(nr: i64) -> [[u8; 8]; 4] {
     let insn = |code: u16, jt: u8, jf: u8, k: u32| {
@@ -353,21 +369,8 @@ fn a_trapped_syscall_ends_kiln_with_firecrackers_status_log_line_and_metrics() {
             ("vcpu", &trap_only(libc::SYS_ioctl)),
         ],
     );
-    let kernel = dir.write("vmlinux", tiny_kernel::build(false, Ending::I8042Reset));
-    let config = dir.write("vm.json", vm_config(&kernel, "console=ttyS0", 1, 64));
     let metrics = dir.path("metrics.ndjson");
-    let out = run_kiln(
-        &[
-            "--no-api",
-            "--config-file",
-            config.to_str().unwrap(),
-            "--seccomp-filter",
-            file.to_str().unwrap(),
-            "--metrics-path",
-            metrics.to_str().unwrap(),
-        ],
-        TIMEOUT,
-    );
+    let out = tiny_guest_under(&dir, &file, &["--metrics-path", metrics.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(EXIT_BAD_SYSCALL), "{stderr}");
     let line = format!(
@@ -395,18 +398,7 @@ fn a_custom_filter_file_replaces_the_builtin_filters() {
     // confined.
     let kill = [ret(SECCOMP_RET_KILL_PROCESS)];
     let file = filter_file(&dir, &[("vmm", &[]), ("api", &[]), ("vcpu", &kill)]);
-    let kernel = dir.write("vmlinux", tiny_kernel::build(false, Ending::I8042Reset));
-    let config = dir.write("vm.json", vm_config(&kernel, "console=ttyS0", 1, 64));
-    let out = run_kiln(
-        &[
-            "--no-api",
-            "--config-file",
-            config.to_str().unwrap(),
-            "--seccomp-filter",
-            file.to_str().unwrap(),
-        ],
-        TIMEOUT,
-    );
+    let out = tiny_guest_under(&dir, &file, &[]);
     assert_eq!(out.status.signal(), Some(libc::SIGSYS), "{:?}", out.status);
     assert!(out.stdout.is_empty(), "the guest must not have run");
 }
