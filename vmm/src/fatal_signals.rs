@@ -11,8 +11,8 @@
 //! `signals.sigpipe` stays 0.
 //!
 //! A handler interrupts whatever its thread was doing, which may be holding the logger or the
-//! metrics lock: it only ever tries those locks, so a fault inside either can lose its log
-//! line or its last metrics line, never hang the process.
+//! metrics lock: it only tries those locks for a bounded time ([`crate::bounded_lock`]), so a
+//! fault inside either can lose its log line or its last metrics line, never hang the process.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};

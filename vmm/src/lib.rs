@@ -5,6 +5,7 @@
 //! `api-server` drive it through [`config::VmConfig`] and [`run`].
 
 pub mod arch;
+mod bounded_lock;
 pub mod builder;
 pub mod config;
 pub mod console;

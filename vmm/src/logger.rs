@@ -156,20 +156,16 @@ impl Logger {
     }
 }
 
-/// Logs `message` at the error level unless the logger is locked: for a signal handler or the
-/// panic hook, which may have interrupted the lock's holder on its own thread and must not wait
-/// for it. Not filtered by `--module`, as these lines say why the process ended.
+/// Logs `message` at the error level unless the logger stays locked (see
+/// [`crate::bounded_lock`]): for a signal handler or the panic hook, which may have interrupted
+/// the lock's holder on its own thread and must not wait for it. Not filtered by `--module`, as these lines say why the process ended.
 pub fn try_error(message: &str) {
     if log::max_level() < Level::Error {
         return;
     }
-    let mut state = match LOGGER.state.try_lock() {
-        Ok(state) => state,
-        Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
-        Err(std::sync::TryLockError::WouldBlock) => {
-            MISSED_LINES.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
+    let Some(mut state) = crate::bounded_lock::lock_soon(&LOGGER.state) else {
+        MISSED_LINES.fetch_add(1, Ordering::Relaxed);
+        return;
     };
     if let Some(state) = state.as_mut() {
         let args = format_args!("{message}");

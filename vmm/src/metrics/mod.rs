@@ -166,13 +166,12 @@ impl Metrics {
         Self::flush_locked(&mut self.lock())
     }
 
-    /// [`Metrics::flush`], unless the metrics are locked: for a signal handler, which may have
-    /// interrupted the lock's holder on its own thread and must not wait for it.
+    /// [`Metrics::flush`], unless the metrics stay locked (see [`crate::bounded_lock`]): for a
+    /// signal handler, which may have interrupted the lock's holder on its own thread.
     pub fn try_flush(&self) -> Result<bool, MetricsError> {
-        match self.inner.try_lock() {
-            Ok(mut inner) => Self::flush_locked(&mut inner),
-            Err(std::sync::TryLockError::Poisoned(e)) => Self::flush_locked(&mut e.into_inner()),
-            Err(std::sync::TryLockError::WouldBlock) => Err(MetricsError::Busy),
+        match crate::bounded_lock::lock_soon(&self.inner) {
+            Some(mut inner) => Self::flush_locked(&mut inner),
+            None => Err(MetricsError::Busy),
         }
     }
 
