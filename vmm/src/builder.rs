@@ -5,66 +5,23 @@ use std::io::Write;
 use std::sync::Arc;
 
 use devices::boot_timer::Timestamp;
-use devices::{Bus, BusError};
+use devices::Bus;
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::arch::x86_64::boot_params::{write_boot_params, BootData, BootParamsError};
-use crate::arch::x86_64::mptable::{setup_mptable, MptableError};
+use crate::arch::x86_64::boot_params::{write_boot_params, BootData};
+use crate::arch::x86_64::mptable::setup_mptable;
 use crate::config::VmConfig;
 use crate::config::{guest_order, root_cmdline};
 use crate::device_manager::{block, legacy, mmio, net};
-use crate::loader::{self, LoaderError};
+use crate::loader;
 use crate::metrics::Metrics;
+use crate::rpc::StartMicrovmError;
 use crate::runtime::{AttachedDrive, Subscriber, Vmm, VmmParts};
 use crate::seccomp::SeccompFilters;
 use crate::vstate::memory::{create_guest_memory, MemoryError};
 use crate::vstate::vcpu::{install_kick_handler, Vcpu, VcpuConfig, VcpuError, VcpuExitCounters};
 use crate::vstate::vm::{Vm, VmError};
-
-/// Errors building the VM.
-#[derive(Debug, thiserror::Error)]
-pub enum BuildError {
-    /// Creating or setting up the KVM VM failed.
-    #[error(transparent)]
-    Vm(#[from] VmError),
-    /// Guest memory could not be created.
-    #[error(transparent)]
-    Memory(#[from] MemoryError),
-    /// The kernel, initrd or command line could not be loaded.
-    #[error(transparent)]
-    Loader(#[from] LoaderError),
-    /// The MP table could not be written.
-    #[error(transparent)]
-    Mptable(#[from] MptableError),
-    /// The zero page or PVH start info could not be written.
-    #[error(transparent)]
-    BootParams(#[from] BootParamsError),
-    /// The legacy devices could not be attached.
-    #[error(transparent)]
-    Legacy(#[from] legacy::LegacyError),
-    /// A device could not be placed on a bus.
-    #[error(transparent)]
-    Bus(#[from] BusError),
-    /// A vCPU could not be created or configured.
-    #[error(transparent)]
-    Vcpu(#[from] VcpuError),
-    /// The stop eventfd could not be created.
-    #[error("Failed to create the VM stop eventfd: {0}")]
-    EventFd(std::io::Error),
-    /// A network device could not be created.
-    #[error(transparent)]
-    Net(#[from] net::NetDeviceError),
-    /// A block device could not be created.
-    #[error(transparent)]
-    Block(#[from] block::BlockDeviceError),
-    /// A virtio device could not be attached.
-    #[error(transparent)]
-    Mmio(#[from] mmio::MmioError),
-    /// The event loop could not be created.
-    #[error("Failed to create the event loop: {0:?}")]
-    EventManager(event_manager::Error),
-}
 
 fn lock<T: ?Sized>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -96,7 +53,7 @@ impl std::fmt::Debug for HostOptions {
 }
 
 /// Builds the VM described by `config`, with its vCPUs created, configured and paused.
-pub fn build(config: &VmConfig, host: HostOptions) -> Result<Vmm, BuildError> {
+pub fn build(config: &VmConfig, host: HostOptions) -> Result<Vmm, StartMicrovmError> {
     let machine = &config.machine;
     // Validation guarantees the size fits; `mem_size_bytes` re-checks rather than trusting it.
     let mem_size = machine
@@ -120,7 +77,7 @@ pub fn build(config: &VmConfig, host: HostOptions) -> Result<Vmm, BuildError> {
         kernel.entry.protocol
     );
 
-    let stop_evt = EventFd::new(EFD_NONBLOCK).map_err(BuildError::EventFd)?;
+    let stop_evt = EventFd::new(EFD_NONBLOCK).map_err(StartMicrovmError::EventFd)?;
     let mut io_bus = Bus::new();
     let mut mmio_bus = Bus::new();
     let legacy = legacy::attach(vm.fd(), &mut io_bus, host.serial_out, &stop_evt)?;
@@ -223,7 +180,7 @@ pub fn build(config: &VmConfig, host: HostOptions) -> Result<Vmm, BuildError> {
                 index,
                 source,
             })?;
-        let stop = stop_evt.try_clone().map_err(BuildError::EventFd)?;
+        let stop = stop_evt.try_clone().map_err(StartMicrovmError::EventFd)?;
         let vcpu = Vcpu::new(
             fd,
             index,

@@ -8,17 +8,10 @@ use crate::builder::{build, HostOptions};
 use crate::metrics::Metrics;
 use crate::resources::VmResources;
 use crate::rpc::{
-    ActionError, ActionResult, ApiReceiver, InstanceInfo, InstanceState, VmmAction, VmmData,
-    FIRECRACKER_VERSION,
+    ActionError, ActionResult, ApiReceiver, InstanceInfo, InstanceState, StartMicrovmError,
+    VmmAction, VmmData, FIRECRACKER_VERSION,
 };
 use crate::runtime::Vmm;
-
-/// Firecracker's message for a pre-boot action after boot.
-pub const NOT_AFTER_START: &str =
-    "The requested operation is not supported after starting the microVM.";
-/// Firecracker's message for a runtime action before boot.
-pub const NOT_BEFORE_START: &str =
-    "The requested operation is not supported before starting the microVM.";
 
 /// Errors that end the VMM thread's service of the API.
 #[derive(Debug, thiserror::Error)]
@@ -26,9 +19,10 @@ pub enum ControllerError {
     /// The API thread is gone before the VM started.
     #[error("The API server stopped before the microVM was started.")]
     ApiGone,
-    /// The VM was built but its vCPUs did not start.
-    #[error("{0}")]
-    StartFailed(ActionError),
+    /// The VM was built but its vCPUs did not start; the `InstanceStart` reply, and the log,
+    /// say why.
+    #[error("The microVM was built but its vCPUs did not start.")]
+    StartFailed,
 }
 
 /// The state the API sees: the configuration, the instance's identity and the metrics.
@@ -56,7 +50,6 @@ impl Controller {
 
     /// Answers the actions that do not depend on the VM running; `None` for the others.
     pub fn common(&self, action: &VmmAction, state: InstanceState) -> Option<ActionResult> {
-        let error = |e: &dyn std::fmt::Display| ActionError(e.to_string());
         Some(match action {
             VmmAction::GetInstanceInfo => Ok(VmmData::InstanceInfo(InstanceInfo {
                 id: self.instance_id.clone(),
@@ -69,17 +62,17 @@ impl Controller {
             VmmAction::GetVmConfig => Ok(VmmData::Json(self.resources.to_json())),
             VmmAction::GetMachineConfig => serde_json::to_value(self.resources.machine())
                 .map(VmmData::Json)
-                .map_err(|e| error(&e)),
+                .map_err(ActionError::MachineConfigJson),
             VmmAction::GetMetrics => Ok(VmmData::PrometheusText(self.metrics.prometheus())),
             // Firecracker refuses a flush before boot.
             VmmAction::FlushMetrics if state == InstanceState::NotStarted => {
-                Err(ActionError(NOT_BEFORE_START.to_string()))
+                Err(ActionError::OperationNotSupportedPreBoot)
             }
             VmmAction::FlushMetrics => self
                 .metrics
                 .flush()
                 .map(|_| VmmData::Empty)
-                .map_err(|e| error(&e)),
+                .map_err(ActionError::from),
             _ => return None,
         })
     }
@@ -96,14 +89,9 @@ impl Controller {
             VmmAction::PatchMachineConfig(u) => r.update_machine_config(u),
             VmmAction::PutDrive(d) => r.put_drive(d),
             VmmAction::PutNetworkInterface(n) => r.put_network_interface(n),
-            VmmAction::PutLogger(settings) => {
-                crate::logger::reconfigure(&settings).map_err(|e| ActionError(e.to_string()))
-            }
-            VmmAction::PutMetrics(settings) => self
-                .metrics
-                .set_sink(&settings.metrics_path)
-                .map_err(|e| ActionError(e.to_string())),
-            _ => Err(ActionError(NOT_BEFORE_START.to_string())),
+            VmmAction::PutLogger(settings) => Ok(crate::logger::reconfigure(&settings)?),
+            VmmAction::PutMetrics(settings) => Ok(self.metrics.set_sink(&settings.metrics_path)?),
+            _ => Err(ActionError::OperationNotSupportedPreBoot),
         }
         .map(|()| VmmData::Empty)
     }
@@ -130,6 +118,7 @@ impl Controller {
             let mut vmm = match self.build(host()) {
                 Ok(vmm) => vmm,
                 Err(e) => {
+                    let e = ActionError::from(e);
                     log::error!("InstanceStart failed: {e}");
                     let _ = request.reply.send(Err(e));
                     continue;
@@ -141,30 +130,26 @@ impl Controller {
                     return Ok(vmm);
                 }
                 Err(e) => {
-                    let e = start_error(&e);
-                    let _ = request.reply.send(Err(e.clone()));
-                    return Err(ControllerError::StartFailed(e));
+                    let e = ActionError::from(e);
+                    log::error!("InstanceStart failed: {e}");
+                    let _ = request.reply.send(Err(e));
+                    return Err(ControllerError::StartFailed);
                 }
             }
         }
     }
 
     /// Builds the configured VM, its vCPUs paused.
-    fn build(&self, host: HostOptions) -> Result<Vmm, ActionError> {
-        let config = self.resources.vm_config()?;
-        build(&config, host).map_err(|e| start_error(&e))
+    fn build(&self, host: HostOptions) -> Result<Vmm, StartMicrovmError> {
+        build(&self.resources.vm_config()?, host)
     }
 
     /// Builds the configured VM and starts its vCPUs.
     pub fn start(&self, host: HostOptions) -> Result<Vmm, ActionError> {
         let mut vmm = self.build(host)?;
-        vmm.start().map_err(|e| start_error(&e))?;
+        vmm.start()?;
         Ok(vmm)
     }
-}
-
-fn start_error(e: &dyn std::fmt::Display) -> ActionError {
-    ActionError(format!("Cannot start the microVM: {e}"))
 }
 
 #[cfg(test)]
@@ -203,18 +188,20 @@ mod tests {
             boot_args: None,
         });
         let err = c.preboot(bad).unwrap_err();
-        assert!(err.0.contains("/nonexistent/vmlinux"), "{err}");
-        assert_eq!(c.preboot(VmmAction::Pause).unwrap_err().0, NOT_BEFORE_START);
-        assert_eq!(
-            c.preboot(VmmAction::SendCtrlAltDel).unwrap_err().0,
-            NOT_BEFORE_START
-        );
-        assert_eq!(
-            c.preboot(VmmAction::FlushMetrics).unwrap_err().0,
-            NOT_BEFORE_START
-        );
+        assert!(matches!(err, ActionError::BootSource(_)), "{err}");
+        assert!(err.to_string().contains("/nonexistent/vmlinux"), "{err}");
+        for action in [
+            VmmAction::Pause,
+            VmmAction::SendCtrlAltDel,
+            VmmAction::FlushMetrics,
+        ] {
+            assert!(matches!(
+                c.preboot(action),
+                Err(ActionError::OperationNotSupportedPreBoot)
+            ));
+        }
         let running = c.common(&VmmAction::FlushMetrics, InstanceState::Running);
-        assert_eq!(running, Some(Ok(VmmData::Empty)));
+        assert!(matches!(running, Some(Ok(VmmData::Empty))), "{running:?}");
         let machine = c.preboot(VmmAction::GetMachineConfig).unwrap();
         assert_eq!(
             machine,
@@ -237,9 +224,12 @@ mod tests {
             seccomp: Arc::new(SeccompFilters::none()),
         };
         let err = c.start(host).unwrap_err();
-        assert_eq!(
-            err.0,
-            "Cannot start the microVM: the boot source is not configured."
+        assert!(
+            matches!(
+                err,
+                ActionError::StartMicrovm(StartMicrovmError::MissingBootSource)
+            ),
+            "{err:?}"
         );
     }
 }

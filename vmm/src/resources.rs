@@ -9,7 +9,7 @@ use crate::config::{
     validate_drives, validate_interfaces, BootSourceConfig, DriveConfig, MachineConfig,
     NetworkInterfaceConfig, SerialConfig, VmConfig, UNIMPLEMENTED_SECTIONS,
 };
-use crate::rpc::{ActionError, MachineConfigUpdate};
+use crate::rpc::{ActionError, MachineConfigUpdate, StartMicrovmError};
 
 /// The configuration under construction.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -19,10 +19,6 @@ pub struct VmResources {
     drives: Vec<DriveConfig>,
     network_interfaces: Vec<NetworkInterfaceConfig>,
     serial: Option<SerialConfig>,
-}
-
-fn error(e: impl std::fmt::Display) -> ActionError {
-    ActionError(e.to_string())
 }
 
 impl From<VmConfig> for VmResources {
@@ -48,14 +44,14 @@ fn upsert<T>(items: &mut Vec<T>, item: T, same: impl Fn(&T, &T) -> bool) {
 impl VmResources {
     /// `PUT /boot-source`.
     pub fn set_boot_source(&mut self, boot_source: BootSourceConfig) -> Result<(), ActionError> {
-        boot_source.validate().map_err(error)?;
+        boot_source.validate()?;
         self.boot_source = Some(boot_source);
         Ok(())
     }
 
     /// `PUT /machine-config`.
     pub fn set_machine_config(&mut self, machine: MachineConfig) -> Result<(), ActionError> {
-        machine.validate().map_err(error)?;
+        machine.validate()?;
         self.machine = machine;
         Ok(())
     }
@@ -91,7 +87,7 @@ impl VmResources {
     pub fn put_drive(&mut self, drive: DriveConfig) -> Result<(), ActionError> {
         let mut drives = self.drives.clone();
         upsert(&mut drives, drive, |a, b| a.drive_id == b.drive_id);
-        validate_drives(&drives).map_err(error)?;
+        validate_drives(&drives)?;
         self.drives = drives;
         Ok(())
     }
@@ -103,7 +99,7 @@ impl VmResources {
     ) -> Result<(), ActionError> {
         let mut ifaces = self.network_interfaces.clone();
         upsert(&mut ifaces, iface, |a, b| a.iface_id == b.iface_id);
-        validate_interfaces(&ifaces).map_err(error)?;
+        validate_interfaces(&ifaces)?;
         self.network_interfaces = ifaces;
         Ok(())
     }
@@ -114,10 +110,11 @@ impl VmResources {
     }
 
     /// The complete configuration to boot; the boot source is required.
-    pub fn vm_config(&self) -> Result<VmConfig, ActionError> {
-        let boot_source = self.boot_source.clone().ok_or_else(|| {
-            ActionError("Cannot start the microVM: the boot source is not configured.".into())
-        })?;
+    pub fn vm_config(&self) -> Result<VmConfig, StartMicrovmError> {
+        let boot_source = self
+            .boot_source
+            .clone()
+            .ok_or(StartMicrovmError::MissingBootSource)?;
         Ok(VmConfig {
             boot_source,
             machine: self.machine.clone(),
@@ -164,7 +161,7 @@ impl VmResources {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{CacheType, IoEngine};
+    use crate::config::{CacheType, DriveError, IoEngine, MachineConfigError};
 
     fn file(name: &str) -> std::path::PathBuf {
         let path = std::env::temp_dir().join(format!("kiln-res-{}-{name}", std::process::id()));
@@ -190,10 +187,10 @@ mod tests {
     #[test]
     fn start_needs_a_boot_source() {
         let mut r = VmResources::default();
-        assert_eq!(
-            r.vm_config().unwrap_err().0,
-            "Cannot start the microVM: the boot source is not configured."
-        );
+        assert!(matches!(
+            r.vm_config(),
+            Err(StartMicrovmError::MissingBootSource)
+        ));
         let kernel = file("kernel");
         r.set_boot_source(BootSourceConfig {
             kernel_image_path: kernel.clone(),
@@ -210,7 +207,7 @@ mod tests {
         assert!(r
             .set_boot_source(missing)
             .unwrap_err()
-            .0
+            .to_string()
             .contains("/nonexistent"));
         assert_eq!(r.vm_config().unwrap().boot_source.kernel_image_path, kernel);
     }
@@ -228,7 +225,10 @@ mod tests {
         let before = r.clone();
         let err = r.put_drive(drive("other-root", true)).unwrap_err();
         assert!(
-            err.0.contains("Only one drive can be the root device"),
+            matches!(
+                err,
+                ActionError::DriveConfig(DriveError::TwoRootDevices(..))
+            ),
             "{err}"
         );
         assert_eq!(r, before);
@@ -249,7 +249,10 @@ mod tests {
                 ..Default::default()
             })
             .unwrap_err();
-        assert_eq!(err.0, "mem_size_mib must be greater than 0.");
+        assert!(matches!(
+            err,
+            ActionError::MachineConfig(MachineConfigError::MemSizeZero)
+        ));
         assert_eq!(r.machine.mem_size_mib, 128);
     }
 

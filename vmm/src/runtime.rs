@@ -11,19 +11,19 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
-use crate::builder::BuildError;
 use crate::config::DriveConfig;
 use crate::console::ConsoleInput;
-use crate::controller::{Controller, NOT_AFTER_START};
+use crate::controller::Controller;
 use crate::device_manager::block;
 use crate::device_manager::legacy::LegacyDevices;
 use crate::device_manager::mmio::SharedTransport;
 use crate::metrics::{Counter, LastLatency, MetricSource, Metrics};
 use crate::rpc::{
-    ActionError, ActionResult, ApiReceiver, DriveUpdate, InstanceState, VmmAction, VmmData,
+    ActionError, ActionResult, ApiReceiver, DriveUpdate, InstanceState, StartMicrovmError,
+    VmmAction, VmmData,
 };
-use crate::seccomp::{SeccompError, SeccompFilters, ThreadKind};
-use crate::vstate::vcpu::{Vcpu, VcpuError, VcpuEvent, VcpuHandle, VcpuResponse, VmStop};
+use crate::seccomp::{SeccompFilters, ThreadKind};
+use crate::vstate::vcpu::{Vcpu, VcpuEvent, VcpuHandle, VcpuResponse, VmStop};
 use crate::vstate::vm::Vm;
 
 /// How often the metrics file gets a line, as in Firecracker.
@@ -32,24 +32,12 @@ const METRICS_PERIOD: Duration = Duration::from_secs(60);
 /// Errors while the VM runs.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
-    /// A vCPU thread failed to start or answer.
-    #[error(transparent)]
-    Vcpu(#[from] VcpuError),
-    /// A vCPU did not start running.
-    #[error("vCPU {index} did not start: {response:?}")]
-    Start {
-        index: usize,
-        response: VcpuResponse,
-    },
     /// The event loop failed.
     #[error("The event loop failed: {0:?}")]
     EventLoop(event_manager::Error),
     /// The API's eventfd could not be watched.
     #[error("Failed to watch the API channel: {0}")]
     ApiEventFd(std::io::Error),
-    /// The VMM thread could not install its seccomp filter.
-    #[error(transparent)]
-    Seccomp(#[from] SeccompError),
 }
 
 /// How long the VMM thread took for the last pause and resume, as Firecracker's
@@ -176,9 +164,9 @@ impl std::fmt::Debug for Vmm {
 }
 
 impl Vmm {
-    pub(crate) fn new(parts: VmmParts) -> Result<Self, BuildError> {
+    pub(crate) fn new(parts: VmmParts) -> Result<Self, StartMicrovmError> {
         let mut event_manager =
-            EventManager::<Subscriber>::new().map_err(BuildError::EventManager)?;
+            EventManager::<Subscriber>::new().map_err(StartMicrovmError::EventManager)?;
         let stop = Arc::new(Mutex::new(Flag {
             evt: parts.stop_evt,
             raised: false,
@@ -191,14 +179,14 @@ impl Vmm {
                     .legacy
                     .serial_drained
                     .try_clone()
-                    .map_err(BuildError::EventFd)?,
+                    .map_err(StartMicrovmError::EventFd)?,
             );
             event_manager.add_subscriber(Arc::new(Mutex::new(input)));
         }
         for device in parts.devices {
             event_manager.add_subscriber(device);
         }
-        let timer = TimerFd::new().map_err(|e| BuildError::EventFd(e.into()))?;
+        let timer = TimerFd::new().map_err(|e| StartMicrovmError::EventFd(e.into()))?;
         event_manager.add_subscriber(Arc::new(Mutex::new(MetricsTimer {
             timer,
             metrics: parts.metrics.clone(),
@@ -224,7 +212,7 @@ impl Vmm {
     /// Starts the vCPU threads and lets them run guest code. Each vCPU thread, and then this
     /// thread, installs its seccomp filter before the first guest instruction runs; this
     /// thread's is there for good even when starting fails later.
-    pub fn start(&mut self) -> Result<(), RuntimeError> {
+    pub fn start(&mut self) -> Result<(), StartMicrovmError> {
         for vcpu in self.vcpus.drain(..) {
             self.handles.push(vcpu.start(self.seccomp.clone())?);
         }
@@ -233,7 +221,7 @@ impl Vmm {
         for (index, handle) in self.handles.iter().enumerate() {
             match handle.request(VcpuEvent::Resume)? {
                 VcpuResponse::Resumed => {}
-                response => return Err(RuntimeError::Start { index, response }),
+                response => return Err(StartMicrovmError::VcpuStart { index, response }),
             }
         }
         log::info!("Started {} vCPUs", self.handles.len());
@@ -246,8 +234,8 @@ impl Vmm {
         for handle in &self.handles {
             match handle.request(event) {
                 Ok(r) if &r == expected || matches!(r, VcpuResponse::Stopped(_)) => {}
-                Ok(r) => return Err(ActionError(format!("A vCPU answered {r:?}."))),
-                Err(e) => return Err(ActionError(e.to_string())),
+                Ok(r) => return Err(ActionError::VcpuAnswer(r)),
+                Err(e) => return Err(e.into()),
             }
         }
         Ok(VmmData::Empty)
@@ -282,12 +270,10 @@ impl Vmm {
             VmmAction::SendCtrlAltDel => lock(&self.legacy.i8042)
                 .trigger_ctrl_alt_del()
                 .map(|()| VmmData::Empty)
-                .map_err(|e| ActionError(format!("Cannot send Ctrl-Alt-Del: {e}"))),
+                .map_err(ActionError::CtrlAltDel),
             VmmAction::PatchDrive(update) => self.patch_drive(update, controller),
-            VmmAction::PatchNetworkInterface(_) => Err(ActionError(
-                "Rate limiters are not supported yet.".to_string(),
-            )),
-            _ => Err(ActionError(NOT_AFTER_START.to_string())),
+            VmmAction::PatchNetworkInterface(_) => Err(ActionError::RateLimiterUnsupported),
+            _ => Err(ActionError::OperationNotSupportedPostBoot),
         }
     }
 
@@ -295,41 +281,37 @@ impl Vmm {
     /// may have changed.
     fn patch_drive(&mut self, update: DriveUpdate, controller: &mut Controller) -> ActionResult {
         if update.rate_limiter.as_ref().is_some_and(|v| !v.is_null()) {
-            return Err(ActionError("Rate limiters are not supported yet.".into()));
+            return Err(ActionError::RateLimiterUnsupported);
         }
         let drive = self
             .drives
             .iter_mut()
             .find(|d| d.config.drive_id == update.drive_id)
-            .ok_or_else(|| ActionError(format!("No drive has the ID '{}'.", update.drive_id)))?;
+            .ok_or_else(|| ActionError::DriveNotFound(update.drive_id.clone()))?;
         let Some(path) = update.path_on_host else {
             return Ok(VmmData::Empty);
         };
         let mut config = drive.config.clone();
         config.path_on_host = Some(path);
-        config.validate().map_err(|e| ActionError(e.to_string()))?;
+        config.validate()?;
         if block::same_image(&config, &drive.config) {
             // The drive's own open holds the image's lock: close it before opening again.
             let old = drive.config.clone();
             lock(&drive.device)
-                .reopen_disk(|| block::open_disk(&config), || block::open_disk(&old))
-                .map_err(|e| ActionError(e.to_string()))?;
+                .reopen_disk(|| block::open_disk(&config), || block::open_disk(&old))?;
         } else {
-            let disk = block::open_disk(&config).map_err(|e| ActionError(e.to_string()))?;
+            let disk = block::open_disk(&config)?;
             lock(&drive.device).swap_disk(disk);
         }
         lock(&drive.transport)
             .notify_config_change()
-            .map_err(|e| ActionError(format!("Failed to notify the guest: {e}")))?;
+            .map_err(ActionError::NotifyGuest)?;
         log::info!(
             "Drive '{}' now uses {:?}",
             config.drive_id,
             config.path_on_host
         );
-        controller
-            .resources_mut()
-            .put_drive(config.clone())
-            .map_err(|e| ActionError(e.to_string()))?;
+        controller.resources_mut().put_drive(config.clone())?;
         drive.config = config;
         Ok(VmmData::Empty)
     }
