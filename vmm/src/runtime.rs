@@ -1,7 +1,10 @@
-//! The running VM: its vCPU threads and the VMM thread's event loop. The loop serves device
-//! events, the console, the metrics timer and API requests, until the VM stops (a guest reboot
-//! or shutdown, or a vCPU error).
+//! The running VM: its vCPU threads, the typed methods the API's actions come down to
+//! ([`RunningVm`]: pause, resume, Ctrl-Alt-Del, a disk swap), and the VMM thread's event loop.
+//! The loop serves device events, the console and the metrics timer, and hands API requests to
+//! the [`ApiHandler`] it is given, until the VM stops (a guest reboot or shutdown, or a vCPU
+//! error). It knows neither the builder nor the controller.
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,15 +16,11 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use crate::config::DriveConfig;
 use crate::console::ConsoleInput;
-use crate::controller::Controller;
 use crate::device_manager::block;
 use crate::device_manager::legacy::LegacyDevices;
 use crate::device_manager::mmio::SharedTransport;
 use crate::metrics::{Counter, LastLatency, MetricSource, Metrics};
-use crate::rpc::{
-    ActionError, ActionResult, ApiReceiver, DriveUpdate, InstanceState, StartMicrovmError,
-    VmmAction, VmmData,
-};
+use crate::rpc::{ActionError, InstanceState, StartMicrovmError};
 use crate::seccomp::{SeccompFilters, ThreadKind};
 use crate::vstate::vcpu::{Vcpu, VcpuEvent, VcpuHandle, VcpuResponse, VmStop};
 use crate::vstate::vm::Vm;
@@ -114,6 +113,35 @@ impl MutEventSubscriber for MetricsTimer {
             log::error!("Failed to watch the metrics timer: {e:?}");
         }
     }
+}
+
+/// What the API can ask of a running VM, as typed methods; [`Vmm`] is the one implementation
+/// outside tests. The controller dispatches API actions to them.
+pub trait RunningVm {
+    /// Running or paused.
+    fn state(&self) -> InstanceState;
+    /// Pauses every vCPU, and tells a kvm-clock guest.
+    fn pause(&mut self) -> Result<(), ActionError>;
+    /// Lets every vCPU run again.
+    fn resume(&mut self) -> Result<(), ActionError>;
+    /// Types Ctrl-Alt-Del on the i8042 keyboard.
+    fn send_ctrl_alt_del(&mut self) -> Result<(), ActionError>;
+    /// Swaps drive `drive_id`'s backing file for `path`, if given, and tells the driver its
+    /// capacity may have changed; returns the drive's new configuration when it changed.
+    fn patch_drive(
+        &mut self,
+        drive_id: &str,
+        path: Option<PathBuf>,
+    ) -> Result<Option<DriveConfig>, ActionError>;
+}
+
+/// What serves the API while the event loop runs: the loop watches [`ApiHandler::wakeup`] and
+/// calls [`ApiHandler::serve`] after each wake-up with the whole VM at hand.
+pub trait ApiHandler {
+    /// Written when requests are waiting.
+    fn wakeup(&self) -> &EventFd;
+    /// Answers the waiting requests.
+    fn serve(&mut self, vm: &mut Vmm);
 }
 
 /// A block device as the running VM keeps it, for `PATCH /drives`.
@@ -230,7 +258,7 @@ impl Vmm {
 
     /// Asks every vCPU for `event` and checks each answers `expected` (or has stopped the VM,
     /// which the event loop notices next).
-    fn all_vcpus(&self, event: VcpuEvent, expected: &VcpuResponse) -> ActionResult {
+    fn all_vcpus(&self, event: VcpuEvent, expected: &VcpuResponse) -> Result<(), ActionError> {
         for handle in &self.handles {
             match handle.request(event) {
                 Ok(r) if &r == expected || matches!(r, VcpuResponse::Stopped(_)) => {}
@@ -238,93 +266,16 @@ impl Vmm {
                 Err(e) => return Err(e.into()),
             }
         }
-        Ok(VmmData::Empty)
+        Ok(())
     }
 
-    fn handle(&mut self, action: VmmAction, controller: &mut Controller) -> ActionResult {
-        let state = if self.paused {
-            InstanceState::Paused
-        } else {
-            InstanceState::Running
-        };
-        if let Some(result) = controller.common(&action, state) {
-            return result;
-        }
-        match action {
-            VmmAction::Pause => {
-                let start = Instant::now();
-                let result = self.all_vcpus(VcpuEvent::Pause, &VcpuResponse::Paused);
-                self.latencies.pause.record(start.elapsed());
-                self.paused = result.is_ok();
-                log::info!("Paused the microVM");
-                result
-            }
-            VmmAction::Resume => {
-                let start = Instant::now();
-                let result = self.all_vcpus(VcpuEvent::Resume, &VcpuResponse::Resumed);
-                self.latencies.resume.record(start.elapsed());
-                self.paused = result.is_err();
-                log::info!("Resumed the microVM");
-                result
-            }
-            VmmAction::SendCtrlAltDel => lock(&self.legacy.i8042)
-                .trigger_ctrl_alt_del()
-                .map(|()| VmmData::Empty)
-                .map_err(ActionError::CtrlAltDel),
-            VmmAction::PatchDrive(update) => self.patch_drive(update, controller),
-            VmmAction::PatchNetworkInterface(_) => Err(ActionError::RateLimiterUnsupported),
-            _ => Err(ActionError::OperationNotSupportedPostBoot),
-        }
-    }
-
-    /// Swaps a drive's backing file while the guest runs, and tells the driver its capacity
-    /// may have changed.
-    fn patch_drive(&mut self, update: DriveUpdate, controller: &mut Controller) -> ActionResult {
-        if update.rate_limiter.as_ref().is_some_and(|v| !v.is_null()) {
-            return Err(ActionError::RateLimiterUnsupported);
-        }
-        let drive = self
-            .drives
-            .iter_mut()
-            .find(|d| d.config.drive_id == update.drive_id)
-            .ok_or_else(|| ActionError::DriveNotFound(update.drive_id.clone()))?;
-        let Some(path) = update.path_on_host else {
-            return Ok(VmmData::Empty);
-        };
-        let mut config = drive.config.clone();
-        config.path_on_host = Some(path);
-        config.validate()?;
-        if block::same_image(&config, &drive.config) {
-            // The drive's own open holds the image's lock: close it before opening again.
-            let old = drive.config.clone();
-            lock(&drive.device)
-                .reopen_disk(|| block::open_disk(&config), || block::open_disk(&old))?;
-        } else {
-            let disk = block::open_disk(&config)?;
-            lock(&drive.device).swap_disk(disk);
-        }
-        lock(&drive.transport)
-            .notify_config_change()
-            .map_err(ActionError::NotifyGuest)?;
-        log::info!(
-            "Drive '{}' now uses {:?}",
-            config.drive_id,
-            config.path_on_host
-        );
-        controller.resources_mut().put_drive(config.clone())?;
-        drive.config = config;
-        Ok(VmmData::Empty)
-    }
-
-    /// Runs the event loop until the VM stops, serving `api` if given; returns why it stopped.
-    pub fn run(
-        mut self,
-        mut api: Option<(ApiReceiver, Controller)>,
-    ) -> Result<VmStop, RuntimeError> {
+    /// Runs the event loop until the VM stops, handing API requests to `api` if given; returns
+    /// why it stopped.
+    pub fn run(mut self, mut api: Option<&mut dyn ApiHandler>) -> Result<VmStop, RuntimeError> {
         let inbox = match &api {
-            Some((receiver, _)) => {
-                let evt = receiver
-                    .wakeup
+            Some(handler) => {
+                let evt = handler
+                    .wakeup()
                     .try_clone()
                     .map_err(RuntimeError::ApiEventFd)?;
                 let flag = Arc::new(Mutex::new(Flag { evt, raised: false }));
@@ -335,13 +286,9 @@ impl Vmm {
         };
         while !lock(&self.stop).raised {
             self.event_manager.run().map_err(RuntimeError::EventLoop)?;
-            if let (Some((receiver, controller)), Some(inbox)) = (api.as_mut(), &inbox) {
+            if let (Some(handler), Some(inbox)) = (api.as_mut(), &inbox) {
                 lock(inbox).raised = false;
-                while let Ok(request) = receiver.requests.try_recv() {
-                    let result = self.handle(request.action, controller);
-                    // A client that went away does not need its answer.
-                    let _ = request.reply.send(result);
-                }
+                handler.serve(&mut self);
             }
         }
         // An error on any vCPU outranks a guest-initiated stop seen on another one.
@@ -361,6 +308,77 @@ impl Vmm {
             log::warn!("{e}");
         }
         Ok(stop)
+    }
+}
+
+impl RunningVm for Vmm {
+    fn state(&self) -> InstanceState {
+        if self.paused {
+            InstanceState::Paused
+        } else {
+            InstanceState::Running
+        }
+    }
+
+    fn pause(&mut self) -> Result<(), ActionError> {
+        let start = Instant::now();
+        let result = self.all_vcpus(VcpuEvent::Pause, &VcpuResponse::Paused);
+        self.latencies.pause.record(start.elapsed());
+        self.paused = result.is_ok();
+        log::info!("Paused the microVM");
+        result
+    }
+
+    fn resume(&mut self) -> Result<(), ActionError> {
+        let start = Instant::now();
+        let result = self.all_vcpus(VcpuEvent::Resume, &VcpuResponse::Resumed);
+        self.latencies.resume.record(start.elapsed());
+        self.paused = result.is_err();
+        log::info!("Resumed the microVM");
+        result
+    }
+
+    fn send_ctrl_alt_del(&mut self) -> Result<(), ActionError> {
+        lock(&self.legacy.i8042)
+            .trigger_ctrl_alt_del()
+            .map_err(ActionError::CtrlAltDel)
+    }
+
+    fn patch_drive(
+        &mut self,
+        drive_id: &str,
+        path: Option<PathBuf>,
+    ) -> Result<Option<DriveConfig>, ActionError> {
+        let drive = self
+            .drives
+            .iter_mut()
+            .find(|d| d.config.drive_id == drive_id)
+            .ok_or_else(|| ActionError::DriveNotFound(drive_id.to_string()))?;
+        let Some(path) = path else {
+            return Ok(None);
+        };
+        let mut config = drive.config.clone();
+        config.path_on_host = Some(path);
+        config.validate()?;
+        if block::same_image(&config, &drive.config) {
+            // The drive's own open holds the image's lock: close it before opening again.
+            let old = drive.config.clone();
+            lock(&drive.device)
+                .reopen_disk(|| block::open_disk(&config), || block::open_disk(&old))?;
+        } else {
+            let disk = block::open_disk(&config)?;
+            lock(&drive.device).swap_disk(disk);
+        }
+        drive.config = config.clone();
+        lock(&drive.transport)
+            .notify_config_change()
+            .map_err(ActionError::NotifyGuest)?;
+        log::info!(
+            "Drive '{}' now uses {:?}",
+            config.drive_id,
+            config.path_on_host
+        );
+        Ok(Some(config))
     }
 }
 
