@@ -13,11 +13,12 @@ use crate::arch::x86_64::boot_params::{write_boot_params, BootData};
 use crate::arch::x86_64::mptable::setup_mptable;
 use crate::config::VmConfig;
 use crate::config::{guest_order, root_cmdline};
+use crate::device_manager::registry::{DeviceHandle, DeviceRegistry};
 use crate::device_manager::{block, legacy, mmio, net};
 use crate::loader;
 use crate::metrics::Metrics;
 use crate::rpc::StartMicrovmError;
-use crate::runtime::{AttachedDrive, Subscriber, Vmm, VmmParts};
+use crate::runtime::{Vmm, VmmParts};
 use crate::seccomp::SeccompFilters;
 use crate::vstate::memory::{create_guest_memory, MemoryError};
 use crate::vstate::vcpu::{install_kick_handler, Vcpu, VcpuConfig, VcpuError, VcpuExitCounters};
@@ -88,38 +89,31 @@ pub fn build(config: &VmConfig, host: HostOptions) -> Result<Vmm, StartMicrovmEr
     if host.boot_timer {
         mmio::attach_boot_timer(&mut mmio_bus, host.start)?;
     }
-    let mut allocator = mmio::MmioAllocator::default();
-    let mut device_args: Vec<String> = root_cmdline(&config.drives).into_iter().collect();
-    let mut subscribers: Vec<Subscriber> = Vec::new();
-    let mut drives = Vec::new();
+    let mut registry = DeviceRegistry::default();
     for drive in guest_order(&config.drives) {
         let device = block::create(drive)?;
         let stats = lock(&device).stats();
         host.metrics
             .add_source(Arc::new(block::BlockMetrics::new(&drive.drive_id, stats)));
-        let (slot, transport) =
-            mmio::attach_virtio(vm.fd(), &mut mmio_bus, &mem, &mut allocator, device.clone())?;
-        drives.push(AttachedDrive {
+        let handle = DeviceHandle::Block {
+            device,
             config: drive.clone(),
-            device: device.clone(),
-            transport,
-        });
+        };
+        let slot = registry.attach_virtio(vm.fd(), &mut mmio_bus, &mem, &drive.drive_id, handle)?;
         log::info!(
             "Attached drive '{}' at {:#x}, IRQ {}",
             drive.drive_id,
             slot.addr,
             slot.irq
         );
-        device_args.push(slot.cmdline_arg());
-        subscribers.push(device);
     }
     for iface in &config.network_interfaces {
         let device = net::create(iface)?;
         let stats = lock(&device).stats();
         host.metrics
             .add_source(Arc::new(net::NetMetrics::new(&iface.iface_id, stats)));
-        let (slot, _) =
-            mmio::attach_virtio(vm.fd(), &mut mmio_bus, &mem, &mut allocator, device.clone())?;
+        let handle = DeviceHandle::Net(device);
+        let slot = registry.attach_virtio(vm.fd(), &mut mmio_bus, &mem, &iface.iface_id, handle)?;
         log::info!(
             "Attached interface '{}' on tap '{}' at {:#x}, IRQ {}",
             iface.iface_id,
@@ -127,9 +121,11 @@ pub fn build(config: &VmConfig, host: HostOptions) -> Result<Vmm, StartMicrovmEr
             slot.addr,
             slot.irq
         );
-        device_args.push(slot.cmdline_arg());
-        subscribers.push(device);
     }
+    let device_args: Vec<String> = root_cmdline(&config.drives)
+        .into_iter()
+        .chain(registry.cmdline_args())
+        .collect();
     let cmdline = loader::build_cmdline(boot.boot_args(), &device_args)?;
     let cmdline_len = loader::write_cmdline(&mem, &cmdline)?;
     log::info!(
@@ -200,8 +196,7 @@ pub fn build(config: &VmConfig, host: HostOptions) -> Result<Vmm, StartMicrovmEr
         stop_evt,
         legacy,
         console_input: host.console_input,
-        devices: subscribers,
-        drives,
+        devices: registry,
         metrics: host.metrics,
         seccomp: host.seccomp,
     })

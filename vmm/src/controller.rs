@@ -216,30 +216,35 @@ mod tests {
     use crate::seccomp::SeccompFilters;
 
     /// A running VM that records what it is asked; its one drive is `data`.
-    #[derive(Debug, Default)]
+    #[derive(Debug)]
     struct FakeVm {
-        paused: bool,
+        state: InstanceState,
         calls: Vec<&'static str>,
+    }
+
+    impl Default for FakeVm {
+        fn default() -> Self {
+            Self {
+                state: InstanceState::Running,
+                calls: Vec::new(),
+            }
+        }
     }
 
     impl RunningVm for FakeVm {
         fn state(&self) -> InstanceState {
-            if self.paused {
-                InstanceState::Paused
-            } else {
-                InstanceState::Running
-            }
+            self.state
         }
 
         fn pause(&mut self) -> Result<(), ActionError> {
             self.calls.push("pause");
-            self.paused = true;
+            self.state = InstanceState::Paused;
             Ok(())
         }
 
         fn resume(&mut self) -> Result<(), ActionError> {
             self.calls.push("resume");
-            self.paused = false;
+            self.state = InstanceState::Running;
             Ok(())
         }
 

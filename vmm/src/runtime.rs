@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use devices::virtio::block::Block;
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
@@ -18,7 +17,7 @@ use crate::config::DriveConfig;
 use crate::console::ConsoleInput;
 use crate::device_manager::block;
 use crate::device_manager::legacy::LegacyDevices;
-use crate::device_manager::mmio::SharedTransport;
+use crate::device_manager::registry::{DeviceHandle, DeviceKind, DeviceRegistry, Subscriber};
 use crate::metrics::{Counter, LastLatency, MetricSource, Metrics};
 use crate::rpc::{ActionError, InstanceState, StartMicrovmError};
 use crate::seccomp::{SeccompFilters, ThreadKind};
@@ -62,9 +61,6 @@ impl MetricSource for VmmLatencies {
         )
     }
 }
-
-/// A device (or other event source) served by the VMM thread's event loop.
-pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 
 fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -144,13 +140,6 @@ pub trait ApiHandler {
     fn serve(&mut self, vm: &mut Vmm);
 }
 
-/// A block device as the running VM keeps it, for `PATCH /drives`.
-pub(crate) struct AttachedDrive {
-    pub config: DriveConfig,
-    pub device: Arc<Mutex<Block>>,
-    pub transport: SharedTransport,
-}
-
 /// What the builder hands over to make a [`Vmm`].
 pub(crate) struct VmmParts {
     pub vm: Vm,
@@ -159,8 +148,7 @@ pub(crate) struct VmmParts {
     pub stop_evt: EventFd,
     pub legacy: LegacyDevices,
     pub console_input: bool,
-    pub devices: Vec<Subscriber>,
-    pub drives: Vec<AttachedDrive>,
+    pub devices: DeviceRegistry,
     pub metrics: Arc<Metrics>,
     pub seccomp: Arc<SeccompFilters>,
 }
@@ -174,7 +162,7 @@ pub struct Vmm {
     stop: Arc<Mutex<Flag>>,
     paused: bool,
     latencies: Arc<VmmLatencies>,
-    drives: Vec<AttachedDrive>,
+    devices: DeviceRegistry,
     legacy: LegacyDevices,
     metrics: Arc<Metrics>,
     seccomp: Arc<SeccompFilters>,
@@ -211,7 +199,7 @@ impl Vmm {
             );
             event_manager.add_subscriber(Arc::new(Mutex::new(input)));
         }
-        for device in parts.devices {
+        for device in parts.devices.subscribers() {
             event_manager.add_subscriber(device);
         }
         let timer = TimerFd::new().map_err(|e| StartMicrovmError::EventFd(e.into()))?;
@@ -228,7 +216,7 @@ impl Vmm {
             stop,
             paused: false,
             latencies,
-            drives: parts.drives,
+            devices: parts.devices,
             legacy: parts.legacy,
             metrics: parts.metrics,
             seccomp: parts.seccomp,
@@ -349,27 +337,32 @@ impl RunningVm for Vmm {
         drive_id: &str,
         path: Option<PathBuf>,
     ) -> Result<Option<DriveConfig>, ActionError> {
+        let not_found = || ActionError::DriveNotFound(drive_id.to_string());
         let drive = self
-            .drives
-            .iter_mut()
-            .find(|d| d.config.drive_id == drive_id)
-            .ok_or_else(|| ActionError::DriveNotFound(drive_id.to_string()))?;
+            .devices
+            .get_mut(DeviceKind::Block, drive_id)
+            .ok_or_else(not_found)?;
+        let DeviceHandle::Block {
+            device,
+            config: old,
+        } = &mut drive.handle
+        else {
+            return Err(not_found());
+        };
         let Some(path) = path else {
             return Ok(None);
         };
-        let mut config = drive.config.clone();
+        let mut config = old.clone();
         config.path_on_host = Some(path);
         config.validate()?;
-        if block::same_image(&config, &drive.config) {
+        if block::same_image(&config, old) {
             // The drive's own open holds the image's lock: close it before opening again.
-            let old = drive.config.clone();
-            lock(&drive.device)
-                .reopen_disk(|| block::open_disk(&config), || block::open_disk(&old))?;
+            lock(device).reopen_disk(|| block::open_disk(&config), || block::open_disk(old))?;
         } else {
             let disk = block::open_disk(&config)?;
-            lock(&drive.device).swap_disk(disk);
+            lock(device).swap_disk(disk);
         }
-        drive.config = config.clone();
+        *old = config.clone();
         lock(&drive.transport)
             .notify_config_change()
             .map_err(ActionError::NotifyGuest)?;
