@@ -139,3 +139,48 @@ impl DeviceRegistry {
         self.devices.iter().map(|d| d.handle.subscriber())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use devices::virtio::mmio::MmioTransport;
+    use devices::virtio::Interrupt;
+    use vm_memory::GuestAddress;
+    use vmm_sys_util::eventfd::EventFd;
+
+    use super::*;
+    use crate::device_manager::block;
+
+    #[test]
+    fn devices_are_found_by_kind_and_id() {
+        let path = std::env::temp_dir().join(format!("kiln-registry-{}", std::process::id()));
+        std::fs::write(&path, [0u8; 512]).unwrap();
+        let config: DriveConfig = serde_json::from_value(serde_json::json!({
+            "drive_id": "data", "path_on_host": path, "is_root_device": false,
+        }))
+        .unwrap();
+        let device = block::create(&config).unwrap();
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        let interrupt = Arc::new(Interrupt::new(EventFd::new(0).unwrap()));
+        let transport = MmioTransport::new(device.clone(), mem, interrupt);
+        let mut registry = DeviceRegistry::default();
+        registry.devices.push(RegisteredDevice {
+            id: "data".into(),
+            slot: MmioSlot {
+                addr: 0xc000_1000,
+                irq: 5,
+            },
+            transport: Arc::new(Mutex::new(transport)),
+            handle: DeviceHandle::Block { device, config },
+        });
+        let found = registry.get_mut(DeviceKind::Block, "data").unwrap();
+        assert_eq!((found.id.as_str(), found.slot.irq), ("data", 5));
+        assert!(registry.get_mut(DeviceKind::Net, "data").is_none());
+        assert!(registry.get_mut(DeviceKind::Block, "other").is_none());
+        assert_eq!(
+            registry.cmdline_args().collect::<Vec<_>>(),
+            ["virtio_mmio.device=4K@0xc0001000:5"]
+        );
+        assert_eq!(registry.subscribers().count(), 1);
+        std::fs::remove_file(path).unwrap();
+    }
+}
