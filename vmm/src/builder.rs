@@ -1,5 +1,6 @@
-//! From a validated configuration to a VM whose vCPUs are ready to run: memory, kernel, devices,
-//! boot tables, vCPUs, in that order.
+//! From a validated configuration to a VM whose vCPUs are ready to run: memory, the VM and its
+//! irqchip, the kernel, devices, boot tables, vCPUs, in that order. The phases that do not
+//! depend on booting a kernel (memory, VM, devices, vCPUs) are functions of their own.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -144,13 +145,13 @@ fn attach_devices(
     let stop_evt = EventFd::new(EFD_NONBLOCK).map_err(StartMicrovmError::EventFd)?;
     let mut io_bus = Bus::new();
     let mut mmio_bus = Bus::new();
-    let legacy = legacy::attach(vm.fd(), &mut io_bus, serial_out, &stop_evt)?;
+    let mut registry = DeviceRegistry::default();
+    let legacy = legacy::attach(vm.fd(), &mut io_bus, &mut registry, serial_out, &stop_evt)?;
     metrics.add_source(Arc::new(legacy::UartMetrics(legacy.serial.clone())));
     metrics.add_source(Arc::new(legacy::I8042Metrics(legacy.i8042.clone())));
     if let Some(start) = boot_timer {
         mmio::attach_boot_timer(&mut mmio_bus, start)?;
     }
-    let mut registry = DeviceRegistry::default();
     for drive in guest_order(&config.drives) {
         let device = block::create(drive)?;
         let stats = lock(&device).stats();

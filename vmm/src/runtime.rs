@@ -17,7 +17,9 @@ use crate::config::DriveConfig;
 use crate::console::ConsoleInput;
 use crate::device_manager::block;
 use crate::device_manager::legacy::LegacyDevices;
-use crate::device_manager::registry::{DeviceHandle, DeviceKind, DeviceRegistry, Subscriber};
+use crate::device_manager::registry::{
+    DeviceHandle, DeviceKind, DeviceRegistry, Subscriber, Transport,
+};
 use crate::metrics::{Counter, LastLatency, MetricSource, Metrics};
 use crate::rpc::{ActionError, InstanceState, StartMicrovmError};
 use crate::seccomp::{SeccompFilters, ThreadKind};
@@ -163,7 +165,6 @@ pub struct Vmm {
     paused: bool,
     latencies: Arc<VmmLatencies>,
     devices: DeviceRegistry,
-    legacy: LegacyDevices,
     metrics: Arc<Metrics>,
     seccomp: Arc<SeccompFilters>,
     _mem: GuestMemoryMmap,
@@ -217,7 +218,6 @@ impl Vmm {
             paused: false,
             latencies,
             devices: parts.devices,
-            legacy: parts.legacy,
             metrics: parts.metrics,
             seccomp: parts.seccomp,
             _mem: parts.mem,
@@ -327,7 +327,8 @@ impl RunningVm for Vmm {
     }
 
     fn send_ctrl_alt_del(&mut self) -> Result<(), ActionError> {
-        lock(&self.legacy.i8042)
+        let i8042 = self.devices.i8042().ok_or(ActionError::DeviceNotFound)?;
+        lock(i8042)
             .trigger_ctrl_alt_del()
             .map_err(ActionError::CtrlAltDel)
     }
@@ -342,10 +343,13 @@ impl RunningVm for Vmm {
             .devices
             .get_mut(DeviceKind::Block, drive_id)
             .ok_or_else(not_found)?;
-        let DeviceHandle::Block {
-            device,
-            config: old,
-        } = &mut drive.handle
+        let (
+            DeviceHandle::Block {
+                device,
+                config: old,
+            },
+            Transport::Mmio { transport, .. },
+        ) = (&mut drive.handle, &drive.transport)
         else {
             return Err(not_found());
         };
@@ -363,7 +367,7 @@ impl RunningVm for Vmm {
             lock(device).swap_disk(disk);
         }
         *old = config.clone();
-        lock(&drive.transport)
+        lock(transport)
             .notify_config_change()
             .map_err(ActionError::NotifyGuest)?;
         log::info!(

@@ -1,10 +1,13 @@
-//! The device registry: every virtio device of the VM by kind and ID, with its transport, MMIO
-//! slot, interrupt line and handle. The builder attaches every kind through
-//! [`DeviceRegistry::attach_virtio`], the one path that allocates the slot, wires the device
-//! to KVM and records it; the running VM finds its drives and interfaces here.
+//! The device registry: every device of the VM by kind and ID, with its transport (an MMIO slot
+//! or port range), interrupt line and handle. Every virtio kind is attached through
+//! [`DeviceRegistry::attach_virtio`], the one path that allocates the slot, wires the device to
+//! KVM and records it; the legacy devices are recorded where `legacy::attach` puts them on the
+//! port-I/O bus. The running VM finds its drives, its i8042 and the devices' event-loop
+//! subscribers here.
 
 use std::sync::{Arc, Mutex};
 
+use devices::legacy::{Serial, I8042};
 use devices::virtio::block::Block;
 use devices::virtio::net::Net;
 use devices::virtio::VirtioDevice;
@@ -26,6 +29,10 @@ pub enum DeviceKind {
     Block,
     /// virtio-net.
     Net,
+    /// The 8250 UART.
+    Serial,
+    /// The i8042 keyboard controller.
+    I8042,
 }
 
 /// A registered device's own handle, by kind.
@@ -39,6 +46,10 @@ pub enum DeviceHandle {
     },
     /// A network interface.
     Net(Arc<Mutex<Net>>),
+    /// The UART.
+    Serial(Arc<Mutex<Serial>>),
+    /// The i8042.
+    I8042(Arc<Mutex<I8042>>),
 }
 
 impl DeviceHandle {
@@ -47,32 +58,56 @@ impl DeviceHandle {
         match self {
             Self::Block { .. } => DeviceKind::Block,
             Self::Net(_) => DeviceKind::Net,
+            Self::Serial(_) => DeviceKind::Serial,
+            Self::I8042(_) => DeviceKind::I8042,
         }
     }
 
-    fn virtio(&self) -> Arc<Mutex<dyn VirtioDevice>> {
+    /// The virtio device, for the virtio kinds.
+    fn virtio(&self) -> Option<Arc<Mutex<dyn VirtioDevice>>> {
         match self {
-            Self::Block { device, .. } => device.clone(),
-            Self::Net(device) => device.clone(),
+            Self::Block { device, .. } => Some(device.clone()),
+            Self::Net(device) => Some(device.clone()),
+            Self::Serial(_) | Self::I8042(_) => None,
         }
     }
 
-    fn subscriber(&self) -> Subscriber {
+    /// The event-loop subscriber, for the devices that have one (the virtio kinds).
+    fn subscriber(&self) -> Option<Subscriber> {
         match self {
-            Self::Block { device, .. } => device.clone(),
-            Self::Net(device) => device.clone(),
+            Self::Block { device, .. } => Some(device.clone()),
+            Self::Net(device) => Some(device.clone()),
+            Self::Serial(_) | Self::I8042(_) => None,
         }
     }
 }
 
+/// How the guest reaches a device.
+pub enum Transport {
+    /// A virtio-mmio transport whose register window starts at `addr`.
+    Mmio {
+        /// The start of the window.
+        addr: u64,
+        /// The transport.
+        transport: SharedTransport,
+    },
+    /// Ports on the port-I/O bus.
+    PortIo {
+        /// The first port.
+        base: u64,
+        /// How many ports.
+        len: u64,
+    },
+}
+
 /// One attached device.
 pub struct RegisteredDevice {
-    /// Its ID: the drive's `drive_id` or the interface's `iface_id`.
+    /// Its ID: the drive's `drive_id`, the interface's `iface_id`, or the legacy device's name.
     pub id: String,
-    /// Its register window and interrupt line.
-    pub slot: MmioSlot,
-    /// The virtio-mmio transport in front of it.
-    pub transport: SharedTransport,
+    /// Its interrupt line.
+    pub irq: u32,
+    /// Where the guest reaches it.
+    pub transport: Transport,
     /// The device.
     pub handle: DeviceHandle,
 }
@@ -83,17 +118,27 @@ impl std::fmt::Debug for DeviceHandle {
     }
 }
 
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Mmio { addr, .. } => write!(f, "Mmio({addr:#x})"),
+            Self::PortIo { base, len } => write!(f, "PortIo({base:#x}, {len})"),
+        }
+    }
+}
+
 impl std::fmt::Debug for RegisteredDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RegisteredDevice")
             .field("id", &self.id)
-            .field("slot", &self.slot)
+            .field("irq", &self.irq)
+            .field("transport", &self.transport)
             .field("handle", &self.handle)
-            .finish_non_exhaustive()
+            .finish()
     }
 }
 
-/// The VM's virtio devices, in the order they were attached (which is the guest's order).
+/// The VM's devices, in the order they were attached (for virtio, the guest's order).
 #[derive(Debug, Default)]
 pub struct DeviceRegistry {
     allocator: MmioAllocator,
@@ -111,15 +156,24 @@ impl DeviceRegistry {
         id: &str,
         handle: DeviceHandle,
     ) -> Result<MmioSlot, MmioError> {
+        let virtio = handle.virtio().ok_or(MmioError::NotVirtio)?;
         let (slot, transport) =
-            mmio::attach_virtio(vm, mmio_bus, mem, &mut self.allocator, handle.virtio())?;
-        self.devices.push(RegisteredDevice {
+            mmio::attach_virtio(vm, mmio_bus, mem, &mut self.allocator, virtio)?;
+        self.insert(RegisteredDevice {
             id: id.to_string(),
-            slot: slot.clone(),
-            transport,
+            irq: slot.irq,
+            transport: Transport::Mmio {
+                addr: slot.addr,
+                transport,
+            },
             handle,
         });
         Ok(slot)
+    }
+
+    /// Records a device already on its bus.
+    pub fn insert(&mut self, device: RegisteredDevice) {
+        self.devices.push(device);
     }
 
     /// The device of `kind` with ID `id`.
@@ -129,19 +183,31 @@ impl DeviceRegistry {
             .find(|d| d.handle.kind() == kind && d.id == id)
     }
 
-    /// The kernel command-line entries that announce the devices, in attach order.
-    pub fn cmdline_args(&self) -> impl Iterator<Item = String> + '_ {
-        self.devices.iter().map(|d| d.slot.cmdline_arg())
+    /// The i8042, if attached.
+    pub fn i8042(&self) -> Option<&Arc<Mutex<I8042>>> {
+        self.devices.iter().find_map(|d| match &d.handle {
+            DeviceHandle::I8042(i8042) => Some(i8042),
+            _ => None,
+        })
     }
 
-    /// Every device's event-loop subscriber.
+    /// The kernel command-line entries that announce the virtio devices, in attach order.
+    pub fn cmdline_args(&self) -> impl Iterator<Item = String> + '_ {
+        self.devices.iter().filter_map(|d| match d.transport {
+            Transport::Mmio { addr, .. } => Some(MmioSlot { addr, irq: d.irq }.cmdline_arg()),
+            Transport::PortIo { .. } => None,
+        })
+    }
+
+    /// The event-loop subscribers of the devices that have one.
     pub fn subscribers(&self) -> impl Iterator<Item = Subscriber> + '_ {
-        self.devices.iter().map(|d| d.handle.subscriber())
+        self.devices.iter().filter_map(|d| d.handle.subscriber())
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use devices::legacy::EventFdTrigger;
     use devices::virtio::mmio::MmioTransport;
     use devices::virtio::Interrupt;
     use vm_memory::GuestAddress;
@@ -151,7 +217,7 @@ mod tests {
     use crate::device_manager::block;
 
     #[test]
-    fn devices_are_found_by_kind_and_id() {
+    fn devices_are_found_by_kind_and_id_and_only_virtio_ones_are_announced() {
         let path = std::env::temp_dir().join(format!("kiln-registry-{}", std::process::id()));
         std::fs::write(&path, [0u8; 512]).unwrap();
         let config: DriveConfig = serde_json::from_value(serde_json::json!({
@@ -163,17 +229,26 @@ mod tests {
         let interrupt = Arc::new(Interrupt::new(EventFd::new(0).unwrap()));
         let transport = MmioTransport::new(device.clone(), mem, interrupt);
         let mut registry = DeviceRegistry::default();
-        registry.devices.push(RegisteredDevice {
+        registry.insert(RegisteredDevice {
             id: "data".into(),
-            slot: MmioSlot {
+            irq: 5,
+            transport: Transport::Mmio {
                 addr: 0xc000_1000,
-                irq: 5,
+                transport: Arc::new(Mutex::new(transport)),
             },
-            transport: Arc::new(Mutex::new(transport)),
             handle: DeviceHandle::Block { device, config },
         });
+        assert!(registry.i8042().is_none());
+        let trigger = || EventFdTrigger::new(EventFd::new(0).unwrap());
+        registry.insert(RegisteredDevice {
+            id: "i8042".into(),
+            irq: 1,
+            transport: Transport::PortIo { base: 0x60, len: 5 },
+            handle: DeviceHandle::I8042(Arc::new(Mutex::new(I8042::new(trigger(), trigger())))),
+        });
+        assert!(registry.i8042().is_some());
         let found = registry.get_mut(DeviceKind::Block, "data").unwrap();
-        assert_eq!((found.id.as_str(), found.slot.irq), ("data", 5));
+        assert_eq!((found.id.as_str(), found.irq), ("data", 5));
         assert!(registry.get_mut(DeviceKind::Net, "data").is_none());
         assert!(registry.get_mut(DeviceKind::Block, "other").is_none());
         assert_eq!(

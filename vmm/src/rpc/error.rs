@@ -72,6 +72,9 @@ pub enum ActionError {
     /// `PATCH /drives` named no attached drive.
     #[error("No drive has the ID '{0}'.")]
     DriveNotFound(String),
+    /// A device the action needs is not attached (Firecracker's message).
+    #[error("Device not found")]
+    DeviceNotFound,
     /// `PATCH /drives` could not open the new image.
     #[error(transparent)]
     BlockDevice(#[from] BlockDeviceError),
