@@ -196,7 +196,7 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
     startup.report_ready();
 
     let resources = config.clone().map(VmResources::from).unwrap_or_default();
-    let mut controller = Controller::new(&cli.id, resources, metrics.clone());
+    let mut controller = Controller::new(&cli.id, resources, metrics.clone(), receiver);
     let vmm = if config.is_some() {
         // Firecracker boots a config file's VM at once and serves the API alongside.
         controller
@@ -207,7 +207,7 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
         // InstanceStart dropped the first console writer; a retry opens another.
         let mut first = Some(serial_out);
         controller
-            .serve_until_started(&receiver, || {
+            .serve_until_started(|| {
                 let out = first.take().map_or_else(|| serial_output(None), Ok);
                 host(out.unwrap_or_else(|e| {
                     log::error!("The console is lost: {e}");
@@ -216,8 +216,5 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
             })
             .map_err(|e| run_error(&e))?
     };
-    outcome(
-        vmm.run(Some((receiver, controller)))
-            .map_err(|e| run_error(&e))?,
-    )
+    outcome(vmm.run(Some(&mut controller)).map_err(|e| run_error(&e))?)
 }

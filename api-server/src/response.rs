@@ -147,12 +147,14 @@ mod tests {
     fn errors_are_faults() {
         let r = from_outcome(
             Version::Http11,
-            Ok(Err(ActionError("The VM is already running.".into()))),
+            Ok(Err(ActionError::OperationNotSupportedPostBoot)),
         );
         assert_eq!(r.status(), StatusCode::BadRequest);
         assert_eq!(
             body_json(&r),
-            serde_json::json!({"fault_message": "The VM is already running."})
+            serde_json::json!({
+                "fault_message": "The requested operation is not supported after starting the microVM."
+            })
         );
         let r = from_outcome(Version::Http10, Err(ChannelError::VmmGone));
         assert_eq!(r.status(), StatusCode::InternalServerError);

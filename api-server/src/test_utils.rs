@@ -25,7 +25,7 @@ pub fn fuzz_request(data: &[u8]) {
             0 => Ok(VmmData::Empty),
             1 => Ok(VmmData::Json(serde_json::json!({"a": 1}))),
             2 => Ok(VmmData::PrometheusText("kiln_x 1\n".into())),
-            _ => Err(ActionError("refused".into())),
+            _ => Err(ActionError::OperationNotSupportedPreBoot),
         })
     });
     let status = response.status();

@@ -102,7 +102,10 @@ fn a_vmm_error_is_a_400_fault() {
         Some(r#"{"action_type": "SendCtrlAltDel"}"#),
     );
     assert_eq!(reply.status, 400);
-    assert_eq!(reply.fault(), "The VM is not running.");
+    assert_eq!(
+        reply.fault(),
+        "The requested operation is not supported before starting the microVM."
+    );
     assert_eq!(api.metrics.faults(), 1);
 }
 

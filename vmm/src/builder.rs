@@ -1,74 +1,33 @@
-//! From a validated configuration to a VM whose vCPUs are ready to run: memory, kernel, devices,
-//! boot tables, vCPUs, in that order.
+//! From a validated configuration to a VM whose vCPUs are ready to run: memory, the VM and its
+//! irqchip, the kernel, devices, boot tables, vCPUs, in that order. The phases that do not
+//! depend on booting a kernel (memory, VM, devices, vCPUs) are functions of their own.
 
 use std::io::Write;
 use std::sync::Arc;
 
 use devices::boot_timer::Timestamp;
-use devices::{Bus, BusError};
+use devices::Bus;
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::arch::x86_64::boot_params::{write_boot_params, BootData, BootParamsError};
-use crate::arch::x86_64::mptable::{setup_mptable, MptableError};
-use crate::config::VmConfig;
+use crate::arch::x86_64::boot_params::{write_boot_params, BootData};
+use crate::arch::x86_64::mptable::setup_mptable;
+use crate::arch::x86_64::regs::EntryPoint;
 use crate::config::{guest_order, root_cmdline};
-use crate::cpu_template::{CpuTemplateType, HostCpu, StaticTemplateError};
+use crate::config::{BootSourceConfig, MachineConfig, VmConfig};
+use crate::cpu_template::{CpuTemplateType, CustomCpuTemplate, HostCpu};
+use crate::device_manager::legacy::LegacyDevices;
+use crate::device_manager::registry::{DeviceHandle, DeviceRegistry};
 use crate::device_manager::{block, legacy, mmio, net};
-use crate::loader::{self, LoaderError};
+use crate::loader::{self, LoadedKernel};
 use crate::metrics::Metrics;
-use crate::runtime::{AttachedDrive, Subscriber, Vmm, VmmParts};
+use crate::rpc::StartMicrovmError;
+use crate::runtime::{Vmm, VmmParts};
 use crate::seccomp::SeccompFilters;
 use crate::vstate::memory::{create_guest_memory, MemoryError};
 use crate::vstate::vcpu::{install_kick_handler, Vcpu, VcpuConfig, VcpuError, VcpuExitCounters};
 use crate::vstate::vm::{Vm, VmError};
-
-/// Errors building the VM.
-#[derive(Debug, thiserror::Error)]
-pub enum BuildError {
-    /// The static CPU template is not for this host (Firecracker's message).
-    #[error("Failed to get CPU template: {0}")]
-    CpuTemplate(#[from] StaticTemplateError),
-    /// Creating or setting up the KVM VM failed.
-    #[error(transparent)]
-    Vm(#[from] VmError),
-    /// Guest memory could not be created.
-    #[error(transparent)]
-    Memory(#[from] MemoryError),
-    /// The kernel, initrd or command line could not be loaded.
-    #[error(transparent)]
-    Loader(#[from] LoaderError),
-    /// The MP table could not be written.
-    #[error(transparent)]
-    Mptable(#[from] MptableError),
-    /// The zero page or PVH start info could not be written.
-    #[error(transparent)]
-    BootParams(#[from] BootParamsError),
-    /// The legacy devices could not be attached.
-    #[error(transparent)]
-    Legacy(#[from] legacy::LegacyError),
-    /// A device could not be placed on a bus.
-    #[error(transparent)]
-    Bus(#[from] BusError),
-    /// A vCPU could not be created or configured.
-    #[error(transparent)]
-    Vcpu(#[from] VcpuError),
-    /// The stop eventfd could not be created.
-    #[error("Failed to create the VM stop eventfd: {0}")]
-    EventFd(std::io::Error),
-    /// A network device could not be created.
-    #[error(transparent)]
-    Net(#[from] net::NetDeviceError),
-    /// A block device could not be created.
-    #[error(transparent)]
-    Block(#[from] block::BlockDeviceError),
-    /// A virtio device could not be attached.
-    #[error(transparent)]
-    Mmio(#[from] mmio::MmioError),
-    /// The event loop could not be created.
-    #[error("Failed to create the event loop: {0:?}")]
-    EventManager(event_manager::Error),
-}
 
 fn lock<T: ?Sized>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -99,8 +58,10 @@ impl std::fmt::Debug for HostOptions {
     }
 }
 
-/// Builds the VM described by `config`, with its vCPUs created, configured and paused.
-pub fn build(config: &VmConfig, host: HostOptions) -> Result<Vmm, BuildError> {
+/// Builds the VM described by `config`, with its vCPUs created, configured and paused. The
+/// phases are memory, the VM and its irqchip, devices and vCPUs, each its own function so that
+/// a restore can share them; loading the kernel and writing the boot tables are boot's own.
+pub fn build(config: &VmConfig, host: HostOptions) -> Result<Vmm, StartMicrovmError> {
     let machine = &config.machine;
     // Validation guarantees the size fits; `mem_size_bytes` re-checks rather than trusting it.
     let mem_size = machine
@@ -110,66 +71,119 @@ pub fn build(config: &VmConfig, host: HostOptions) -> Result<Vmm, BuildError> {
     // As in Firecracker: the template is resolved first, and its capabilities checked with
     // Kiln's when the VM is created.
     let template = CpuTemplateType::resolve(machine.cpu_template.as_ref(), &HostCpu::current())?;
-    let vm = Vm::new(&template)?;
     let mem = create_guest_memory(mem_size)?;
-    vm.register_memory(&mem, machine.track_dirty_pages)?;
+    let vm = create_vm(&mem, machine, &template)?;
+    let (kernel, initrd) = load_images(&mem, mem_size, &config.boot_source)?;
+    let boot_timer = host.boot_timer.then_some(host.start);
+    let devices = attach_devices(
+        &vm,
+        &mem,
+        config,
+        host.serial_out,
+        boot_timer,
+        &host.metrics,
+    )?;
+    write_boot_tables(&mem, mem_size, config, &kernel, initrd, &devices.registry)?;
+    let start = (kernel.entry, &template);
+    let vcpus = create_vcpus(&vm, &mem, machine, start, &devices, &host.metrics)?;
 
-    let boot = &config.boot_source;
-    let kernel = loader::load_kernel(&mem, &boot.kernel_image_path)?;
+    Vmm::new(VmmParts {
+        vm,
+        mem,
+        vcpus,
+        stop_evt: devices.stop_evt,
+        legacy: devices.legacy,
+        console_input: host.console_input,
+        devices: devices.registry,
+        metrics: host.metrics,
+        seccomp: host.seccomp,
+    })
+}
+
+/// The KVM VM with its irqchip and PIT, `mem` registered as its memory slots, once KVM is
+/// known to have the capabilities Kiln and the CPU template need.
+fn create_vm(
+    mem: &GuestMemoryMmap,
+    machine: &MachineConfig,
+    template: &CustomCpuTemplate,
+) -> Result<Vm, StartMicrovmError> {
+    let vm = Vm::new(template)?;
+    vm.register_memory(mem, machine.track_dirty_pages)?;
+    Ok(vm)
+}
+
+/// Boot only: the kernel, and the initrd above it; returns where they are.
+fn load_images(
+    mem: &GuestMemoryMmap,
+    mem_size: u64,
+    boot: &BootSourceConfig,
+) -> Result<(LoadedKernel, Option<(GuestAddress, u64)>), StartMicrovmError> {
+    let kernel = loader::load_kernel(mem, &boot.kernel_image_path)?;
     let initrd = boot
         .initrd_path
         .as_deref()
-        .map(|path| loader::load_initrd(&mem, mem_size, kernel.end, path))
+        .map(|path| loader::load_initrd(mem, mem_size, kernel.end, path))
         .transpose()?;
     log::info!(
         "Loaded the kernel, entering at {:#x} via {:?}",
         kernel.entry.addr.0,
         kernel.entry.protocol
     );
+    Ok((kernel, initrd))
+}
 
-    let stop_evt = EventFd::new(EFD_NONBLOCK).map_err(BuildError::EventFd)?;
+/// The devices on their buses, which are complete: the vCPUs share them from here on.
+struct AttachedDevices {
+    io_bus: Arc<Bus>,
+    mmio_bus: Arc<Bus>,
+    legacy: LegacyDevices,
+    registry: DeviceRegistry,
+    /// Written by the i8042's reset line and by the vCPUs to stop the VM.
+    stop_evt: EventFd,
+}
+
+/// The legacy devices on the port-I/O bus; on the MMIO bus, the boot timer (when asked for,
+/// measuring from `boot_timer`) and every drive and interface, each with its metrics.
+fn attach_devices(
+    vm: &Vm,
+    mem: &GuestMemoryMmap,
+    config: &VmConfig,
+    serial_out: Box<dyn Write + Send>,
+    boot_timer: Option<Timestamp>,
+    metrics: &Metrics,
+) -> Result<AttachedDevices, StartMicrovmError> {
+    let stop_evt = EventFd::new(EFD_NONBLOCK).map_err(StartMicrovmError::EventFd)?;
     let mut io_bus = Bus::new();
     let mut mmio_bus = Bus::new();
-    let legacy = legacy::attach(vm.fd(), &mut io_bus, host.serial_out, &stop_evt)?;
-    host.metrics
-        .add_source(Arc::new(legacy::UartMetrics(legacy.serial.clone())));
-    host.metrics
-        .add_source(Arc::new(legacy::I8042Metrics(legacy.i8042.clone())));
-    if host.boot_timer {
-        mmio::attach_boot_timer(&mut mmio_bus, host.start)?;
+    let mut registry = DeviceRegistry::default();
+    let legacy = legacy::attach(vm.fd(), &mut io_bus, &mut registry, serial_out, &stop_evt)?;
+    metrics.add_source(Arc::new(legacy::UartMetrics(legacy.serial.clone())));
+    metrics.add_source(Arc::new(legacy::I8042Metrics(legacy.i8042.clone())));
+    if let Some(start) = boot_timer {
+        mmio::attach_boot_timer(&mut mmio_bus, start)?;
     }
-    let mut allocator = mmio::MmioAllocator::default();
-    let mut device_args: Vec<String> = root_cmdline(&config.drives).into_iter().collect();
-    let mut subscribers: Vec<Subscriber> = Vec::new();
-    let mut drives = Vec::new();
     for drive in guest_order(&config.drives) {
         let device = block::create(drive)?;
         let stats = lock(&device).stats();
-        host.metrics
-            .add_source(Arc::new(block::BlockMetrics::new(&drive.drive_id, stats)));
-        let (slot, transport) =
-            mmio::attach_virtio(vm.fd(), &mut mmio_bus, &mem, &mut allocator, device.clone())?;
-        drives.push(AttachedDrive {
+        metrics.add_source(Arc::new(block::BlockMetrics::new(&drive.drive_id, stats)));
+        let handle = DeviceHandle::Block {
+            device,
             config: drive.clone(),
-            device: device.clone(),
-            transport,
-        });
+        };
+        let slot = registry.attach_virtio(vm.fd(), &mut mmio_bus, mem, &drive.drive_id, handle)?;
         log::info!(
             "Attached drive '{}' at {:#x}, IRQ {}",
             drive.drive_id,
             slot.addr,
             slot.irq
         );
-        device_args.push(slot.cmdline_arg());
-        subscribers.push(device);
     }
     for iface in &config.network_interfaces {
         let device = net::create(iface)?;
         let stats = lock(&device).stats();
-        host.metrics
-            .add_source(Arc::new(net::NetMetrics::new(&iface.iface_id, stats)));
-        let (slot, _) =
-            mmio::attach_virtio(vm.fd(), &mut mmio_bus, &mem, &mut allocator, device.clone())?;
+        metrics.add_source(Arc::new(net::NetMetrics::new(&iface.iface_id, stats)));
+        let handle = DeviceHandle::Net(device);
+        let slot = registry.attach_virtio(vm.fd(), &mut mmio_bus, mem, &iface.iface_id, handle)?;
         log::info!(
             "Attached interface '{}' on tap '{}' at {:#x}, IRQ {}",
             iface.iface_id,
@@ -177,11 +191,32 @@ pub fn build(config: &VmConfig, host: HostOptions) -> Result<Vmm, BuildError> {
             slot.addr,
             slot.irq
         );
-        device_args.push(slot.cmdline_arg());
-        subscribers.push(device);
     }
-    let cmdline = loader::build_cmdline(boot.boot_args(), &device_args)?;
-    let cmdline_len = loader::write_cmdline(&mem, &cmdline)?;
+    Ok(AttachedDevices {
+        io_bus: Arc::new(io_bus),
+        mmio_bus: Arc::new(mmio_bus),
+        legacy,
+        registry,
+        stop_evt,
+    })
+}
+
+/// Boot only: the kernel command line (the boot args and the devices' entries), the MP table,
+/// and the zero page or PVH start info.
+fn write_boot_tables(
+    mem: &GuestMemoryMmap,
+    mem_size: u64,
+    config: &VmConfig,
+    kernel: &LoadedKernel,
+    initrd: Option<(GuestAddress, u64)>,
+    registry: &DeviceRegistry,
+) -> Result<(), StartMicrovmError> {
+    let device_args: Vec<String> = root_cmdline(&config.drives)
+        .into_iter()
+        .chain(registry.cmdline_args())
+        .collect();
+    let cmdline = loader::build_cmdline(config.boot_source.boot_args(), &device_args)?;
+    let cmdline_len = loader::write_cmdline(mem, &cmdline)?;
     log::info!(
         "Kernel command line: {}",
         cmdline
@@ -190,9 +225,9 @@ pub fn build(config: &VmConfig, host: HostOptions) -> Result<Vmm, BuildError> {
             .unwrap_or_default()
     );
 
-    setup_mptable(&mem, machine.vcpu_count)?;
+    setup_mptable(mem, config.machine.vcpu_count)?;
     write_boot_params(
-        &mem,
+        mem,
         mem_size,
         kernel.entry.protocol,
         &BootData {
@@ -201,7 +236,18 @@ pub fn build(config: &VmConfig, host: HostOptions) -> Result<Vmm, BuildError> {
             initrd,
         },
     )?;
+    Ok(())
+}
 
+/// Creates and configures the vCPUs, to enter the kernel at `entry`, on the devices' buses.
+fn create_vcpus(
+    vm: &Vm,
+    mem: &GuestMemoryMmap,
+    machine: &MachineConfig,
+    (entry, template): (EntryPoint, &CustomCpuTemplate),
+    devices: &AttachedDevices,
+    metrics: &Metrics,
+) -> Result<Vec<Vcpu>, StartMicrovmError> {
     install_kick_handler()?;
     let supported_cpuid = vm
         .kvm()
@@ -214,13 +260,11 @@ pub fn build(config: &VmConfig, host: HostOptions) -> Result<Vmm, BuildError> {
         supported_cpuid: &supported_cpuid,
         count: machine.vcpu_count,
         smt: machine.smt,
-        entry: kernel.entry,
-        template: &template,
+        entry,
+        template,
     };
-    let io_bus = Arc::new(io_bus);
-    let mmio_bus = Arc::new(mmio_bus);
     let exits = Arc::new(VcpuExitCounters::default());
-    host.metrics.add_source(exits.clone());
+    metrics.add_source(exits.clone());
     let mut vcpus = Vec::with_capacity(usize::from(machine.vcpu_count));
     for index in 0..machine.vcpu_count {
         let fd = vm
@@ -231,29 +275,20 @@ pub fn build(config: &VmConfig, host: HostOptions) -> Result<Vmm, BuildError> {
                 index,
                 source,
             })?;
-        let stop = stop_evt.try_clone().map_err(BuildError::EventFd)?;
+        let stop = devices
+            .stop_evt
+            .try_clone()
+            .map_err(StartMicrovmError::EventFd)?;
         let vcpu = Vcpu::new(
             fd,
             index,
-            io_bus.clone(),
-            mmio_bus.clone(),
+            devices.io_bus.clone(),
+            devices.mmio_bus.clone(),
             stop,
             exits.clone(),
         );
-        vcpu.configure(&mem, &vcpu_config)?;
+        vcpu.configure(mem, &vcpu_config)?;
         vcpus.push(vcpu);
     }
-
-    Vmm::new(VmmParts {
-        vm,
-        mem,
-        vcpus,
-        stop_evt,
-        legacy,
-        console_input: host.console_input,
-        devices: subscribers,
-        drives,
-        metrics: host.metrics,
-        seccomp: host.seccomp,
-    })
+    Ok(vcpus)
 }

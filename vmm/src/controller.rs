@@ -1,24 +1,20 @@
-//! The VMM thread's side of the API: executes each action against the configuration before
-//! boot, boots the VM on `InstanceStart`, and answers the actions that need no running VM.
-//! Actions on the running VM (pause, Ctrl-Alt-Del, drive swap) are in [`crate::runtime`].
+//! The VMM thread's side of the API, the one place that dispatches actions: before boot it
+//! executes each against the configuration and boots the VM on `InstanceStart`; after boot, as
+//! the event loop's [`ApiHandler`], it answers what needs no VM itself and turns the rest into
+//! the running VM's typed methods ([`RunningVm`]: pause, resume, Ctrl-Alt-Del, drive swap).
 
 use std::sync::Arc;
+
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::builder::{build, HostOptions};
 use crate::metrics::Metrics;
 use crate::resources::VmResources;
 use crate::rpc::{
-    ActionError, ActionResult, ApiReceiver, InstanceInfo, InstanceState, VmmAction, VmmData,
-    FIRECRACKER_VERSION,
+    ActionError, ActionResult, ApiReceiver, DriveUpdate, InstanceInfo, InstanceState,
+    StartMicrovmError, VmmAction, VmmData, FIRECRACKER_VERSION,
 };
-use crate::runtime::Vmm;
-
-/// Firecracker's message for a pre-boot action after boot.
-pub const NOT_AFTER_START: &str =
-    "The requested operation is not supported after starting the microVM.";
-/// Firecracker's message for a runtime action before boot.
-pub const NOT_BEFORE_START: &str =
-    "The requested operation is not supported before starting the microVM.";
+use crate::runtime::{ApiHandler, RunningVm, Vmm};
 
 /// Errors that end the VMM thread's service of the API.
 #[derive(Debug, thiserror::Error)]
@@ -26,37 +22,40 @@ pub enum ControllerError {
     /// The API thread is gone before the VM started.
     #[error("The API server stopped before the microVM was started.")]
     ApiGone,
-    /// The VM was built but its vCPUs did not start.
-    #[error("{0}")]
-    StartFailed(ActionError),
+    /// The VM was built but its vCPUs did not start; the `InstanceStart` reply, and the log,
+    /// say why.
+    #[error("The microVM was built but its vCPUs did not start.")]
+    StartFailed,
 }
 
-/// The state the API sees: the configuration, the instance's identity and the metrics.
+/// The state the API sees: the configuration, the instance's identity and the metrics, and the
+/// VMM thread's end of the API channel.
 #[derive(Debug)]
 pub struct Controller {
     instance_id: String,
     resources: VmResources,
     metrics: Arc<Metrics>,
+    api: ApiReceiver,
 }
 
 impl Controller {
-    /// A controller for instance `instance_id`, starting from `resources`.
-    pub fn new(instance_id: &str, resources: VmResources, metrics: Arc<Metrics>) -> Self {
+    /// A controller for instance `instance_id`, starting from `resources`, serving `api`.
+    pub fn new(
+        instance_id: &str,
+        resources: VmResources,
+        metrics: Arc<Metrics>,
+        api: ApiReceiver,
+    ) -> Self {
         Self {
             instance_id: instance_id.to_string(),
             resources,
             metrics,
+            api,
         }
     }
 
-    /// The configuration, as changed through the API.
-    pub fn resources_mut(&mut self) -> &mut VmResources {
-        &mut self.resources
-    }
-
     /// Answers the actions that do not depend on the VM running; `None` for the others.
-    pub fn common(&self, action: &VmmAction, state: InstanceState) -> Option<ActionResult> {
-        let error = |e: &dyn std::fmt::Display| ActionError(e.to_string());
+    fn common(&self, action: &VmmAction, state: InstanceState) -> Option<ActionResult> {
         Some(match action {
             VmmAction::GetInstanceInfo => Ok(VmmData::InstanceInfo(InstanceInfo {
                 id: self.instance_id.clone(),
@@ -69,17 +68,17 @@ impl Controller {
             VmmAction::GetVmConfig => Ok(VmmData::Json(self.resources.to_json())),
             VmmAction::GetMachineConfig => serde_json::to_value(self.resources.machine())
                 .map(VmmData::Json)
-                .map_err(|e| error(&e)),
+                .map_err(ActionError::MachineConfigJson),
             VmmAction::GetMetrics => Ok(VmmData::PrometheusText(self.metrics.prometheus())),
             // Firecracker refuses a flush before boot.
             VmmAction::FlushMetrics if state == InstanceState::NotStarted => {
-                Err(ActionError(NOT_BEFORE_START.to_string()))
+                Err(ActionError::OperationNotSupportedPreBoot)
             }
             VmmAction::FlushMetrics => self
                 .metrics
                 .flush()
                 .map(|_| VmmData::Empty)
-                .map_err(|e| error(&e)),
+                .map_err(ActionError::from),
             _ => return None,
         })
     }
@@ -100,14 +99,9 @@ impl Controller {
             }
             VmmAction::PutDrive(d) => r.put_drive(d),
             VmmAction::PutNetworkInterface(n) => r.put_network_interface(n),
-            VmmAction::PutLogger(settings) => {
-                crate::logger::reconfigure(&settings).map_err(|e| ActionError(e.to_string()))
-            }
-            VmmAction::PutMetrics(settings) => self
-                .metrics
-                .set_sink(&settings.metrics_path)
-                .map_err(|e| ActionError(e.to_string())),
-            _ => Err(ActionError(NOT_BEFORE_START.to_string())),
+            VmmAction::PutLogger(settings) => Ok(crate::logger::reconfigure(&settings)?),
+            VmmAction::PutMetrics(settings) => Ok(self.metrics.set_sink(&settings.metrics_path)?),
+            _ => Err(ActionError::OperationNotSupportedPreBoot),
         }
         .map(|()| VmmData::Empty)
     }
@@ -118,13 +112,16 @@ impl Controller {
     /// may be under its seccomp filter, which does not let it build another VM.
     pub fn serve_until_started(
         &mut self,
-        api: &ApiReceiver,
         mut host: impl FnMut() -> HostOptions,
     ) -> Result<Vmm, ControllerError> {
         loop {
-            let request = api.requests.recv().map_err(|_| ControllerError::ApiGone)?;
+            let request = self
+                .api
+                .requests
+                .recv()
+                .map_err(|_| ControllerError::ApiGone)?;
             // The wakeup only matters once the event loop watches it; keep it from piling up.
-            let _ = api.wakeup.read();
+            let _ = self.api.wakeup.read();
             if request.action != VmmAction::InstanceStart {
                 let result = self.preboot(request.action);
                 // A client that went away does not need its answer.
@@ -134,6 +131,7 @@ impl Controller {
             let mut vmm = match self.build(host()) {
                 Ok(vmm) => vmm,
                 Err(e) => {
+                    let e = ActionError::from(e);
                     log::error!("InstanceStart failed: {e}");
                     let _ = request.reply.send(Err(e));
                     continue;
@@ -145,40 +143,155 @@ impl Controller {
                     return Ok(vmm);
                 }
                 Err(e) => {
-                    let e = start_error(&e);
-                    let _ = request.reply.send(Err(e.clone()));
-                    return Err(ControllerError::StartFailed(e));
+                    let e = ActionError::from(e);
+                    log::error!("InstanceStart failed: {e}");
+                    let _ = request.reply.send(Err(e));
+                    return Err(ControllerError::StartFailed);
                 }
             }
         }
     }
 
     /// Builds the configured VM, its vCPUs paused.
-    fn build(&self, host: HostOptions) -> Result<Vmm, ActionError> {
-        let config = self.resources.vm_config()?;
-        build(&config, host).map_err(|e| start_error(&e))
+    fn build(&self, host: HostOptions) -> Result<Vmm, StartMicrovmError> {
+        build(&self.resources.vm_config()?, host)
     }
 
     /// Builds the configured VM and starts its vCPUs.
     pub fn start(&self, host: HostOptions) -> Result<Vmm, ActionError> {
         let mut vmm = self.build(host)?;
-        vmm.start().map_err(|e| start_error(&e))?;
+        vmm.start()?;
         Ok(vmm)
+    }
+
+    /// Executes an action on the running VM `vm`.
+    fn runtime(&mut self, action: VmmAction, vm: &mut dyn RunningVm) -> ActionResult {
+        if let Some(result) = self.common(&action, vm.state()) {
+            return result;
+        }
+        match action {
+            VmmAction::Pause => vm.pause(),
+            VmmAction::Resume => vm.resume(),
+            VmmAction::SendCtrlAltDel => vm.send_ctrl_alt_del(),
+            VmmAction::PatchDrive(update) => self.patch_drive(update, vm),
+            VmmAction::PatchNetworkInterface(_) => Err(ActionError::RateLimiterUnsupported),
+            _ => Err(ActionError::OperationNotSupportedPostBoot),
+        }
+        .map(|()| VmmData::Empty)
+    }
+
+    /// `PATCH /drives` while the VM runs: the swap, then the configuration that
+    /// `GET /vm/config` shows.
+    fn patch_drive(
+        &mut self,
+        update: DriveUpdate,
+        vm: &mut dyn RunningVm,
+    ) -> Result<(), ActionError> {
+        if update.rate_limiter.as_ref().is_some_and(|v| !v.is_null()) {
+            return Err(ActionError::RateLimiterUnsupported);
+        }
+        if let Some(config) = vm.patch_drive(&update.drive_id, update.path_on_host)? {
+            self.resources.put_drive(config)?;
+        }
+        Ok(())
     }
 }
 
-fn start_error(e: &dyn std::fmt::Display) -> ActionError {
-    ActionError(format!("Cannot start the microVM: {e}"))
+impl ApiHandler for Controller {
+    fn wakeup(&self) -> &EventFd {
+        &self.api.wakeup
+    }
+
+    fn serve(&mut self, vm: &mut Vmm) {
+        while let Ok(request) = self.api.requests.try_recv() {
+            let result = self.runtime(request.action, vm);
+            // A client that went away does not need its answer.
+            let _ = request.reply.send(result);
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::path::{Path, PathBuf};
+
     use super::*;
-    use crate::config::BootSourceConfig;
+    use crate::config::{BootSourceConfig, DriveConfig};
     use crate::seccomp::SeccompFilters;
 
+    /// A running VM that records what it is asked; its one drive is `data`.
+    #[derive(Debug)]
+    struct FakeVm {
+        state: InstanceState,
+        calls: Vec<&'static str>,
+    }
+
+    impl Default for FakeVm {
+        fn default() -> Self {
+            Self {
+                state: InstanceState::Running,
+                calls: Vec::new(),
+            }
+        }
+    }
+
+    impl RunningVm for FakeVm {
+        fn state(&self) -> InstanceState {
+            self.state
+        }
+
+        fn pause(&mut self) -> Result<(), ActionError> {
+            self.calls.push("pause");
+            self.state = InstanceState::Paused;
+            Ok(())
+        }
+
+        fn resume(&mut self) -> Result<(), ActionError> {
+            self.calls.push("resume");
+            self.state = InstanceState::Running;
+            Ok(())
+        }
+
+        fn send_ctrl_alt_del(&mut self) -> Result<(), ActionError> {
+            self.calls.push("ctrl-alt-del");
+            Ok(())
+        }
+
+        fn patch_drive(
+            &mut self,
+            drive_id: &str,
+            path: Option<PathBuf>,
+        ) -> Result<Option<DriveConfig>, ActionError> {
+            self.calls.push("patch-drive");
+            if drive_id != "data" {
+                return Err(ActionError::DriveNotFound(drive_id.to_string()));
+            }
+            Ok(path.map(|path| drive(&path)))
+        }
+    }
+
+    fn drive(path: &Path) -> DriveConfig {
+        serde_json::from_value(serde_json::json!({
+            "drive_id": "data", "path_on_host": path, "is_root_device": false,
+        }))
+        .unwrap()
+    }
+
+    fn state(c: &mut Controller, vm: &mut FakeVm) -> InstanceState {
+        match c.runtime(VmmAction::GetInstanceInfo, vm) {
+            Ok(VmmData::InstanceInfo(info)) => info.state,
+            other => panic!("{other:?}"),
+        }
+    }
+
     fn controller() -> Controller {
-        Controller::new("vm-7", VmResources::default(), Arc::new(Metrics::default()))
+        let (_, api) = crate::rpc::api_channel().unwrap();
+        Controller::new(
+            "vm-7",
+            VmResources::default(),
+            Arc::new(Metrics::default()),
+            api,
+        )
     }
 
     #[test]
@@ -207,18 +320,20 @@ mod tests {
             boot_args: None,
         });
         let err = c.preboot(bad).unwrap_err();
-        assert!(err.0.contains("/nonexistent/vmlinux"), "{err}");
-        assert_eq!(c.preboot(VmmAction::Pause).unwrap_err().0, NOT_BEFORE_START);
-        assert_eq!(
-            c.preboot(VmmAction::SendCtrlAltDel).unwrap_err().0,
-            NOT_BEFORE_START
-        );
-        assert_eq!(
-            c.preboot(VmmAction::FlushMetrics).unwrap_err().0,
-            NOT_BEFORE_START
-        );
+        assert!(matches!(err, ActionError::BootSource(_)), "{err}");
+        assert!(err.to_string().contains("/nonexistent/vmlinux"), "{err}");
+        for action in [
+            VmmAction::Pause,
+            VmmAction::SendCtrlAltDel,
+            VmmAction::FlushMetrics,
+        ] {
+            assert!(matches!(
+                c.preboot(action),
+                Err(ActionError::OperationNotSupportedPreBoot)
+            ));
+        }
         let running = c.common(&VmmAction::FlushMetrics, InstanceState::Running);
-        assert_eq!(running, Some(Ok(VmmData::Empty)));
+        assert!(matches!(running, Some(Ok(VmmData::Empty))), "{running:?}");
         let machine = c.preboot(VmmAction::GetMachineConfig).unwrap();
         assert_eq!(
             machine,
@@ -241,9 +356,93 @@ mod tests {
             seccomp: Arc::new(SeccompFilters::none()),
         };
         let err = c.start(host).unwrap_err();
-        assert_eq!(
-            err.0,
-            "Cannot start the microVM: the boot source is not configured."
+        assert!(
+            matches!(
+                err,
+                ActionError::StartMicrovm(StartMicrovmError::MissingBootSource)
+            ),
+            "{err:?}"
         );
+    }
+
+    #[test]
+    fn after_start_pause_resume_and_ctrl_alt_del_go_to_the_vm() {
+        let (mut c, mut vm) = (controller(), FakeVm::default());
+        assert_eq!(state(&mut c, &mut vm), InstanceState::Running);
+        assert!(matches!(
+            c.runtime(VmmAction::Pause, &mut vm),
+            Ok(VmmData::Empty)
+        ));
+        assert_eq!(state(&mut c, &mut vm), InstanceState::Paused);
+        c.runtime(VmmAction::Resume, &mut vm).unwrap();
+        c.runtime(VmmAction::SendCtrlAltDel, &mut vm).unwrap();
+        assert_eq!(state(&mut c, &mut vm), InstanceState::Running);
+        assert_eq!(vm.calls, ["pause", "resume", "ctrl-alt-del"]);
+    }
+
+    #[test]
+    fn after_start_configuration_is_refused_and_the_vm_untouched() {
+        let (mut c, mut vm) = (controller(), FakeVm::default());
+        let boot = BootSourceConfig {
+            kernel_image_path: "/k".into(),
+            initrd_path: None,
+            boot_args: None,
+        };
+        for action in [
+            VmmAction::PutBootSource(boot),
+            VmmAction::InstanceStart,
+            VmmAction::PutDrive(drive(Path::new("/d"))),
+        ] {
+            assert!(matches!(
+                c.runtime(action, &mut vm),
+                Err(ActionError::OperationNotSupportedPostBoot)
+            ));
+        }
+        assert!(matches!(
+            c.runtime(VmmAction::FlushMetrics, &mut vm),
+            Ok(VmmData::Empty)
+        ));
+        assert!(vm.calls.is_empty(), "{:?}", vm.calls);
+    }
+
+    #[test]
+    fn a_drive_patch_swaps_the_disk_and_then_the_configuration() {
+        let dir = std::env::temp_dir().join(format!("kiln-ctl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (old, new) = (dir.join("old"), dir.join("new"));
+        std::fs::write(&old, [0u8; 512]).unwrap();
+        std::fs::write(&new, [0u8; 512]).unwrap();
+        let (mut c, mut vm) = (controller(), FakeVm::default());
+        c.resources.put_drive(drive(&old)).unwrap();
+        let patch = |id: &str, path: Option<&Path>, limiter| {
+            VmmAction::PatchDrive(DriveUpdate {
+                drive_id: id.to_string(),
+                path_on_host: path.map(Path::to_path_buf),
+                rate_limiter: limiter,
+            })
+        };
+        let limited = patch("data", Some(&new), Some(serde_json::json!({})));
+        assert!(matches!(
+            c.runtime(limited, &mut vm),
+            Err(ActionError::RateLimiterUnsupported)
+        ));
+        assert!(vm.calls.is_empty());
+        assert!(matches!(
+            c.runtime(patch("other", Some(&new), None), &mut vm),
+            Err(ActionError::DriveNotFound(id)) if id == "other"
+        ));
+        c.runtime(patch("data", None, Some(serde_json::Value::Null)), &mut vm)
+            .unwrap();
+        assert_eq!(
+            c.resources.to_json()["drives"][0]["path_on_host"],
+            old.to_str().unwrap()
+        );
+        c.runtime(patch("data", Some(&new), None), &mut vm).unwrap();
+        assert_eq!(
+            c.resources.to_json()["drives"][0]["path_on_host"],
+            new.to_str().unwrap()
+        );
+        assert_eq!(vm.calls, ["patch-drive"; 3]);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

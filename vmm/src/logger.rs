@@ -236,7 +236,7 @@ pub fn init(config: &LoggerConfig) -> Result<(), LoggerError> {
 
 /// Changes the installed logger as `PUT /logger` asks: each setting given replaces the
 /// current one.
-pub fn reconfigure(settings: &crate::rpc::LoggerSettings) -> Result<(), LoggerError> {
+pub fn reconfigure(settings: &crate::config::LoggerSettings) -> Result<(), LoggerError> {
     let level = settings.level.as_deref().map(parse_level).transpose()?;
     let out = match &settings.log_path {
         Some(path) => Some(open_output(Some(path))?),

@@ -10,7 +10,7 @@ use crate::config::{
     NetworkInterfaceConfig, SerialConfig, VmConfig, UNIMPLEMENTED_SECTIONS,
 };
 use crate::cpu_template::{CpuTemplateType, CustomCpuTemplate};
-use crate::rpc::{ActionError, MachineConfigUpdate};
+use crate::rpc::{ActionError, MachineConfigUpdate, StartMicrovmError};
 
 /// The configuration under construction.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -20,10 +20,6 @@ pub struct VmResources {
     drives: Vec<DriveConfig>,
     network_interfaces: Vec<NetworkInterfaceConfig>,
     serial: Option<SerialConfig>,
-}
-
-fn error(e: impl std::fmt::Display) -> ActionError {
-    ActionError(e.to_string())
 }
 
 impl From<VmConfig> for VmResources {
@@ -49,7 +45,7 @@ fn upsert<T>(items: &mut Vec<T>, item: T, same: impl Fn(&T, &T) -> bool) {
 impl VmResources {
     /// `PUT /boot-source`.
     pub fn set_boot_source(&mut self, boot_source: BootSourceConfig) -> Result<(), ActionError> {
-        boot_source.validate().map_err(error)?;
+        boot_source.validate()?;
         self.boot_source = Some(boot_source);
         Ok(())
     }
@@ -57,7 +53,7 @@ impl VmResources {
     /// `PUT /machine-config`: every field is replaced but the CPU template, which is kept
     /// when the body names none (even a custom one), as in Firecracker.
     pub fn set_machine_config(&mut self, mut machine: MachineConfig) -> Result<(), ActionError> {
-        machine.validate().map_err(error)?;
+        machine.validate()?;
         machine.cpu_template =
             CpuTemplateType::update(self.machine.cpu_template.clone(), machine.cpu_template);
         self.machine = machine;
@@ -100,7 +96,7 @@ impl VmResources {
     pub fn put_drive(&mut self, drive: DriveConfig) -> Result<(), ActionError> {
         let mut drives = self.drives.clone();
         upsert(&mut drives, drive, |a, b| a.drive_id == b.drive_id);
-        validate_drives(&drives).map_err(error)?;
+        validate_drives(&drives)?;
         self.drives = drives;
         Ok(())
     }
@@ -112,7 +108,7 @@ impl VmResources {
     ) -> Result<(), ActionError> {
         let mut ifaces = self.network_interfaces.clone();
         upsert(&mut ifaces, iface, |a, b| a.iface_id == b.iface_id);
-        validate_interfaces(&ifaces).map_err(error)?;
+        validate_interfaces(&ifaces)?;
         self.network_interfaces = ifaces;
         Ok(())
     }
@@ -123,10 +119,11 @@ impl VmResources {
     }
 
     /// The complete configuration to boot; the boot source is required.
-    pub fn vm_config(&self) -> Result<VmConfig, ActionError> {
-        let boot_source = self.boot_source.clone().ok_or_else(|| {
-            ActionError("Cannot start the microVM: the boot source is not configured.".into())
-        })?;
+    pub fn vm_config(&self) -> Result<VmConfig, StartMicrovmError> {
+        let boot_source = self
+            .boot_source
+            .clone()
+            .ok_or(StartMicrovmError::MissingBootSource)?;
         Ok(VmConfig {
             boot_source,
             machine: self.machine.clone(),
@@ -175,7 +172,7 @@ impl VmResources {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{CacheType, IoEngine};
+    use crate::config::{CacheType, DriveError, IoEngine, MachineConfigError};
 
     fn file(name: &str) -> std::path::PathBuf {
         let path = std::env::temp_dir().join(format!("kiln-res-{}-{name}", std::process::id()));
@@ -201,10 +198,10 @@ mod tests {
     #[test]
     fn start_needs_a_boot_source() {
         let mut r = VmResources::default();
-        assert_eq!(
-            r.vm_config().unwrap_err().0,
-            "Cannot start the microVM: the boot source is not configured."
-        );
+        assert!(matches!(
+            r.vm_config(),
+            Err(StartMicrovmError::MissingBootSource)
+        ));
         let kernel = file("kernel");
         r.set_boot_source(BootSourceConfig {
             kernel_image_path: kernel.clone(),
@@ -221,7 +218,7 @@ mod tests {
         assert!(r
             .set_boot_source(missing)
             .unwrap_err()
-            .0
+            .to_string()
             .contains("/nonexistent"));
         assert_eq!(r.vm_config().unwrap().boot_source.kernel_image_path, kernel);
     }
@@ -239,7 +236,10 @@ mod tests {
         let before = r.clone();
         let err = r.put_drive(drive("other-root", true)).unwrap_err();
         assert!(
-            err.0.contains("Only one drive can be the root device"),
+            matches!(
+                err,
+                ActionError::DriveConfig(DriveError::TwoRootDevices(..))
+            ),
             "{err}"
         );
         assert_eq!(r, before);
@@ -260,7 +260,10 @@ mod tests {
                 ..Default::default()
             })
             .unwrap_err();
-        assert_eq!(err.0, "mem_size_mib must be greater than 0.");
+        assert!(matches!(
+            err,
+            ActionError::MachineConfig(MachineConfigError::MemSizeZero)
+        ));
         assert_eq!(r.machine.mem_size_mib, 128);
     }
 

@@ -14,6 +14,9 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::config::{BootSourceConfig, DriveConfig, MachineConfig, NetworkInterfaceConfig};
 pub use crate::config::{LoggerSettings, MetricsSettings};
 use crate::cpu_template::{CustomCpuTemplate, StaticCpuTemplate};
+pub use error::{ActionError, StartMicrovmError};
+
+mod error;
 
 /// The Firecracker version whose API Kiln speaks. `GET /version` and `GET /` report it as
 /// `firecracker_version`, so that clients that check it keep working; Kiln's own version is
@@ -159,12 +162,6 @@ pub enum VmmData {
     PrometheusText(String),
 }
 
-/// Why an action failed. The API answers 400 with the message as `fault_message`, as
-/// Firecracker does for every VMM error.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct ActionError(pub String);
-
 /// The reply to one action.
 pub type ActionResult = Result<VmmData, ActionError>;
 
@@ -247,7 +244,10 @@ mod tests {
             receiver
         });
         let reply = sender.request(VmmAction::GetVersion).unwrap();
-        assert_eq!(reply, Ok(VmmData::Version("1".into())));
+        assert!(
+            matches!(&reply, Ok(VmmData::Version(v)) if v == "1"),
+            "{reply:?}"
+        );
         // The wakeup follows the request, so it is written by the time the reply arrives.
         let receiver = vmm.join().unwrap();
         assert_eq!(receiver.wakeup.read().unwrap(), 1);

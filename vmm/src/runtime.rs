@@ -1,29 +1,29 @@
-//! The running VM: its vCPU threads and the VMM thread's event loop. The loop serves device
-//! events, the console, the metrics timer and API requests, until the VM stops (a guest reboot
-//! or shutdown, or a vCPU error).
+//! The running VM: its vCPU threads, the typed methods the API's actions come down to
+//! ([`RunningVm`]: pause, resume, Ctrl-Alt-Del, a disk swap), and the VMM thread's event loop.
+//! The loop serves device events, the console and the metrics timer, and hands API requests to
+//! the [`ApiHandler`] it is given, until the VM stops (a guest reboot or shutdown, or a vCPU
+//! error). It knows neither the builder nor the controller.
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use devices::virtio::block::Block;
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
-use crate::builder::BuildError;
 use crate::config::DriveConfig;
 use crate::console::ConsoleInput;
-use crate::controller::{Controller, NOT_AFTER_START};
 use crate::device_manager::block;
 use crate::device_manager::legacy::LegacyDevices;
-use crate::device_manager::mmio::SharedTransport;
-use crate::metrics::{Counter, LastLatency, MetricSource, Metrics};
-use crate::rpc::{
-    ActionError, ActionResult, ApiReceiver, DriveUpdate, InstanceState, VmmAction, VmmData,
+use crate::device_manager::registry::{
+    DeviceHandle, DeviceKind, DeviceRegistry, Subscriber, Transport,
 };
-use crate::seccomp::{SeccompError, SeccompFilters, ThreadKind};
-use crate::vstate::vcpu::{Vcpu, VcpuError, VcpuEvent, VcpuHandle, VcpuResponse, VmStop};
+use crate::metrics::{Counter, LastLatency, MetricSource, Metrics};
+use crate::rpc::{ActionError, InstanceState, StartMicrovmError};
+use crate::seccomp::{SeccompFilters, ThreadKind};
+use crate::vstate::vcpu::{Vcpu, VcpuEvent, VcpuHandle, VcpuResponse, VmStop};
 use crate::vstate::vm::Vm;
 
 /// How often the metrics file gets a line, as in Firecracker.
@@ -32,24 +32,12 @@ const METRICS_PERIOD: Duration = Duration::from_secs(60);
 /// Errors while the VM runs.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
-    /// A vCPU thread failed to start or answer.
-    #[error(transparent)]
-    Vcpu(#[from] VcpuError),
-    /// A vCPU did not start running.
-    #[error("vCPU {index} did not start: {response:?}")]
-    Start {
-        index: usize,
-        response: VcpuResponse,
-    },
     /// The event loop failed.
     #[error("The event loop failed: {0:?}")]
     EventLoop(event_manager::Error),
     /// The API's eventfd could not be watched.
     #[error("Failed to watch the API channel: {0}")]
     ApiEventFd(std::io::Error),
-    /// The VMM thread could not install its seccomp filter.
-    #[error(transparent)]
-    Seccomp(#[from] SeccompError),
 }
 
 /// How long the VMM thread took for the last pause and resume, as Firecracker's
@@ -75,9 +63,6 @@ impl MetricSource for VmmLatencies {
         )
     }
 }
-
-/// A device (or other event source) served by the VMM thread's event loop.
-pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 
 fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -128,11 +113,33 @@ impl MutEventSubscriber for MetricsTimer {
     }
 }
 
-/// A block device as the running VM keeps it, for `PATCH /drives`.
-pub(crate) struct AttachedDrive {
-    pub config: DriveConfig,
-    pub device: Arc<Mutex<Block>>,
-    pub transport: SharedTransport,
+/// What the API can ask of a running VM, as typed methods; [`Vmm`] is the one implementation
+/// outside tests. The controller dispatches API actions to them.
+pub trait RunningVm {
+    /// Running or paused.
+    fn state(&self) -> InstanceState;
+    /// Pauses every vCPU, and tells a kvm-clock guest.
+    fn pause(&mut self) -> Result<(), ActionError>;
+    /// Lets every vCPU run again.
+    fn resume(&mut self) -> Result<(), ActionError>;
+    /// Types Ctrl-Alt-Del on the i8042 keyboard.
+    fn send_ctrl_alt_del(&mut self) -> Result<(), ActionError>;
+    /// Swaps drive `drive_id`'s backing file for `path`, if given, and tells the driver its
+    /// capacity may have changed; returns the drive's new configuration when it changed.
+    fn patch_drive(
+        &mut self,
+        drive_id: &str,
+        path: Option<PathBuf>,
+    ) -> Result<Option<DriveConfig>, ActionError>;
+}
+
+/// What serves the API while the event loop runs: the loop watches [`ApiHandler::wakeup`] and
+/// calls [`ApiHandler::serve`] after each wake-up with the whole VM at hand.
+pub trait ApiHandler {
+    /// Written when requests are waiting.
+    fn wakeup(&self) -> &EventFd;
+    /// Answers the waiting requests.
+    fn serve(&mut self, vm: &mut Vmm);
 }
 
 /// What the builder hands over to make a [`Vmm`].
@@ -143,8 +150,7 @@ pub(crate) struct VmmParts {
     pub stop_evt: EventFd,
     pub legacy: LegacyDevices,
     pub console_input: bool,
-    pub devices: Vec<Subscriber>,
-    pub drives: Vec<AttachedDrive>,
+    pub devices: DeviceRegistry,
     pub metrics: Arc<Metrics>,
     pub seccomp: Arc<SeccompFilters>,
 }
@@ -158,8 +164,7 @@ pub struct Vmm {
     stop: Arc<Mutex<Flag>>,
     paused: bool,
     latencies: Arc<VmmLatencies>,
-    drives: Vec<AttachedDrive>,
-    legacy: LegacyDevices,
+    devices: DeviceRegistry,
     metrics: Arc<Metrics>,
     seccomp: Arc<SeccompFilters>,
     _mem: GuestMemoryMmap,
@@ -176,9 +181,9 @@ impl std::fmt::Debug for Vmm {
 }
 
 impl Vmm {
-    pub(crate) fn new(parts: VmmParts) -> Result<Self, BuildError> {
+    pub(crate) fn new(parts: VmmParts) -> Result<Self, StartMicrovmError> {
         let mut event_manager =
-            EventManager::<Subscriber>::new().map_err(BuildError::EventManager)?;
+            EventManager::<Subscriber>::new().map_err(StartMicrovmError::EventManager)?;
         let stop = Arc::new(Mutex::new(Flag {
             evt: parts.stop_evt,
             raised: false,
@@ -191,14 +196,14 @@ impl Vmm {
                     .legacy
                     .serial_drained
                     .try_clone()
-                    .map_err(BuildError::EventFd)?,
+                    .map_err(StartMicrovmError::EventFd)?,
             );
             event_manager.add_subscriber(Arc::new(Mutex::new(input)));
         }
-        for device in parts.devices {
+        for device in parts.devices.subscribers() {
             event_manager.add_subscriber(device);
         }
-        let timer = TimerFd::new().map_err(|e| BuildError::EventFd(e.into()))?;
+        let timer = TimerFd::new().map_err(|e| StartMicrovmError::EventFd(e.into()))?;
         event_manager.add_subscriber(Arc::new(Mutex::new(MetricsTimer {
             timer,
             metrics: parts.metrics.clone(),
@@ -212,8 +217,7 @@ impl Vmm {
             stop,
             paused: false,
             latencies,
-            drives: parts.drives,
-            legacy: parts.legacy,
+            devices: parts.devices,
             metrics: parts.metrics,
             seccomp: parts.seccomp,
             _mem: parts.mem,
@@ -224,7 +228,7 @@ impl Vmm {
     /// Starts the vCPU threads and lets them run guest code. Each vCPU thread, and then this
     /// thread, installs its seccomp filter before the first guest instruction runs; this
     /// thread's is there for good even when starting fails later.
-    pub fn start(&mut self) -> Result<(), RuntimeError> {
+    pub fn start(&mut self) -> Result<(), StartMicrovmError> {
         for vcpu in self.vcpus.drain(..) {
             self.handles.push(vcpu.start(self.seccomp.clone())?);
         }
@@ -233,7 +237,7 @@ impl Vmm {
         for (index, handle) in self.handles.iter().enumerate() {
             match handle.request(VcpuEvent::Resume)? {
                 VcpuResponse::Resumed => {}
-                response => return Err(RuntimeError::Start { index, response }),
+                response => return Err(StartMicrovmError::VcpuStart { index, response }),
             }
         }
         log::info!("Started {} vCPUs", self.handles.len());
@@ -242,107 +246,24 @@ impl Vmm {
 
     /// Asks every vCPU for `event` and checks each answers `expected` (or has stopped the VM,
     /// which the event loop notices next).
-    fn all_vcpus(&self, event: VcpuEvent, expected: &VcpuResponse) -> ActionResult {
+    fn all_vcpus(&self, event: VcpuEvent, expected: &VcpuResponse) -> Result<(), ActionError> {
         for handle in &self.handles {
             match handle.request(event) {
                 Ok(r) if &r == expected || matches!(r, VcpuResponse::Stopped(_)) => {}
-                Ok(r) => return Err(ActionError(format!("A vCPU answered {r:?}."))),
-                Err(e) => return Err(ActionError(e.to_string())),
+                Ok(r) => return Err(ActionError::VcpuAnswer(r)),
+                Err(e) => return Err(e.into()),
             }
         }
-        Ok(VmmData::Empty)
+        Ok(())
     }
 
-    fn handle(&mut self, action: VmmAction, controller: &mut Controller) -> ActionResult {
-        let state = if self.paused {
-            InstanceState::Paused
-        } else {
-            InstanceState::Running
-        };
-        if let Some(result) = controller.common(&action, state) {
-            return result;
-        }
-        match action {
-            VmmAction::Pause => {
-                let start = Instant::now();
-                let result = self.all_vcpus(VcpuEvent::Pause, &VcpuResponse::Paused);
-                self.latencies.pause.record(start.elapsed());
-                self.paused = result.is_ok();
-                log::info!("Paused the microVM");
-                result
-            }
-            VmmAction::Resume => {
-                let start = Instant::now();
-                let result = self.all_vcpus(VcpuEvent::Resume, &VcpuResponse::Resumed);
-                self.latencies.resume.record(start.elapsed());
-                self.paused = result.is_err();
-                log::info!("Resumed the microVM");
-                result
-            }
-            VmmAction::SendCtrlAltDel => lock(&self.legacy.i8042)
-                .trigger_ctrl_alt_del()
-                .map(|()| VmmData::Empty)
-                .map_err(|e| ActionError(format!("Cannot send Ctrl-Alt-Del: {e}"))),
-            VmmAction::PatchDrive(update) => self.patch_drive(update, controller),
-            VmmAction::PatchNetworkInterface(_) => Err(ActionError(
-                "Rate limiters are not supported yet.".to_string(),
-            )),
-            _ => Err(ActionError(NOT_AFTER_START.to_string())),
-        }
-    }
-
-    /// Swaps a drive's backing file while the guest runs, and tells the driver its capacity
-    /// may have changed.
-    fn patch_drive(&mut self, update: DriveUpdate, controller: &mut Controller) -> ActionResult {
-        if update.rate_limiter.as_ref().is_some_and(|v| !v.is_null()) {
-            return Err(ActionError("Rate limiters are not supported yet.".into()));
-        }
-        let drive = self
-            .drives
-            .iter_mut()
-            .find(|d| d.config.drive_id == update.drive_id)
-            .ok_or_else(|| ActionError(format!("No drive has the ID '{}'.", update.drive_id)))?;
-        let Some(path) = update.path_on_host else {
-            return Ok(VmmData::Empty);
-        };
-        let mut config = drive.config.clone();
-        config.path_on_host = Some(path);
-        config.validate().map_err(|e| ActionError(e.to_string()))?;
-        if block::same_image(&config, &drive.config) {
-            // The drive's own open holds the image's lock: close it before opening again.
-            let old = drive.config.clone();
-            lock(&drive.device)
-                .reopen_disk(|| block::open_disk(&config), || block::open_disk(&old))
-                .map_err(|e| ActionError(e.to_string()))?;
-        } else {
-            let disk = block::open_disk(&config).map_err(|e| ActionError(e.to_string()))?;
-            lock(&drive.device).swap_disk(disk);
-        }
-        lock(&drive.transport)
-            .notify_config_change()
-            .map_err(|e| ActionError(format!("Failed to notify the guest: {e}")))?;
-        log::info!(
-            "Drive '{}' now uses {:?}",
-            config.drive_id,
-            config.path_on_host
-        );
-        controller
-            .resources_mut()
-            .put_drive(config.clone())
-            .map_err(|e| ActionError(e.to_string()))?;
-        drive.config = config;
-        Ok(VmmData::Empty)
-    }
-
-    /// Runs the event loop until the VM stops, serving `api` if given; returns why it stopped.
-    pub fn run(
-        mut self,
-        mut api: Option<(ApiReceiver, Controller)>,
-    ) -> Result<VmStop, RuntimeError> {
+    /// Runs the event loop until the VM stops, handing API requests to `api` if given; returns
+    /// why it stopped.
+    pub fn run(mut self, mut api: Option<&mut dyn ApiHandler>) -> Result<VmStop, RuntimeError> {
         let inbox = match &api {
-            Some((receiver, _)) => {
-                let evt = receiver
-                    .wakeup
+            Some(handler) => {
+                let evt = handler
+                    .wakeup()
                     .try_clone()
                     .map_err(RuntimeError::ApiEventFd)?;
                 let flag = Arc::new(Mutex::new(Flag { evt, raised: false }));
@@ -353,13 +274,9 @@ impl Vmm {
         };
         while !lock(&self.stop).raised {
             self.event_manager.run().map_err(RuntimeError::EventLoop)?;
-            if let (Some((receiver, controller)), Some(inbox)) = (api.as_mut(), &inbox) {
+            if let (Some(handler), Some(inbox)) = (api.as_mut(), &inbox) {
                 lock(inbox).raised = false;
-                while let Ok(request) = receiver.requests.try_recv() {
-                    let result = self.handle(request.action, controller);
-                    // A client that went away does not need its answer.
-                    let _ = request.reply.send(result);
-                }
+                handler.serve(&mut self);
             }
         }
         // An error on any vCPU outranks a guest-initiated stop seen on another one.
@@ -379,6 +296,86 @@ impl Vmm {
             log::warn!("{e}");
         }
         Ok(stop)
+    }
+}
+
+impl RunningVm for Vmm {
+    fn state(&self) -> InstanceState {
+        if self.paused {
+            InstanceState::Paused
+        } else {
+            InstanceState::Running
+        }
+    }
+
+    fn pause(&mut self) -> Result<(), ActionError> {
+        let start = Instant::now();
+        let result = self.all_vcpus(VcpuEvent::Pause, &VcpuResponse::Paused);
+        self.latencies.pause.record(start.elapsed());
+        self.paused = result.is_ok();
+        log::info!("Paused the microVM");
+        result
+    }
+
+    fn resume(&mut self) -> Result<(), ActionError> {
+        let start = Instant::now();
+        let result = self.all_vcpus(VcpuEvent::Resume, &VcpuResponse::Resumed);
+        self.latencies.resume.record(start.elapsed());
+        self.paused = result.is_err();
+        log::info!("Resumed the microVM");
+        result
+    }
+
+    fn send_ctrl_alt_del(&mut self) -> Result<(), ActionError> {
+        let i8042 = self.devices.i8042().ok_or(ActionError::DeviceNotFound)?;
+        lock(i8042)
+            .trigger_ctrl_alt_del()
+            .map_err(ActionError::CtrlAltDel)
+    }
+
+    fn patch_drive(
+        &mut self,
+        drive_id: &str,
+        path: Option<PathBuf>,
+    ) -> Result<Option<DriveConfig>, ActionError> {
+        let not_found = || ActionError::DriveNotFound(drive_id.to_string());
+        let drive = self
+            .devices
+            .get_mut(DeviceKind::Block, drive_id)
+            .ok_or_else(not_found)?;
+        let (
+            DeviceHandle::Block {
+                device,
+                config: old,
+            },
+            Transport::Mmio { transport, .. },
+        ) = (&mut drive.handle, &drive.transport)
+        else {
+            return Err(not_found());
+        };
+        let Some(path) = path else {
+            return Ok(None);
+        };
+        let mut config = old.clone();
+        config.path_on_host = Some(path);
+        config.validate()?;
+        if block::same_image(&config, old) {
+            // The drive's own open holds the image's lock: close it before opening again.
+            lock(device).reopen_disk(|| block::open_disk(&config), || block::open_disk(old))?;
+        } else {
+            let disk = block::open_disk(&config)?;
+            lock(device).swap_disk(disk);
+        }
+        *old = config.clone();
+        lock(transport)
+            .notify_config_change()
+            .map_err(ActionError::NotifyGuest)?;
+        log::info!(
+            "Drive '{}' now uses {:?}",
+            config.drive_id,
+            config.path_on_host
+        );
+        Ok(Some(config))
     }
 }
 

@@ -40,7 +40,7 @@ pub fn canned(action: &VmmAction) -> ActionResult {
             serde_json::json!({"vcpu_count": 1, "mem_size_mib": 128}),
         )),
         VmmAction::GetMetrics => Ok(VmmData::PrometheusText("kiln_api_requests 1\n".into())),
-        VmmAction::SendCtrlAltDel => Err(ActionError("The VM is not running.".into())),
+        VmmAction::SendCtrlAltDel => Err(ActionError::OperationNotSupportedPreBoot),
         _ => Ok(VmmData::Empty),
     }
 }

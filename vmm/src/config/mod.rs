@@ -14,10 +14,14 @@ mod observability;
 mod serial;
 
 pub use boot_source::BootSourceConfig;
+pub use boot_source::BootSourceError;
+pub use drive::DriveError;
 pub use drive::{
     guest_order, root_cmdline, validate_drives, CacheType, DiskFormat, DriveConfig, IoEngine,
 };
+pub use machine::MachineConfigError;
 pub use machine::{HugePages, MachineConfig, MAX_VCPUS};
+pub use net::NetError;
 pub use net::{validate_interfaces, MacAddr, NetworkInterfaceConfig};
 pub use observability::{LoggerSettings, MetricsSettings};
 pub use serial::SerialConfig;

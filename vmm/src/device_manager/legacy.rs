@@ -8,6 +8,7 @@ use devices::legacy::{EventFdTrigger, Serial, I8042};
 use devices::{Bus, BusError};
 use kvm_ioctls::VmFd;
 
+use crate::device_manager::registry::{DeviceHandle, DeviceRegistry, RegisteredDevice, Transport};
 use crate::metrics::{Counter, MetricSource};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -43,7 +44,7 @@ pub struct LegacyDevices {
     pub serial: Arc<Mutex<Serial>>,
     /// Fires when the guest drains a full receive FIFO.
     pub serial_drained: EventFd,
-    /// The i8042, for injecting Ctrl-Alt-Del.
+    /// The i8042, for its metrics.
     pub i8042: Arc<Mutex<I8042>>,
 }
 
@@ -94,10 +95,12 @@ fn irq_eventfd(vm: &VmFd, irq: u32) -> Result<EventFd, LegacyError> {
     Ok(fd)
 }
 
-/// Attaches the UART and the i8042 to `io_bus`. The i8042's reset command writes `stop_evt`.
+/// Attaches the UART and the i8042 to `io_bus` and records them in `registry` (as `com1` and
+/// `i8042`). The i8042's reset command writes `stop_evt`.
 pub fn attach(
     vm: &VmFd,
     io_bus: &mut Bus,
+    registry: &mut DeviceRegistry,
     serial_out: Box<dyn Write + Send>,
     stop_evt: &EventFd,
 ) -> Result<LegacyDevices, LegacyError> {
@@ -109,6 +112,15 @@ pub fn attach(
         drained.try_clone().map_err(LegacyError::EventFd)?,
     )));
     io_bus.insert(serial.clone(), SERIAL_PORT, SERIAL_PORT_LEN)?;
+    registry.insert(RegisteredDevice {
+        id: "com1".to_string(),
+        irq: SERIAL_IRQ,
+        transport: Transport::PortIo {
+            base: SERIAL_PORT,
+            len: SERIAL_PORT_LEN,
+        },
+        handle: DeviceHandle::Serial(serial.clone()),
+    });
 
     let reset = stop_evt.try_clone().map_err(LegacyError::EventFd)?;
     let kbd_irq = irq_eventfd(vm, I8042_IRQ)?;
@@ -117,6 +129,15 @@ pub fn attach(
         EventFdTrigger::new(kbd_irq),
     )));
     io_bus.insert(i8042.clone(), I8042_PORT, I8042_PORT_LEN)?;
+    registry.insert(RegisteredDevice {
+        id: "i8042".to_string(),
+        irq: I8042_IRQ,
+        transport: Transport::PortIo {
+            base: I8042_PORT,
+            len: I8042_PORT_LEN,
+        },
+        handle: DeviceHandle::I8042(i8042.clone()),
+    });
     Ok(LegacyDevices {
         serial,
         serial_drained: drained,

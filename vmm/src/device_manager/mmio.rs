@@ -40,6 +40,9 @@ pub enum MmioError {
     /// The device could not be placed on the bus.
     #[error(transparent)]
     Bus(#[from] BusError),
+    /// The device to attach is not a virtio device.
+    #[error("Only virtio devices go behind a virtio-mmio transport.")]
+    NotVirtio,
 }
 
 /// Hands out MMIO slots and interrupt lines, in order.

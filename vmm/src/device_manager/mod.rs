@@ -1,6 +1,8 @@
-//! Puts devices on the buses and wires their interrupts to KVM.
+//! Puts devices on the buses, wires their interrupts to KVM, and keeps the registry of the
+//! virtio devices (`registry`).
 
 pub mod block;
 pub mod legacy;
 pub mod mmio;
 pub mod net;
+pub mod registry;

@@ -1,0 +1,261 @@
+//! The device registry: every device of the VM by kind and ID, with its transport (an MMIO slot
+//! or port range), interrupt line and handle. Every virtio kind is attached through
+//! [`DeviceRegistry::attach_virtio`], the one path that allocates the slot, wires the device to
+//! KVM and records it; the legacy devices are recorded where `legacy::attach` puts them on the
+//! port-I/O bus. The running VM finds its drives, its i8042 and the devices' event-loop
+//! subscribers here.
+
+use std::sync::{Arc, Mutex};
+
+use devices::legacy::{Serial, I8042};
+use devices::virtio::block::Block;
+use devices::virtio::net::Net;
+use devices::virtio::VirtioDevice;
+use devices::Bus;
+use event_manager::MutEventSubscriber;
+use kvm_ioctls::VmFd;
+use vm_memory::GuestMemoryMmap;
+
+use crate::config::DriveConfig;
+use crate::device_manager::mmio::{self, MmioAllocator, MmioError, MmioSlot, SharedTransport};
+
+/// A device (or other event source) served by the VMM thread's event loop.
+pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+/// What a registered device is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceKind {
+    /// virtio-block.
+    Block,
+    /// virtio-net.
+    Net,
+    /// The 8250 UART.
+    Serial,
+    /// The i8042 keyboard controller.
+    I8042,
+}
+
+/// A registered device's own handle, by kind.
+pub enum DeviceHandle {
+    /// A drive and the configuration it now runs with (`PATCH /drives` changes its image).
+    Block {
+        /// The device.
+        device: Arc<Mutex<Block>>,
+        /// Its configuration.
+        config: DriveConfig,
+    },
+    /// A network interface.
+    Net(Arc<Mutex<Net>>),
+    /// The UART.
+    Serial(Arc<Mutex<Serial>>),
+    /// The i8042.
+    I8042(Arc<Mutex<I8042>>),
+}
+
+impl DeviceHandle {
+    /// The kind of device this is.
+    pub fn kind(&self) -> DeviceKind {
+        match self {
+            Self::Block { .. } => DeviceKind::Block,
+            Self::Net(_) => DeviceKind::Net,
+            Self::Serial(_) => DeviceKind::Serial,
+            Self::I8042(_) => DeviceKind::I8042,
+        }
+    }
+
+    /// The virtio device, for the virtio kinds.
+    fn virtio(&self) -> Option<Arc<Mutex<dyn VirtioDevice>>> {
+        match self {
+            Self::Block { device, .. } => Some(device.clone()),
+            Self::Net(device) => Some(device.clone()),
+            Self::Serial(_) | Self::I8042(_) => None,
+        }
+    }
+
+    /// The event-loop subscriber, for the devices that have one (the virtio kinds).
+    fn subscriber(&self) -> Option<Subscriber> {
+        match self {
+            Self::Block { device, .. } => Some(device.clone()),
+            Self::Net(device) => Some(device.clone()),
+            Self::Serial(_) | Self::I8042(_) => None,
+        }
+    }
+}
+
+/// How the guest reaches a device.
+pub enum Transport {
+    /// A virtio-mmio transport whose register window starts at `addr`.
+    Mmio {
+        /// The start of the window.
+        addr: u64,
+        /// The transport.
+        transport: SharedTransport,
+    },
+    /// Ports on the port-I/O bus.
+    PortIo {
+        /// The first port.
+        base: u64,
+        /// How many ports.
+        len: u64,
+    },
+}
+
+/// One attached device.
+pub struct RegisteredDevice {
+    /// Its ID: the drive's `drive_id`, the interface's `iface_id`, or the legacy device's name.
+    pub id: String,
+    /// Its interrupt line.
+    pub irq: u32,
+    /// Where the guest reaches it.
+    pub transport: Transport,
+    /// The device.
+    pub handle: DeviceHandle,
+}
+
+impl std::fmt::Debug for DeviceHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.kind().fmt(f)
+    }
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Mmio { addr, .. } => write!(f, "Mmio({addr:#x})"),
+            Self::PortIo { base, len } => write!(f, "PortIo({base:#x}, {len})"),
+        }
+    }
+}
+
+impl std::fmt::Debug for RegisteredDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegisteredDevice")
+            .field("id", &self.id)
+            .field("irq", &self.irq)
+            .field("transport", &self.transport)
+            .field("handle", &self.handle)
+            .finish()
+    }
+}
+
+/// The VM's devices, in the order they were attached (for virtio, the guest's order).
+#[derive(Debug, Default)]
+pub struct DeviceRegistry {
+    allocator: MmioAllocator,
+    devices: Vec<RegisteredDevice>,
+}
+
+impl DeviceRegistry {
+    /// Puts `handle`'s device behind a virtio-mmio transport in the next free slot (see
+    /// [`mmio::attach_virtio`]) and records it as `id`; returns where it landed.
+    pub fn attach_virtio(
+        &mut self,
+        vm: &VmFd,
+        mmio_bus: &mut Bus,
+        mem: &GuestMemoryMmap,
+        id: &str,
+        handle: DeviceHandle,
+    ) -> Result<MmioSlot, MmioError> {
+        let virtio = handle.virtio().ok_or(MmioError::NotVirtio)?;
+        let (slot, transport) =
+            mmio::attach_virtio(vm, mmio_bus, mem, &mut self.allocator, virtio)?;
+        self.insert(RegisteredDevice {
+            id: id.to_string(),
+            irq: slot.irq,
+            transport: Transport::Mmio {
+                addr: slot.addr,
+                transport,
+            },
+            handle,
+        });
+        Ok(slot)
+    }
+
+    /// Records a device already on its bus.
+    pub fn insert(&mut self, device: RegisteredDevice) {
+        self.devices.push(device);
+    }
+
+    /// The device of `kind` with ID `id`.
+    pub fn get_mut(&mut self, kind: DeviceKind, id: &str) -> Option<&mut RegisteredDevice> {
+        self.devices
+            .iter_mut()
+            .find(|d| d.handle.kind() == kind && d.id == id)
+    }
+
+    /// The i8042, if attached.
+    pub fn i8042(&self) -> Option<&Arc<Mutex<I8042>>> {
+        self.devices.iter().find_map(|d| match &d.handle {
+            DeviceHandle::I8042(i8042) => Some(i8042),
+            _ => None,
+        })
+    }
+
+    /// The kernel command-line entries that announce the virtio devices, in attach order.
+    pub fn cmdline_args(&self) -> impl Iterator<Item = String> + '_ {
+        self.devices.iter().filter_map(|d| match d.transport {
+            Transport::Mmio { addr, .. } => Some(MmioSlot { addr, irq: d.irq }.cmdline_arg()),
+            Transport::PortIo { .. } => None,
+        })
+    }
+
+    /// The event-loop subscribers of the devices that have one.
+    pub fn subscribers(&self) -> impl Iterator<Item = Subscriber> + '_ {
+        self.devices.iter().filter_map(|d| d.handle.subscriber())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use devices::legacy::EventFdTrigger;
+    use devices::virtio::mmio::MmioTransport;
+    use devices::virtio::Interrupt;
+    use vm_memory::GuestAddress;
+    use vmm_sys_util::eventfd::EventFd;
+
+    use super::*;
+    use crate::device_manager::block;
+
+    #[test]
+    fn devices_are_found_by_kind_and_id_and_only_virtio_ones_are_announced() {
+        let path = std::env::temp_dir().join(format!("kiln-registry-{}", std::process::id()));
+        std::fs::write(&path, [0u8; 512]).unwrap();
+        let config: DriveConfig = serde_json::from_value(serde_json::json!({
+            "drive_id": "data", "path_on_host": path, "is_root_device": false,
+        }))
+        .unwrap();
+        let device = block::create(&config).unwrap();
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        let interrupt = Arc::new(Interrupt::new(EventFd::new(0).unwrap()));
+        let transport = MmioTransport::new(device.clone(), mem, interrupt);
+        let mut registry = DeviceRegistry::default();
+        registry.insert(RegisteredDevice {
+            id: "data".into(),
+            irq: 5,
+            transport: Transport::Mmio {
+                addr: 0xc000_1000,
+                transport: Arc::new(Mutex::new(transport)),
+            },
+            handle: DeviceHandle::Block { device, config },
+        });
+        assert!(registry.i8042().is_none());
+        let trigger = || EventFdTrigger::new(EventFd::new(0).unwrap());
+        registry.insert(RegisteredDevice {
+            id: "i8042".into(),
+            irq: 1,
+            transport: Transport::PortIo { base: 0x60, len: 5 },
+            handle: DeviceHandle::I8042(Arc::new(Mutex::new(I8042::new(trigger(), trigger())))),
+        });
+        assert!(registry.i8042().is_some());
+        let found = registry.get_mut(DeviceKind::Block, "data").unwrap();
+        assert_eq!((found.id.as_str(), found.irq), ("data", 5));
+        assert!(registry.get_mut(DeviceKind::Net, "data").is_none());
+        assert!(registry.get_mut(DeviceKind::Block, "other").is_none());
+        assert_eq!(
+            registry.cmdline_args().collect::<Vec<_>>(),
+            ["virtio_mmio.device=4K@0xc0001000:5"]
+        );
+        assert_eq!(registry.subscribers().count(), 1);
+        std::fs::remove_file(path).unwrap();
+    }
+}
