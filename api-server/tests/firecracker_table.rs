@@ -1,7 +1,7 @@
 //! `docs/FIRECRACKER.md` is complete: it names every path and method, every definition's
 //! fields, of Firecracker 1.16.1's API spec, and every flag of its `--help`, read from
-//! `../shared/reference/firecracker-1.16.1/` beside the checkout. Without them the test says it
-//! skipped.
+//! `../shared/reference/firecracker-1.16.1/` beside the checkout, and every flag of its jailer's
+//! `--help` (`../shared/anchors/jailer`). Without them the test says it skipped.
 
 #![cfg(test)] // So that the workspace's test allowances cover the helpers, as in common/.
 
@@ -67,21 +67,53 @@ fn the_table_names_every_endpoint_and_field_of_firecrackers_spec() {
     assert!(missing.is_empty(), "docs/FIRECRACKER.md lacks {missing:?}");
 }
 
+/// The `--flags` a `--help` text lists, one a line.
+fn help_flags(help: &str) -> Vec<&str> {
+    help.lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|w| w.starts_with("--"))
+        .collect()
+}
+
+/// Panics unless `section` of the table has a row for each of `flags`.
+fn assert_rows(section: &str, flags: &[&str]) {
+    let missing: Vec<&&str> = flags
+        .iter()
+        .filter(|f| !section.contains(&format!("| `{f}` |")))
+        .collect();
+    assert!(missing.is_empty(), "docs/FIRECRACKER.md lacks {missing:?}");
+}
+
+/// The table's text from the heading `## {title}` to the next heading.
+fn section(title: &str) -> String {
+    let table = table();
+    let start = table
+        .find(&format!("\n## {title}\n"))
+        .unwrap_or_else(|| panic!("docs/FIRECRACKER.md has no '## {title}'"));
+    let rest = &table[start + 1..];
+    let end = rest.find("\n## ").unwrap_or(rest.len());
+    rest[..end].to_string()
+}
+
 #[test]
 fn the_table_names_every_flag_of_firecrackers_help() {
     let Some(help) = reference("firecracker-help.txt") else {
         return;
     };
-    let table = table();
-    let flags: Vec<&str> = help
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|w| w.starts_with("--"))
-        .collect();
+    let flags = help_flags(&help);
     assert!(flags.len() > 20, "{flags:?}");
-    let missing: Vec<&&str> = flags
-        .iter()
-        .filter(|f| !table.contains(&format!("| `{f}` |")))
-        .collect();
-    assert!(missing.is_empty(), "docs/FIRECRACKER.md lacks {missing:?}");
+    assert_rows(&section("Command-line flags"), &flags);
+}
+
+#[test]
+fn the_table_names_every_flag_of_firecrackers_jailer() {
+    let jailer = workspace().join("../shared/anchors/jailer");
+    let Ok(out) = std::process::Command::new(&jailer).arg("--help").output() else {
+        eprintln!("skipped: {} is absent", jailer.display());
+        return;
+    };
+    let help = String::from_utf8(out.stdout).unwrap();
+    let flags = help_flags(&help);
+    assert!(flags.len() > 10, "{help}");
+    assert_rows(&section("Jailer flags"), &flags);
 }
