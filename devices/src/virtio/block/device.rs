@@ -265,11 +265,15 @@ fn serve(
         Err(Rejected {
             error,
             status_addr: Some(status_addr),
-        }) => (status_addr, Err(ExecuteError::from(error))),
+        }) => {
+            executor.counters().invalid_request();
+            (status_addr, Err(ExecuteError::from(error)))
+        }
         Err(Rejected {
             error,
             status_addr: None,
         }) => {
+            executor.counters().invalid_request();
             guest_errors.record(&error);
             return 0;
         }
@@ -319,6 +323,7 @@ impl VirtioDevice for Block {
         let actual = queues.len();
         let mut queues = queues.into_iter();
         let (Some(queue), None) = (queues.next(), queues.next()) else {
+            self.executor.counters().activate_failed();
             return Err(ActivateError::QueueCount {
                 expected: 1,
                 actual,
@@ -347,7 +352,9 @@ impl MutEventSubscriber for Block {
             // Reading resets the counter so the fd stops firing; its value does not matter, and
             // an empty counter (another reader was first) is not an error worth reporting.
             let _ = evt.read();
+            self.executor.counters().queue_event();
             if let Err(e) = self.process_queue() {
+                self.executor.counters().event_failed();
                 self.guest_errors.record(&e);
             }
         }

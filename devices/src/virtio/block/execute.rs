@@ -161,6 +161,11 @@ impl Executor {
         self.stats.clone()
     }
 
+    /// The same counters, for the device to count its own events in.
+    pub(crate) fn counters(&self) -> &BlockStats {
+        &self.stats
+    }
+
     /// Serves `disk` from now on, in place of the current one.
     pub fn set_disk(&mut self, disk: Box<dyn DiskBackend>) {
         self.disk = disk;

@@ -11,6 +11,10 @@ pub struct BlockStats {
     write_count: AtomicU64,
     flush_count: AtomicU64,
     failures: AtomicU64,
+    invalid_requests: AtomicU64,
+    queue_events: AtomicU64,
+    event_fails: AtomicU64,
+    activate_fails: AtomicU64,
 }
 
 impl BlockStats {
@@ -32,8 +36,29 @@ impl BlockStats {
         self.failures.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The counters as (name, value), named as Firecracker names its block metrics.
-    pub fn snapshot(&self) -> [(&'static str, u64); 6] {
+    /// A chain too malformed to be a request.
+    pub(crate) fn invalid_request(&self) {
+        self.invalid_requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The driver kicked the queue.
+    pub(crate) fn queue_event(&self) {
+        self.queue_events.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Serving a kick failed (a broken queue, a failed interrupt).
+    pub(crate) fn event_failed(&self) {
+        self.event_fails.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The driver's activation was refused.
+    pub(crate) fn activate_failed(&self) {
+        self.activate_fails.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counters as (name, value), with the names and meanings of Firecracker's block
+    /// metrics.
+    pub fn snapshot(&self) -> [(&'static str, u64); 10] {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("read_bytes", get(&self.read_bytes)),
@@ -42,6 +67,10 @@ impl BlockStats {
             ("write_count", get(&self.write_count)),
             ("flush_count", get(&self.flush_count)),
             ("execute_fails", get(&self.failures)),
+            ("invalid_reqs_count", get(&self.invalid_requests)),
+            ("queue_event_count", get(&self.queue_events)),
+            ("event_fails", get(&self.event_fails)),
+            ("activate_fails", get(&self.activate_fails)),
         ]
     }
 }

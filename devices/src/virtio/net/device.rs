@@ -86,6 +86,11 @@ pub struct NetStats {
     tx_packets: AtomicU64,
     tx_malformed_frames: AtomicU64,
     tap_write_fails: AtomicU64,
+    rx_queue_events: AtomicU64,
+    rx_tap_events: AtomicU64,
+    tx_queue_events: AtomicU64,
+    event_fails: AtomicU64,
+    activate_fails: AtomicU64,
 }
 
 impl NetStats {
@@ -120,7 +125,8 @@ impl NetStats {
     }
 
     /// Every counter with its name (and meaning) in Firecracker's `net_<iface_id>` group.
-    pub fn snapshot(&self) -> [(&'static str, u64); 7] {
+    pub fn snapshot(&self) -> [(&'static str, u64); 12] {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("rx_bytes_count", self.rx_bytes()),
             ("rx_packets_count", self.rx_packets()),
@@ -129,7 +135,16 @@ impl NetStats {
             ("tx_packets_count", self.tx_packets()),
             ("tx_malformed_frames", self.tx_malformed_frames()),
             ("tap_write_fails", self.tap_write_fails()),
+            ("rx_queue_event_count", get(&self.rx_queue_events)),
+            ("rx_tap_event_count", get(&self.rx_tap_events)),
+            ("tx_queue_event_count", get(&self.tx_queue_events)),
+            ("event_fails", get(&self.event_fails)),
+            ("activate_fails", get(&self.activate_fails)),
         ]
+    }
+
+    fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(super) fn rx_delivered(&self, bytes: usize) {
@@ -416,6 +431,31 @@ impl VirtioDevice for Net {
         queues: Vec<Queue>,
         interrupt: Arc<Interrupt>,
     ) -> Result<(), ActivateError> {
+        let activated = self.start(mem, queues, interrupt);
+        if activated.is_err() {
+            NetStats::count(&self.stats.activate_fails);
+        }
+        activated
+    }
+
+    fn reset(&mut self) {
+        self.state = State::Inactive;
+        self.acked_features = 0;
+        // The driver that posted buffers for it is gone.
+        if self.rx.discard_pending() {
+            self.stats.rx_failed();
+        }
+    }
+}
+
+impl Net {
+    /// Activation proper: both queues, and the tap's offloads as the driver accepted them.
+    fn start(
+        &mut self,
+        mem: GuestMemoryMmap,
+        queues: Vec<Queue>,
+        interrupt: Arc<Interrupt>,
+    ) -> Result<(), ActivateError> {
         let actual = queues.len();
         let mut queues = queues.into_iter();
         let (Some(rx), Some(tx), None) = (queues.next(), queues.next(), queues.next()) else {
@@ -435,15 +475,6 @@ impl VirtioDevice for Net {
         };
         Ok(())
     }
-
-    fn reset(&mut self) {
-        self.state = State::Inactive;
-        self.acked_features = 0;
-        // The driver that posted buffers for it is gone.
-        if self.rx.discard_pending() {
-            self.stats.rx_failed();
-        }
-    }
 }
 
 impl MutEventSubscriber for Net {
@@ -453,11 +484,14 @@ impl MutEventSubscriber for Net {
         let result = if fd == rx_evt.as_raw_fd() {
             // Reading resets the counter so the fd stops firing; its value does not matter.
             let _ = rx_evt.read();
+            NetStats::count(&self.stats.rx_queue_events);
             self.process_rx()
         } else if fd == tx_evt.as_raw_fd() {
             let _ = tx_evt.read();
+            NetStats::count(&self.stats.tx_queue_events);
             self.process_tx()
         } else if fd == self.io.as_raw_fd() {
+            NetStats::count(&self.stats.rx_tap_events);
             if events
                 .event_set()
                 .intersects(EventSet::ERROR | EventSet::HANG_UP)
@@ -472,6 +506,7 @@ impl MutEventSubscriber for Net {
             Ok(false)
         };
         if let Err(e) = result {
+            NetStats::count(&self.stats.event_fails);
             self.guest_errors.record(&e);
         }
         self.update_tap_watch(ops);

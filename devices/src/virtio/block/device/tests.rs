@@ -347,6 +347,9 @@ fn activation_needs_exactly_one_queue() {
             }) if actual == count
         ));
     }
+    let stats = block.stats();
+    let get = |name: &str| stats.snapshot().iter().find(|(n, _)| *n == name).unwrap().1;
+    assert_eq!(get("activate_fails"), 2);
 }
 
 #[test]
@@ -392,6 +395,9 @@ fn the_event_loop_serves_a_queue_event() {
     assert_eq!(guest.used(), [(0, 513)]);
     assert_eq!(guest.read(DATA, 512), [3u8; 512]);
     assert_eq!(irq.read().unwrap(), 1);
+    let stats = block.lock().unwrap().stats();
+    let get = |name: &str| stats.snapshot().iter().find(|(n, _)| *n == name).unwrap().1;
+    assert_eq!((get("queue_event_count"), get("event_fails")), (1, 0));
 }
 
 #[test]
@@ -444,6 +450,10 @@ fn counts_served_and_failed_requests() {
     block.process_queue().unwrap();
     assert_eq!(get("execute_fails"), 1);
     assert_eq!(get("write_count"), 0);
+    // A chain of a status byte alone is no request: invalid, and never executed.
+    vq.add_desc_chains(&[desc(STATUS, 1, W, 0)], 0).unwrap();
+    block.process_queue().unwrap();
+    assert_eq!((get("invalid_reqs_count"), get("execute_fails")), (1, 1));
 }
 
 #[test]

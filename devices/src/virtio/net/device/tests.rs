@@ -384,6 +384,14 @@ fn activation_needs_exactly_two_queues() {
             Err(ActivateError::QueueCount { expected: 2, actual }) if actual == count
         ));
     }
+    assert_eq!(counter(&net, "activate_fails"), 2);
+}
+
+/// The value of the metrics counter `name`.
+fn counter(net: &Net, name: &str) -> u64 {
+    let stats = net.stats();
+    let snapshot = stats.snapshot();
+    snapshot.iter().find(|(n, _)| *n == name).unwrap().1
 }
 
 #[test]
@@ -443,6 +451,15 @@ fn the_event_loop_stops_reading_the_tap_while_the_guest_has_no_buffers() {
     tx_kick.write(1).unwrap();
     assert_eq!(event_manager.run_with_timeout(1000).unwrap(), 1);
     assert!(wire.recv().is_some());
+    let net = net.lock().unwrap();
+    let events = [
+        "rx_tap_event_count",
+        "rx_queue_event_count",
+        "tx_queue_event_count",
+    ];
+    let counts = events.map(|name| counter(&net, name));
+    assert_eq!(counts, [2, 2, 1]);
+    assert_eq!(counter(&net, "event_fails"), 0);
 }
 
 /// A backend that is always readable and fails every read, as a tap whose interface is gone.
