@@ -259,6 +259,14 @@ fn patch_drives_reopens_the_drives_own_image_and_refuses_a_locked_one() {
     // The refused swap left the drive, and kiln, serving.
     assert_eq!(state(&sock), "Running");
     assert_eq!(patch(&image).status, 204);
+    // Firecracker's block update counters, per drive and added up.
+    for (name, value) in [
+        ("kiln_block_data_update_count", 2),
+        ("kiln_block_data_update_fails", 1),
+        ("kiln_block_update_count", 2),
+    ] {
+        assert_eq!(counter(&sock, name), value, "{name}");
+    }
 }
 
 /// A request that must be answered within a second: nothing the API does waits on a file.

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use devices::virtio::block::Block;
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
@@ -17,6 +18,7 @@ use crate::config::DriveConfig;
 use crate::console::ConsoleInput;
 use crate::device_manager::block;
 use crate::device_manager::legacy::LegacyDevices;
+use crate::device_manager::mmio::SharedTransport;
 use crate::device_manager::registry::{
     DeviceHandle, DeviceKind, DeviceRegistry, Subscriber, Transport,
 };
@@ -356,27 +358,41 @@ impl RunningVm for Vmm {
         let Some(path) = path else {
             return Ok(None);
         };
-        let mut config = old.clone();
-        config.path_on_host = Some(path);
-        config.validate()?;
-        if block::same_image(&config, old) {
-            // The drive's own open holds the image's lock: close it before opening again.
-            lock(device).reopen_disk(|| block::open_disk(&config), || block::open_disk(old))?;
-        } else {
-            let disk = block::open_disk(&config)?;
-            lock(device).swap_disk(disk);
-        }
-        *old = config.clone();
-        lock(transport)
-            .notify_config_change()
-            .map_err(ActionError::NotifyGuest)?;
-        log::info!(
-            "Drive '{}' now uses {:?}",
-            config.drive_id,
-            config.path_on_host
-        );
-        Ok(Some(config))
+        let swapped = swap_image(device, transport, old, path);
+        // Firecracker's block update_count and update_fails.
+        lock(device).stats().count_update(swapped.is_ok());
+        swapped.map(Some)
     }
+}
+
+/// Opens `path` as the drive's new image in place of `old`'s and tells the guest; on success
+/// `old` is the new configuration.
+fn swap_image(
+    device: &Mutex<Block>,
+    transport: &SharedTransport,
+    old: &mut DriveConfig,
+    path: PathBuf,
+) -> Result<DriveConfig, ActionError> {
+    let mut config = old.clone();
+    config.path_on_host = Some(path);
+    config.validate()?;
+    if block::same_image(&config, old) {
+        // The drive's own open holds the image's lock: close it before opening again.
+        lock(device).reopen_disk(|| block::open_disk(&config), || block::open_disk(old))?;
+    } else {
+        let disk = block::open_disk(&config)?;
+        lock(device).swap_disk(disk);
+    }
+    *old = config.clone();
+    lock(transport)
+        .notify_config_change()
+        .map_err(ActionError::NotifyGuest)?;
+    log::info!(
+        "Drive '{}' now uses {:?}",
+        config.drive_id,
+        config.path_on_host
+    );
+    Ok(config)
 }
 
 /// Logs the CPU time of the vCPU threads (which includes guest time) and of the rest of the

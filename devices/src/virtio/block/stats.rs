@@ -15,6 +15,8 @@ pub struct BlockStats {
     queue_events: AtomicU64,
     event_fails: AtomicU64,
     activate_fails: AtomicU64,
+    updates: AtomicU64,
+    update_fails: AtomicU64,
 }
 
 impl BlockStats {
@@ -56,9 +58,19 @@ impl BlockStats {
         self.activate_fails.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The VMM swapped the drive's image (`PATCH /drives`), or failed to.
+    pub fn count_update(&self, ok: bool) {
+        let counter = if ok {
+            &self.updates
+        } else {
+            &self.update_fails
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The counters as (name, value), with the names and meanings of Firecracker's block
     /// metrics.
-    pub fn snapshot(&self) -> [(&'static str, u64); 10] {
+    pub fn snapshot(&self) -> [(&'static str, u64); 12] {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("read_bytes", get(&self.read_bytes)),
@@ -71,6 +83,8 @@ impl BlockStats {
             ("queue_event_count", get(&self.queue_events)),
             ("event_fails", get(&self.event_fails)),
             ("activate_fails", get(&self.activate_fails)),
+            ("update_count", get(&self.updates)),
+            ("update_fails", get(&self.update_fails)),
         ]
     }
 }
