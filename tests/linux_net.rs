@@ -68,7 +68,9 @@ fn single_guest() -> Scenario {
 dd if=/dev/urandom of=to-guest.bin bs=1M count=100 2>/dev/null
 echo "HOST-SENT-SHA=$(sha256sum to-guest.bin | cut -d' ' -f1)"
 sleep 600 | {IP} netns exec kn1 nc -l -p 5001 > from-guest.bin &
-(for i in $(seq 300); do {IP} netns exec kn1 nc -w 3 172.16.0.2 5002 < to-guest.bin && break; sleep 1; done) &"#
+# Until the guest listens each try is refused: its message would land inside a console line.
+(for i in $(seq 300); do {IP} netns exec kn1 nc -w 3 172.16.0.2 5002 < to-guest.bin 2>/dev/null \
+    && break; sleep 1; done) &"#
         ),
         wrapper: "./bin/ip netns exec kn1",
         after: format!(
