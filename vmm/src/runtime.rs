@@ -246,6 +246,24 @@ impl Vmm {
         Ok(())
     }
 
+    /// [`Vmm::all_vcpus`] for a pause or a resume, keeping how long it took as the VMM's
+    /// latency of that action.
+    fn timed_all_vcpus(
+        &self,
+        event: VcpuEvent,
+        expected: &VcpuResponse,
+    ) -> Result<(), ActionError> {
+        let start = Instant::now();
+        let result = self.all_vcpus(event, expected);
+        let latency = if matches!(event, VcpuEvent::Pause) {
+            &self.latencies.pause
+        } else {
+            &self.latencies.resume
+        };
+        latency.record(start.elapsed());
+        result
+    }
+
     /// Asks every vCPU for `event` and checks each answers `expected` (or has stopped the VM,
     /// which the event loop notices next).
     fn all_vcpus(&self, event: VcpuEvent, expected: &VcpuResponse) -> Result<(), ActionError> {
@@ -311,18 +329,14 @@ impl RunningVm for Vmm {
     }
 
     fn pause(&mut self) -> Result<(), ActionError> {
-        let start = Instant::now();
-        let result = self.all_vcpus(VcpuEvent::Pause, &VcpuResponse::Paused);
-        self.latencies.pause.record(start.elapsed());
+        let result = self.timed_all_vcpus(VcpuEvent::Pause, &VcpuResponse::Paused);
         self.paused = result.is_ok();
         log::info!("Paused the microVM");
         result
     }
 
     fn resume(&mut self) -> Result<(), ActionError> {
-        let start = Instant::now();
-        let result = self.all_vcpus(VcpuEvent::Resume, &VcpuResponse::Resumed);
-        self.latencies.resume.record(start.elapsed());
+        let result = self.timed_all_vcpus(VcpuEvent::Resume, &VcpuResponse::Resumed);
         self.paused = result.is_err();
         log::info!("Resumed the microVM");
         result
