@@ -119,6 +119,22 @@ fn metrics_path_gets_the_final_counts_at_exit() {
         assert!(missing.is_empty(), "missing {missing:?} in {line}");
         assert_eq!(line["uart"]["missed_write_count"], 0, "{line}");
     }
+    // Each line carries the increases: together they count every byte of the console output,
+    // and the port writes' handling time.
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let sum = |f: &dyn Fn(&serde_json::Value) -> &serde_json::Value| -> u64 {
+        lines.iter().map(|l| f(l).as_u64().unwrap()).sum()
+    };
+    let written = sum(&|l| &l["uart"]["write_count"]);
+    assert_eq!(written, stdout(&out).len() as u64, "{text}");
+    let agg = &last["vcpu"]["exit_io_out_agg"];
+    let handled_us = sum(&|l| &l["vcpu"]["exit_io_out_agg"]["sum_us"]);
+    let max_us = agg["max_us"].as_u64().unwrap();
+    assert!(handled_us >= max_us, "{text}");
+    assert!(max_us >= agg["min_us"].as_u64().unwrap(), "{text}");
 }
 
 /// The key paths of `reference` that `ours` lacks, under `prefix`.

@@ -8,6 +8,7 @@
 pub mod boot_timer;
 pub mod bus;
 pub mod host_file;
+pub mod latency;
 pub mod legacy;
 pub mod virtio;
 

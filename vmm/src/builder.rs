@@ -192,6 +192,9 @@ fn attach_devices(
             slot.irq
         );
     }
+    metrics.add_source(Arc::new(mmio::InterruptMetrics(
+        registry.virtio_interrupts(),
+    )));
     Ok(AttachedDevices {
         io_bus: Arc::new(io_bus),
         mmio_bus: Arc::new(mmio_bus),

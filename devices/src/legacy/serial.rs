@@ -1,7 +1,8 @@
 //! The 8250 UART at port 0x3f8, IRQ 4: the guest console.
 //!
 //! Output goes to any writer (stdout or a file); a byte the writer refuses is counted as lost
-//! and the guest goes on, as on a UART whose line is down. Input is pushed in by the VMM's
+//! and the guest goes on, as on a UART whose line is down. The UART counts what the guest does
+//! with it, as Firecracker's `uart` metrics. Input is pushed in by the VMM's
 //! event loop,
 //! which stops reading its source while the receive FIFO is full and resumes when the guest has
 //! drained it, so no byte is dropped.
@@ -16,20 +17,43 @@ use vmm_sys_util::eventfd::EventFd;
 use super::EventFdTrigger;
 use crate::BusDevice;
 
-/// Tells the input side when the guest has emptied the receive FIFO, and counts the output
-/// bytes the host's side could not take.
+/// Tells the input side when the guest has emptied the receive FIFO, and keeps the UART's
+/// counters.
 #[derive(Debug)]
 struct InputWakeup {
     drained: EventFd,
     waiting: AtomicBool,
-    lost: AtomicU64,
+    counts: UartCounts,
+}
+
+/// What the guest did with the UART, as Firecracker's `uart` metrics count it.
+#[derive(Debug, Default)]
+struct UartCounts {
+    /// Bytes the guest read from the receive buffer.
+    reads: AtomicU64,
+    /// Bytes the guest sent that reached the host's side.
+    writes: AtomicU64,
+    /// Reads the UART cannot serve: not one byte wide.
+    missed_reads: AtomicU64,
+    /// Bytes the host's side did not take, and writes the UART cannot serve.
+    missed_writes: AtomicU64,
+    /// Writes that failed, lost bytes included.
+    errors: AtomicU64,
+}
+
+fn count(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
 }
 
 impl SerialEvents for InputWakeup {
-    fn buffer_read(&self) {}
-    fn out_byte(&self) {}
+    fn buffer_read(&self) {
+        count(&self.counts.reads);
+    }
+    fn out_byte(&self) {
+        count(&self.counts.writes);
+    }
     fn tx_lost_byte(&self) {
-        self.lost.fetch_add(1, Ordering::Relaxed);
+        count(&self.counts.missed_writes);
     }
     fn in_buffer_empty(&self) {
         if self.waiting.swap(false, Ordering::AcqRel) {
@@ -72,7 +96,7 @@ impl Serial {
         let wakeup = Arc::new(InputWakeup {
             drained,
             waiting: AtomicBool::new(false),
-            lost: AtomicU64::new(0),
+            counts: UartCounts::default(),
         });
         Self {
             uart: vm_superio::Serial::with_events(irq, wakeup.clone(), out),
@@ -100,29 +124,43 @@ impl Serial {
         self.uart.fifo_capacity()
     }
 
-    /// Output bytes lost because the host's side did not take them (a reader that fell
-    /// behind): Firecracker's `uart.missed_write_count`.
-    pub fn missed_writes(&self) -> u64 {
-        self.wakeup.lost.load(Ordering::Relaxed)
+    /// The counters, with the names and meanings of Firecracker's `uart` group: bytes read
+    /// and written, accesses not one byte wide (missed reads; missed writes, with the output
+    /// bytes the host's side did not take, a reader that fell behind), and failed writes.
+    pub fn counters(&self) -> [(&'static str, u64); 5] {
+        let c = &self.wakeup.counts;
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        [
+            ("read_count", get(&c.reads)),
+            ("write_count", get(&c.writes)),
+            ("missed_read_count", get(&c.missed_reads)),
+            ("missed_write_count", get(&c.missed_writes)),
+            ("error_count", get(&c.errors)),
+        ]
     }
 }
 
 impl BusDevice for Serial {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         data.fill(0);
-        if let (Some(first), Ok(offset)) = (data.first_mut(), u8::try_from(offset)) {
-            *first = self.uart.read(offset);
+        match (data, u8::try_from(offset)) {
+            ([first], Ok(offset)) => *first = self.uart.read(offset),
+            _ => count(&self.wakeup.counts.missed_reads),
         }
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        if let (&[value], Ok(offset)) = (data, u8::try_from(offset)) {
-            match self.uart.write(offset, value) {
+        let (&[value], Ok(offset)) = (data, u8::try_from(offset)) else {
+            count(&self.wakeup.counts.missed_writes);
+            return;
+        };
+        if let Err(e) = self.uart.write(offset, value) {
+            count(&self.wakeup.counts.errors);
+            match e {
                 // A reader behind: the byte is counted as lost, the guest goes on.
-                Err(vm_superio::serial::Error::IOError(e))
+                vm_superio::serial::Error::IOError(e)
                     if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => throttled_log::throttled_warn!("Serial output failed: {e}"),
-                Ok(()) => {}
+                e => throttled_log::throttled_warn!("Serial output failed: {e}"),
             }
         }
     }
@@ -166,6 +204,7 @@ mod tests {
             serial.write(0, &[*b]);
         }
         assert_eq!(out.0.lock().unwrap().as_slice(), b"hi\n");
+        assert_eq!(serial.counters()[1], ("write_count", 3));
     }
 
     /// A writer whose reader is behind.
@@ -201,7 +240,10 @@ mod tests {
                 "the guest is told to send the next byte"
             );
         }
-        assert_eq!(serial.missed_writes(), 4);
+        let counters = serial.counters();
+        assert_eq!(counters[3], ("missed_write_count", 4));
+        assert_eq!(counters[4], ("error_count", 4));
+        assert_eq!(counters[1], ("write_count", 0));
     }
 
     #[test]
@@ -222,6 +264,7 @@ mod tests {
         }
         assert_eq!(drained.read().unwrap(), 1);
         assert_eq!(serial.input_capacity(), capacity);
+        assert_eq!(serial.counters()[0], ("read_count", capacity as u64));
     }
 
     #[test]
@@ -233,5 +276,9 @@ mod tests {
         serial.read(u64::MAX, &mut data);
         assert_eq!(data, [0, 0]);
         assert!(out.0.lock().unwrap().is_empty());
+        let counters = serial.counters();
+        assert_eq!(counters[2], ("missed_read_count", 1));
+        assert_eq!(counters[3], ("missed_write_count", 2));
+        assert_eq!(counters[4], ("error_count", 0));
     }
 }

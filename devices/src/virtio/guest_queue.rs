@@ -76,6 +76,16 @@ pub(crate) fn check_avail_index(
     Ok(())
 }
 
+/// The chains the driver made available that the device has not taken yet, as the device
+/// sees the ring now (0 when its index cannot be read): Firecracker's `remaining_reqs_count`
+/// adds this up after each chain taken.
+pub(crate) fn chains_left(queue: &Queue, mem: &GuestMemoryMmap) -> u64 {
+    queue
+        .avail_idx(mem, Ordering::Acquire)
+        .map(|avail| u64::from((avail - Wrapping(queue.next_avail())).0))
+        .unwrap_or(0)
+}
+
 /// How a budgeted drain of a queue ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Drain {

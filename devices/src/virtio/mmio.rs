@@ -113,6 +113,11 @@ impl MmioTransport {
         }
     }
 
+    /// The device's interrupt line.
+    pub fn interrupt(&self) -> &Arc<Interrupt> {
+        &self.interrupt
+    }
+
     /// The device status register.
     pub fn status(&self) -> u32 {
         self.status

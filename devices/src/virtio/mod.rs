@@ -15,7 +15,7 @@ pub mod mmio_fuzz;
 pub mod net;
 mod ring_layout;
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
@@ -37,11 +37,12 @@ pub const INTERRUPT_USED_RING: u32 = 0x1;
 pub const INTERRUPT_CONFIG: u32 = 0x2;
 
 /// The interrupt line of one device: a status word the driver reads and acknowledges through
-/// the transport, and an eventfd wired to a KVM irqfd.
+/// the transport, an eventfd wired to a KVM irqfd, and how often it was raised.
 #[derive(Debug)]
 pub struct Interrupt {
     status: AtomicU32,
     evt: EventFd,
+    triggers: AtomicU64,
 }
 
 impl Interrupt {
@@ -50,13 +51,20 @@ impl Interrupt {
         Self {
             status: AtomicU32::new(0),
             evt,
+            triggers: AtomicU64::new(0),
         }
     }
 
     /// Sets `bits` in the status word and raises the interrupt.
     pub fn trigger(&self, bits: u32) -> std::io::Result<()> {
+        self.triggers.fetch_add(1, Ordering::Relaxed);
         self.status.fetch_or(bits, Ordering::SeqCst);
         self.evt.write(1)
+    }
+
+    /// How many times the interrupt was raised (Firecracker's `interrupts.triggers`).
+    pub fn triggers(&self) -> u64 {
+        self.triggers.load(Ordering::Relaxed)
     }
 
     /// The pending status bits.
@@ -86,6 +94,13 @@ pub(crate) fn read_config_space(space: &[u8], offset: u64, data: &mut [u8]) {
     if let Some(src) = src {
         data.copy_from_slice(src);
     }
+}
+
+/// Logs a config write a device ignores; rate-limited, as the guest chooses how often.
+pub(crate) fn ignore_config_write(device_type: u32, offset: u64, len: usize) {
+    throttled_log::throttled_debug!(
+        "virtio device type {device_type}: ignored a {len}-byte config write at {offset:#x}"
+    );
 }
 
 /// Why a device could not be activated.
@@ -126,15 +141,10 @@ pub trait VirtioDevice: Send {
         read_config_space(self.config_space(), offset, data);
     }
 
-    /// Writes the device config space at `offset`. By default the write is ignored: the
-    /// fields Kiln's devices offer are all read-only, set from the VMM's configuration.
-    fn write_config(&mut self, offset: u64, data: &[u8]) {
-        throttled_log::throttled_debug!(
-            "virtio device type {}: ignored a {}-byte config write at {offset:#x}",
-            self.device_type(),
-            data.len()
-        );
-    }
+    /// Writes the device config space at `offset`. The fields Kiln's devices offer are all
+    /// read-only, set from the VMM's configuration: they ignore the write
+    /// ([`ignore_config_write`]) and count it, as Firecracker's `cfg_fails`.
+    fn write_config(&mut self, offset: u64, data: &[u8]);
 
     /// Starts the device once the driver sets DRIVER_OK. `queues` are valid (checked by the
     /// transport) and in queue order.
@@ -162,6 +172,7 @@ mod tests {
         irq.trigger(INTERRUPT_CONFIG).unwrap();
         assert_eq!(irq.status(), 3);
         assert_eq!(evt.read().unwrap(), 2);
+        assert_eq!(irq.triggers(), 2);
         irq.ack(INTERRUPT_USED_RING);
         assert_eq!(irq.status(), INTERRUPT_CONFIG);
     }

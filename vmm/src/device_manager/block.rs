@@ -93,7 +93,13 @@ impl BlockMetrics {
 
 impl MetricSource for BlockMetrics {
     fn counters(&self) -> Vec<Counter> {
-        Counter::group(&self.group, self.stats.snapshot())
+        let mut counters = Counter::group(&self.group, self.stats.snapshot());
+        counters.extend(Counter::latency_sums(&self.group, self.stats.latencies()));
+        counters
+    }
+
+    fn gauges(&self) -> Vec<Counter> {
+        Counter::latency_extremes(&self.group, self.stats.latencies())
     }
 }
 

@@ -58,7 +58,7 @@ impl MetricSource for UartMetrics {
             .0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        Counter::group("uart", [("missed_write_count", serial.missed_writes())])
+        Counter::group("uart", serial.counters())
     }
 }
 

@@ -37,6 +37,8 @@ pub fn create(iface: &NetworkInterfaceConfig) -> Result<Arc<Mutex<Net>>, NetDevi
         mac: mac.0,
         // Validation keeps the MTU within u16.
         mtu: iface.mtu.and_then(|m| u16::try_from(m).ok()),
+        // As in Firecracker: only a MAC the operator chose is one the guest can spoof.
+        count_spoofed: iface.guest_mac.is_some(),
     };
     let net = Net::new(tap, config).map_err(|source| NetDeviceError::Device { id, source })?;
     Ok(Arc::new(Mutex::new(net)))
@@ -61,6 +63,12 @@ impl NetMetrics {
 
 impl MetricSource for NetMetrics {
     fn counters(&self) -> Vec<Counter> {
-        Counter::group(&self.group, self.stats.snapshot())
+        let mut counters = Counter::group(&self.group, self.stats.snapshot());
+        counters.extend(Counter::latency_sums(&self.group, self.stats.latencies()));
+        counters
+    }
+
+    fn gauges(&self) -> Vec<Counter> {
+        Counter::latency_extremes(&self.group, self.stats.latencies())
     }
 }

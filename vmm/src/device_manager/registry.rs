@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use devices::legacy::{Serial, I8042};
 use devices::virtio::block::Block;
 use devices::virtio::net::Net;
-use devices::virtio::VirtioDevice;
+use devices::virtio::{Interrupt, VirtioDevice};
 use devices::Bus;
 use event_manager::MutEventSubscriber;
 use kvm_ioctls::VmFd;
@@ -203,13 +203,28 @@ impl DeviceRegistry {
     pub fn subscribers(&self) -> impl Iterator<Item = Subscriber> + '_ {
         self.devices.iter().filter_map(|d| d.handle.subscriber())
     }
+
+    /// The interrupt lines of the virtio devices.
+    pub fn virtio_interrupts(&self) -> Vec<Arc<Interrupt>> {
+        let interrupts = self.devices.iter().filter_map(|d| match &d.transport {
+            Transport::Mmio { transport, .. } => Some(transport),
+            Transport::PortIo { .. } => None,
+        });
+        interrupts
+            .map(|transport| {
+                let transport = transport
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                transport.interrupt().clone()
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use devices::legacy::EventFdTrigger;
     use devices::virtio::mmio::MmioTransport;
-    use devices::virtio::Interrupt;
     use vm_memory::GuestAddress;
     use vmm_sys_util::eventfd::EventFd;
 
@@ -227,7 +242,7 @@ mod tests {
         let device = block::create(&config).unwrap();
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
         let interrupt = Arc::new(Interrupt::new(EventFd::new(0).unwrap()));
-        let transport = MmioTransport::new(device.clone(), mem, interrupt);
+        let transport = MmioTransport::new(device.clone(), mem, interrupt.clone());
         let mut registry = DeviceRegistry::default();
         registry.insert(RegisteredDevice {
             id: "data".into(),
@@ -256,6 +271,9 @@ mod tests {
             ["virtio_mmio.device=4K@0xc0001000:5"]
         );
         assert_eq!(registry.subscribers().count(), 1);
+        let interrupts = registry.virtio_interrupts();
+        assert_eq!(interrupts.len(), 1);
+        assert!(Arc::ptr_eq(&interrupts[0], &interrupt));
         std::fs::remove_file(path).unwrap();
     }
 }

@@ -11,13 +11,25 @@ use super::Counter;
 /// The group of Kiln's own counters.
 pub const KILN_GROUP: &str = "kiln";
 
-/// Where a counter goes in a line: `[group, name]` when Firecracker has that field, or
-/// `["kiln", group, name]`.
+/// Where a counter goes in a line: `[group, name]` when Firecracker has that field,
+/// `[group, field, part]` for a part of one of its latency aggregates (named
+/// `<field>.<part>`, e.g. `read_agg.sum_us`), or `["kiln", group, name]`.
 pub fn path(group: &str, name: &str) -> Vec<String> {
-    let known = schema::fields(group)
-        .is_some_and(|fields| fields.contains(&name) && !schema::is_aggregate(name));
+    let (field, part) = match name.split_once('.') {
+        Some((field, part)) => (field, Some(part)),
+        None => (name, None),
+    };
+    let shape_fits = match part {
+        None => !schema::is_aggregate(field),
+        Some(part) => schema::is_aggregate(field) && schema::AGGREGATE_PARTS.contains(&part),
+    };
+    let known = shape_fits && schema::fields(group).is_some_and(|fields| fields.contains(&field));
     if known {
-        vec![group.to_string(), name.to_string()]
+        [group, field]
+            .into_iter()
+            .chain(part)
+            .map(String::from)
+            .collect()
     } else {
         vec![KILN_GROUP.to_string(), group.to_string(), name.to_string()]
     }
@@ -95,7 +107,8 @@ impl Default for Line {
 fn zeros(fields: &[&str]) -> Value {
     let fields = fields.iter().map(|f| {
         let zero = if schema::is_aggregate(f) {
-            json!({"min_us": 0, "max_us": 0, "sum_us": 0})
+            let parts = schema::AGGREGATE_PARTS.map(|part| (part.to_string(), json!(0)));
+            Value::Object(parts.into_iter().collect())
         } else {
             json!(0)
         };
@@ -192,5 +205,42 @@ pub(super) mod tests {
         assert_eq!(line["vcpu"]["exit_io_in"], 3);
         assert_eq!(line["kiln"]["vcpu"]["exit_shutdown"], 1);
         assert_eq!(line["utc_timestamp_ms"], 1);
+    }
+
+    #[test]
+    fn latency_aggregate_parts_go_inside_their_field() {
+        assert_eq!(
+            path("vcpu", "exit_io_in_agg.sum_us"),
+            ["vcpu", "exit_io_in_agg", "sum_us"]
+        );
+        // Not a part of an aggregate, or not an aggregate: Kiln's own.
+        assert_eq!(
+            path("vcpu", "exit_io_in_agg.avg_us"),
+            ["kiln", "vcpu", "exit_io_in_agg.avg_us"]
+        );
+        assert_eq!(
+            path("vcpu", "exit_io_in.sum_us"),
+            ["kiln", "vcpu", "exit_io_in.sum_us"]
+        );
+        assert_eq!(
+            path("vcpu", "exit_io_in_agg"),
+            ["kiln", "vcpu", "exit_io_in_agg"]
+        );
+        let mut line = Line::new();
+        let part = |group: &str, name: &str, total| Counter {
+            group: group.into(),
+            name: name.into(),
+            total,
+        };
+        line.add(&part("block_rootfs", "read_agg.sum_us", 40));
+        line.add(&part("block_data", "read_agg.sum_us", 2));
+        line.set(&part("block_rootfs", "read_agg.max_us", 30));
+        let line = line.finish(1);
+        assert_eq!(line["block_rootfs"]["read_agg"]["sum_us"], 40);
+        assert_eq!(line["block_rootfs"]["read_agg"]["max_us"], 30);
+        assert_eq!(line["block"]["read_agg"]["sum_us"], 42);
+        // As in Firecracker, the extremes stay per device.
+        assert_eq!(line["block"]["read_agg"]["max_us"], 0);
+        assert_has_reference_fields(&line);
     }
 }

@@ -13,6 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use devices::latency::LatencyAgg;
+
 use crate::line_sink::{LineSink, LineSinkError};
 
 mod line;
@@ -43,6 +45,32 @@ impl Counter {
                 total,
             })
             .collect()
+    }
+
+    /// The counted part of latency aggregates: each one's `<name>.sum_us`.
+    pub fn latency_sums<'n, 'a>(
+        group: &str,
+        aggs: impl IntoIterator<Item = (&'n str, &'a LatencyAgg)>,
+    ) -> Vec<Counter> {
+        let sums = aggs
+            .into_iter()
+            .map(|(name, agg)| (format!("{name}.sum_us"), agg.sum_us()));
+        Counter::group(group, sums)
+    }
+
+    /// The stored part of latency aggregates, for [`MetricSource::gauges`]: each one's
+    /// `<name>.min_us` and `<name>.max_us`.
+    pub fn latency_extremes<'n, 'a>(
+        group: &str,
+        aggs: impl IntoIterator<Item = (&'n str, &'a LatencyAgg)>,
+    ) -> Vec<Counter> {
+        let extremes = aggs.into_iter().flat_map(|(name, agg)| {
+            [
+                (format!("{name}.min_us"), agg.min_us()),
+                (format!("{name}.max_us"), agg.max_us()),
+            ]
+        });
+        Counter::group(group, extremes)
     }
 }
 
@@ -142,11 +170,13 @@ impl Metrics {
         Ok(())
     }
 
-    /// Every source's counters, and the lines the logger and the metrics file dropped.
+    /// Every source's counters, and the lines the logger and the metrics file dropped, and
+    /// the log lines the rate limits suppressed.
     fn counters(inner: &Inner) -> Vec<Counter> {
         let dropped = [
             ("missed_log_count", crate::logger::missed_lines()),
             ("missed_metrics_count", inner.missed),
+            ("rate_limited_log_count", throttled_log::suppressed_total()),
         ];
         inner
             .sources
@@ -414,15 +444,94 @@ mod tests {
         }
         assert_eq!(text.lines().count(), 2);
         // After the logger's own counters, which every scrape carries, the gauge as a gauge.
+        let prometheus = metrics.prometheus();
+        let logger: Vec<&str> = prometheus
+            .lines()
+            .filter(|l| l.starts_with("kiln_logger_"))
+            .filter_map(|l| l.split(' ').next())
+            .collect();
         assert_eq!(
-            metrics.prometheus(),
-            "# TYPE kiln_logger_missed_log_count counter\n\
-             kiln_logger_missed_log_count 0\n\
-             # TYPE kiln_logger_missed_metrics_count counter\n\
-             kiln_logger_missed_metrics_count 0\n\
-             # TYPE kiln_api_server_process_startup_time_us gauge\n\
-             kiln_api_server_process_startup_time_us 1234\n"
+            logger,
+            [
+                "kiln_logger_missed_log_count",
+                "kiln_logger_missed_metrics_count",
+                "kiln_logger_rate_limited_log_count"
+            ]
         );
+        assert!(
+            prometheus.ends_with(
+                "\n# TYPE kiln_api_server_process_startup_time_us gauge\n\
+                 kiln_api_server_process_startup_time_us 1234\n"
+            ),
+            "{prometheus}"
+        );
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn log_lines_the_rate_limits_suppressed_are_counted() {
+        // A call site a guest makes the VMM log at 100 times in a row.
+        let site = throttled_log::CallSite::new();
+        for _ in 0..100 {
+            site.check(std::time::Instant::now());
+        }
+        let metrics = Metrics::default();
+        let counted = Metrics::counters(&metrics.lock())
+            .into_iter()
+            .find(|c| c.group == "logger" && c.name == "rate_limited_log_count")
+            .unwrap();
+        assert!(
+            counted.total >= 100 - u64::from(throttled_log::BURST),
+            "{counted:?}"
+        );
+    }
+
+    struct Timed(LatencyAgg);
+
+    impl MetricSource for Timed {
+        fn counters(&self) -> Vec<Counter> {
+            Counter::latency_sums("vcpu", [("exit_io_in_agg", &self.0)])
+        }
+        fn gauges(&self) -> Vec<Counter> {
+            Counter::latency_extremes("vcpu", [("exit_io_in_agg", &self.0)])
+        }
+    }
+
+    #[test]
+    fn latency_aggregates_carry_their_extremes_and_the_increase_of_their_sum() {
+        let metrics = Metrics::default();
+        let timed = Arc::new(Timed(LatencyAgg::default()));
+        metrics.add_source(timed.clone());
+        let path = std::env::temp_dir().join(format!("kiln-agg-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        metrics.set_sink(&path).unwrap();
+        for us in [5, 9] {
+            timed.0.record(Duration::from_micros(us));
+        }
+        metrics.flush().unwrap();
+        timed.0.record(Duration::from_micros(7));
+        metrics.flush().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let agg = |i: usize| &lines[i]["vcpu"]["exit_io_in_agg"];
+        assert_eq!(
+            agg(0),
+            &serde_json::json!({"min_us": 5, "max_us": 9, "sum_us": 14})
+        );
+        assert_eq!(
+            agg(1),
+            &serde_json::json!({"min_us": 5, "max_us": 9, "sum_us": 7})
+        );
+        let prometheus = metrics.prometheus();
+        for line in [
+            "\nkiln_vcpu_exit_io_in_agg_sum_us 21\n",
+            "# TYPE kiln_vcpu_exit_io_in_agg_max_us gauge\nkiln_vcpu_exit_io_in_agg_max_us 9\n",
+        ] {
+            assert!(prometheus.contains(line), "{line:?} in {prometheus}");
+        }
         std::fs::remove_file(path).unwrap();
     }
 

@@ -320,7 +320,10 @@ pub fn device_kind(group: &str) -> Option<&'static str> {
     })
 }
 
-/// Whether `field` is a latency aggregate (`{"min_us", "max_us", "sum_us"}`).
+/// The parts of a latency aggregate, in Firecracker's order.
+pub const AGGREGATE_PARTS: [&str; 3] = ["min_us", "max_us", "sum_us"];
+
+/// Whether `field` is a latency aggregate ([`AGGREGATE_PARTS`]).
 pub fn is_aggregate(field: &str) -> bool {
     field.ends_with("_agg")
 }

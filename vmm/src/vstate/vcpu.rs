@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use devices::latency::LatencyAgg;
 use devices::Bus;
 use kvm_bindings::{kvm_msr_entry, CpuId, Msrs};
 use kvm_ioctls::{VcpuExit, VcpuFd};
@@ -62,22 +63,55 @@ const FAILURES: usize = 8;
 /// The index of `kvmclock_ctrl_fails` in [`EXIT_KINDS`].
 const KVMCLOCK_CTRL_FAILS: usize = 9;
 
-/// vCPU exits by kind, and vCPU failures, summed over all vCPUs (the `vcpu` metrics group).
+/// The exits whose handling is timed, each with its latency aggregate, in the order of the
+/// first [`EXIT_KINDS`] (Firecracker's `vcpu.exit_*_agg`).
+const TIMED_EXITS: [&str; 4] = [
+    "exit_io_in_agg",
+    "exit_io_out_agg",
+    "exit_mmio_read_agg",
+    "exit_mmio_write_agg",
+];
+
+/// vCPU exits by kind, and vCPU failures, summed over all vCPUs (the `vcpu` metrics group),
+/// and how long the VMM took to handle the port and MMIO exits.
 #[derive(Debug, Default)]
-pub struct VcpuExitCounters([AtomicU64; EXIT_KINDS.len()]);
+pub struct VcpuExitCounters {
+    exits: [AtomicU64; EXIT_KINDS.len()],
+    handling: [LatencyAgg; TIMED_EXITS.len()],
+}
 
 impl VcpuExitCounters {
     fn count(&self, kind: usize) {
-        if let Some(counter) = self.0.get(kind) {
+        if let Some(counter) = self.exits.get(kind) {
             counter.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Counts an exit of `kind` (one of the [`TIMED_EXITS`]) and times `handle`, its
+    /// handling.
+    fn timed<T>(&self, kind: usize, handle: impl FnOnce() -> T) -> T {
+        self.count(kind);
+        match self.handling.get(kind) {
+            Some(agg) => agg.time(handle),
+            None => handle(),
+        }
+    }
+
+    fn aggregates(&self) -> impl Iterator<Item = (&'static str, &LatencyAgg)> + '_ {
+        TIMED_EXITS.into_iter().zip(&self.handling)
     }
 }
 
 impl MetricSource for VcpuExitCounters {
     fn counters(&self) -> Vec<Counter> {
-        let totals = self.0.iter().map(|value| value.load(Ordering::Relaxed));
-        Counter::group("vcpu", EXIT_KINDS.iter().copied().zip(totals))
+        let totals = self.exits.iter().map(|value| value.load(Ordering::Relaxed));
+        let mut counters = Counter::group("vcpu", EXIT_KINDS.iter().copied().zip(totals));
+        counters.extend(Counter::latency_sums("vcpu", self.aggregates()));
+        counters
+    }
+
+    fn gauges(&self) -> Vec<Counter> {
+        Counter::latency_extremes("vcpu", self.aggregates())
     }
 }
 
@@ -442,28 +476,28 @@ impl VcpuThread {
         let exits = &self.vcpu.exits;
         match self.vcpu.fd.run() {
             Ok(VcpuExit::IoIn(port, data)) => {
-                exits.count(0);
-                if !self.vcpu.io_bus.read(u64::from(port), data) {
-                    // Unclaimed ports read as all ones, as on real hardware.
-                    data.fill(0xff);
-                }
+                exits.timed(0, || {
+                    if !self.vcpu.io_bus.read(u64::from(port), data) {
+                        // Unclaimed ports read as all ones, as on real hardware.
+                        data.fill(0xff);
+                    }
+                });
                 RunOutcome::Continue
             }
             Ok(VcpuExit::IoOut(port, data)) => {
-                exits.count(1);
-                self.vcpu.io_bus.write(u64::from(port), data);
+                exits.timed(1, || self.vcpu.io_bus.write(u64::from(port), data));
                 RunOutcome::Continue
             }
             Ok(VcpuExit::MmioRead(addr, data)) => {
-                exits.count(2);
-                if !self.vcpu.mmio_bus.read(addr, data) {
-                    data.fill(0);
-                }
+                exits.timed(2, || {
+                    if !self.vcpu.mmio_bus.read(addr, data) {
+                        data.fill(0);
+                    }
+                });
                 RunOutcome::Continue
             }
             Ok(VcpuExit::MmioWrite(addr, data)) => {
-                exits.count(3);
-                self.vcpu.mmio_bus.write(addr, data);
+                exits.timed(3, || self.vcpu.mmio_bus.write(addr, data));
                 RunOutcome::Continue
             }
             Ok(VcpuExit::Hlt) => {
@@ -588,5 +622,28 @@ impl VcpuHandle {
 impl Drop for VcpuHandle {
     fn drop(&mut self) {
         let _ = self.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn by_name(counters: Vec<Counter>) -> BTreeMap<String, u64> {
+        counters.into_iter().map(|c| (c.name, c.total)).collect()
+    }
+
+    #[test]
+    fn timed_exits_are_counted_and_their_handling_timed() {
+        let exits = VcpuExitCounters::default();
+        exits.timed(1, || std::thread::sleep(Duration::from_millis(2)));
+        exits.timed(1, || {});
+        let counted = by_name(exits.counters());
+        assert_eq!(counted["exit_io_out"], 2);
+        assert!(counted["exit_io_out_agg.sum_us"] >= 2000, "{counted:?}");
+        let stored = by_name(exits.gauges());
+        assert!(stored["exit_io_out_agg.max_us"] >= 2000, "{stored:?}");
+        assert!(stored["exit_io_out_agg.min_us"] < 2000, "{stored:?}");
+        assert_eq!(stored["exit_io_in_agg.max_us"], 0);
     }
 }

@@ -13,10 +13,12 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::disk::DiskBackend;
 use super::execute::{self, CacheType, ExecuteError, Executor, SECTOR_SIZE};
 use super::request::{Rejected, Request};
-use crate::virtio::guest_queue::{drain_queue, rearm, Drain, GuestErrors, QueueCheckError};
+use crate::virtio::guest_queue::{
+    chains_left, drain_queue, rearm, Drain, GuestErrors, QueueCheckError,
+};
 use crate::virtio::{
-    ActivateError, Interrupt, VirtioDevice, FEATURE_EVENT_IDX, FEATURE_VERSION_1,
-    INTERRUPT_USED_RING, TYPE_BLOCK,
+    ignore_config_write, ActivateError, Interrupt, VirtioDevice, FEATURE_EVENT_IDX,
+    FEATURE_VERSION_1, INTERRUPT_USED_RING, TYPE_BLOCK,
 };
 
 /// The disk of a device whose image is being reopened, or could not be: every request fails.
@@ -207,6 +209,9 @@ impl Block {
             &mut self.guest_errors,
             &mut used_any,
         );
+        if !used_any {
+            self.executor.counters().found_no_request();
+        }
         // Requests completed before a drain error are signalled all the same.
         let notify = used_any && queue.needs_notification(mem).map_err(BlockError::Queue)?;
         if notify {
@@ -232,6 +237,7 @@ fn drain(
 ) -> Result<Drain, BlockError> {
     drain_queue(queue, mem, |queue, chain| {
         let head = chain.head_index();
+        executor.counters().took_request(chains_left(queue, mem));
         let len = serve(executor, guest_errors, mem, chain);
         match queue.add_used(mem, head, len) {
             Ok(()) => *used_any = true,
@@ -312,6 +318,11 @@ impl VirtioDevice for Block {
 
     fn config_space(&self) -> &[u8] {
         &self.config_space
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        self.executor.counters().config_write_refused();
+        ignore_config_write(TYPE_BLOCK, offset, data.len());
     }
 
     fn activate(

@@ -7,6 +7,7 @@
 
 use std::io;
 use std::sync::Arc;
+use std::time::Instant;
 
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
@@ -138,6 +139,7 @@ impl Executor {
 
     /// Runs `req`; returns how many bytes it wrote into the chain's data buffers.
     pub fn execute(&mut self, mem: &GuestMemoryMmap, req: &Request) -> Result<u32, ExecuteError> {
+        let start = Instant::now();
         let result = match req.kind {
             RequestType::In => self.transfer(mem, req, Direction::DiskToGuest),
             RequestType::Out if self.read_only => Err(ExecuteError::ReadOnly),
@@ -148,8 +150,8 @@ impl Executor {
         };
         match (&result, req.kind) {
             (Err(_), _) => self.stats.failure(),
-            (Ok(_), RequestType::In) => self.stats.read(req.data_len()),
-            (Ok(_), RequestType::Out) => self.stats.write(req.data_len()),
+            (Ok(_), RequestType::In) => self.stats.read(req.data_len(), start.elapsed()),
+            (Ok(_), RequestType::Out) => self.stats.write(req.data_len(), start.elapsed()),
             (Ok(_), RequestType::Flush) => self.stats.flush(),
             (Ok(_), _) => {}
         }

@@ -1,8 +1,12 @@
 //! The counters a block device keeps, for the VMM's metrics.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-/// Bytes and operations a block device served, and the requests that failed.
+use crate::latency::LatencyAgg;
+
+/// Bytes and operations a block device served and how long they took, the requests that
+/// failed, and how the driver used the queue.
 #[derive(Debug, Default)]
 pub struct BlockStats {
     read_bytes: AtomicU64,
@@ -17,17 +21,26 @@ pub struct BlockStats {
     activate_fails: AtomicU64,
     updates: AtomicU64,
     update_fails: AtomicU64,
+    no_avail_buffer: AtomicU64,
+    cfg_fails: AtomicU64,
+    remaining_reqs: AtomicU64,
+    read_agg: LatencyAgg,
+    write_agg: LatencyAgg,
 }
 
 impl BlockStats {
-    pub(crate) fn read(&self, bytes: u64) {
+    /// A read of `bytes` that took `took`.
+    pub(crate) fn read(&self, bytes: u64, took: Duration) {
         self.read_count.fetch_add(1, Ordering::Relaxed);
         self.read_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.read_agg.record(took);
     }
 
-    pub(crate) fn write(&self, bytes: u64) {
+    /// A write of `bytes` that took `took`.
+    pub(crate) fn write(&self, bytes: u64, took: Duration) {
         self.write_count.fetch_add(1, Ordering::Relaxed);
         self.write_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.write_agg.record(took);
     }
 
     pub(crate) fn flush(&self) {
@@ -53,6 +66,22 @@ impl BlockStats {
         self.event_fails.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Serving the queue found no request to use (Firecracker's `no_avail_buffer`).
+    pub(crate) fn found_no_request(&self) {
+        self.no_avail_buffer.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The driver wrote the read-only config space (Firecracker's `cfg_fails`).
+    pub(crate) fn config_write_refused(&self) {
+        self.cfg_fails.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request was taken with `left` more waiting behind it (Firecracker's
+    /// `remaining_reqs_count` sums these: the queue's depth as the device sees it).
+    pub(crate) fn took_request(&self, left: u64) {
+        self.remaining_reqs.fetch_add(left, Ordering::Relaxed);
+    }
+
     /// The driver's activation was refused.
     pub(crate) fn activate_failed(&self) {
         self.activate_fails.fetch_add(1, Ordering::Relaxed);
@@ -70,7 +99,7 @@ impl BlockStats {
 
     /// The counters as (name, value), with the names and meanings of Firecracker's block
     /// metrics.
-    pub fn snapshot(&self) -> [(&'static str, u64); 12] {
+    pub fn snapshot(&self) -> [(&'static str, u64); 15] {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("read_bytes", get(&self.read_bytes)),
@@ -85,6 +114,14 @@ impl BlockStats {
             ("activate_fails", get(&self.activate_fails)),
             ("update_count", get(&self.updates)),
             ("update_fails", get(&self.update_fails)),
+            ("no_avail_buffer", get(&self.no_avail_buffer)),
+            ("cfg_fails", get(&self.cfg_fails)),
+            ("remaining_reqs_count", get(&self.remaining_reqs)),
         ]
+    }
+
+    /// The latency aggregates, with Firecracker's names: reads and writes that succeeded.
+    pub fn latencies(&self) -> [(&'static str, &LatencyAgg); 2] {
+        [("read_agg", &self.read_agg), ("write_agg", &self.write_agg)]
     }
 }

@@ -29,10 +29,11 @@ use super::ring;
 use super::rx::Rx;
 use super::tap::{FrameIo, Tap, TapError};
 use super::tx::Tx;
+use crate::latency::LatencyAgg;
 use crate::virtio::guest_queue::{rearm, Drain, GuestErrors};
 use crate::virtio::{
-    ActivateError, Interrupt, VirtioDevice, FEATURE_EVENT_IDX, FEATURE_VERSION_1,
-    INTERRUPT_USED_RING, TYPE_NET,
+    ignore_config_write, ActivateError, Interrupt, VirtioDevice, FEATURE_EVENT_IDX,
+    FEATURE_VERSION_1, INTERRUPT_USED_RING, TYPE_NET,
 };
 
 /// The size of each queue.
@@ -45,6 +46,9 @@ pub struct NetConfig {
     pub mac: [u8; 6],
     /// The MTU the guest should use; offered with VIRTIO_NET_F_MTU when set.
     pub mtu: Option<u16>,
+    /// Whether frames the guest sends from another source MAC than `mac` are counted
+    /// (`tx_spoofed_mac_count`); they are sent all the same, as in Firecracker.
+    pub count_spoofed: bool,
 }
 
 /// Why the network device failed.
@@ -91,6 +95,14 @@ pub struct NetStats {
     tx_queue_events: AtomicU64,
     event_fails: AtomicU64,
     activate_fails: AtomicU64,
+    tap_reads: AtomicU64,
+    tap_read_fails: AtomicU64,
+    no_rx_avail_buffer: AtomicU64,
+    no_tx_avail_buffer: AtomicU64,
+    cfg_fails: AtomicU64,
+    tx_remaining_reqs: AtomicU64,
+    tx_spoofed_mac: AtomicU64,
+    tap_write_agg: LatencyAgg,
 }
 
 impl NetStats {
@@ -125,7 +137,9 @@ impl NetStats {
     }
 
     /// Every counter with its name (and meaning) in Firecracker's `net_<iface_id>` group.
-    pub fn snapshot(&self) -> [(&'static str, u64); 12] {
+    /// `tx_count` is `tx_packets_count` again, as in Firecracker (a successful tap write);
+    /// `rx_count` counts frames read from the tap, delivered or not.
+    pub fn snapshot(&self) -> [(&'static str, u64); 20] {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("rx_bytes_count", self.rx_bytes()),
@@ -140,7 +154,20 @@ impl NetStats {
             ("tx_queue_event_count", get(&self.tx_queue_events)),
             ("event_fails", get(&self.event_fails)),
             ("activate_fails", get(&self.activate_fails)),
+            ("rx_count", get(&self.tap_reads)),
+            ("tx_count", self.tx_packets()),
+            ("tap_read_fails", get(&self.tap_read_fails)),
+            ("no_rx_avail_buffer", get(&self.no_rx_avail_buffer)),
+            ("no_tx_avail_buffer", get(&self.no_tx_avail_buffer)),
+            ("cfg_fails", get(&self.cfg_fails)),
+            ("tx_remaining_reqs_count", get(&self.tx_remaining_reqs)),
+            ("tx_spoofed_mac_count", get(&self.tx_spoofed_mac)),
         ]
+    }
+
+    /// The latency aggregates, with Firecracker's names: writes to the tap.
+    pub fn latencies(&self) -> [(&'static str, &LatencyAgg); 1] {
+        [("tap_write_agg", &self.tap_write_agg)]
     }
 
     fn count(counter: &AtomicU64) {
@@ -163,6 +190,30 @@ impl NetStats {
     }
     pub(super) fn tap_write_failed(&self) {
         self.tap_write_fails.fetch_add(1, Ordering::Relaxed);
+    }
+    /// A frame read from the tap.
+    pub(super) fn tap_read(&self) {
+        Self::count(&self.tap_reads);
+    }
+    /// Reading the tap failed.
+    pub(super) fn tap_read_failed(&self) {
+        Self::count(&self.tap_read_fails);
+    }
+    /// A frame waits: the guest posted no receive buffers for it.
+    pub(super) fn no_rx_buffers(&self) {
+        Self::count(&self.no_rx_avail_buffer);
+    }
+    /// A transmit chain was taken with `left` more waiting behind it.
+    pub(super) fn took_tx_chain(&self, left: u64) {
+        self.tx_remaining_reqs.fetch_add(left, Ordering::Relaxed);
+    }
+    /// The guest sent a frame from another source MAC than its own.
+    pub(super) fn tx_spoofed(&self) {
+        Self::count(&self.tx_spoofed_mac);
+    }
+    /// How long writing one frame to the tap took.
+    pub(super) fn tap_write_took(&self) -> &LatencyAgg {
+        &self.tap_write_agg
     }
 }
 
@@ -277,7 +328,7 @@ impl Net {
             queue_evts: [evt()?, evt()?],
             state: State::Inactive,
             rx: Rx::new(),
-            tx: Tx::default(),
+            tx: Tx::new(config.count_spoofed.then_some(config.mac)),
             stats: Arc::new(NetStats::default()),
             guest_errors: GuestErrors::new("virtio-net"),
             tap_watch: TapWatch::Idle,
@@ -345,6 +396,9 @@ impl Net {
             &mut self.guest_errors,
             &mut used_any,
         );
+        if !used_any {
+            NetStats::count(&self.stats.no_tx_avail_buffer);
+        }
         let notify = finish(tx, mem, interrupt, old, used_any)?;
         if matches!(result, Ok(Drain::Yielded)) {
             rearm(&self.queue_evts[1]);
@@ -423,6 +477,12 @@ impl VirtioDevice for Net {
 
     fn config_space(&self) -> &[u8] {
         &self.config_space
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        // The MAC is the VMM's to set, as in Firecracker: a guest write changes nothing.
+        NetStats::count(&self.stats.cfg_fails);
+        ignore_config_write(TYPE_NET, offset, data.len());
     }
 
     fn activate(

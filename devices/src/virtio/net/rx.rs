@@ -86,11 +86,20 @@ impl Rx {
                 Some(len) => len,
                 None => match io.read_frame(&mut self.buf) {
                     // End of file: the backend is gone, and would read as empty forever.
-                    Ok(0) => return Err(NetError::TapRead(io::ErrorKind::UnexpectedEof.into())),
-                    Ok(len) => len,
+                    Ok(0) => {
+                        stats.tap_read_failed();
+                        return Err(NetError::TapRead(io::ErrorKind::UnexpectedEof.into()));
+                    }
+                    Ok(len) => {
+                        stats.tap_read();
+                        len
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Drain::Done),
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(NetError::TapRead(e)),
+                    Err(e) => {
+                        stats.tap_read_failed();
+                        return Err(NetError::TapRead(e));
+                    }
                 },
             };
             self.pending = Some(len);
@@ -103,7 +112,10 @@ impl Rx {
             match deliver(queue, mem, frame, mergeable, guest_errors, used_any)? {
                 Outcome::Delivered => stats.rx_delivered(len - VNET_HDR_LEN),
                 Outcome::Dropped => stats.rx_failed(),
-                Outcome::Deferred => return Ok(Drain::Done),
+                Outcome::Deferred => {
+                    stats.no_rx_buffers();
+                    return Ok(Drain::Done);
+                }
                 Outcome::Yielded => return Ok(Drain::Yielded),
             }
             self.pending = None;

@@ -138,6 +138,7 @@ pub fn fuzz_net_queues(input: &[u8]) -> Option<Arc<NetStats>> {
     let config = NetConfig {
         mac: [2, 0, 0, 0, 0, 1],
         mtu: None,
+        count_spoofed: true,
     };
     let Ok(mut net) = Net::with_frame_io(Box::new(io), config) else {
         return None;

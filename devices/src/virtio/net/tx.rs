@@ -15,18 +15,28 @@ use vm_memory::GuestMemoryMmap;
 use super::chain;
 use super::ring;
 use super::{FrameIo, NetError, NetStats, VNET_HDR_LEN};
-use crate::virtio::guest_queue::{drain_queue, Drain, GuestErrors};
+use crate::virtio::guest_queue::{chains_left, drain_queue, Drain, GuestErrors};
 
-/// The transmit side: the buffer a frame is gathered into, and the tap write failures so far.
+/// The transmit side: the buffer a frame is gathered into, the guest's MAC when frames from
+/// another one are counted, and the tap write failures so far.
 #[derive(Debug, Default)]
 pub struct Tx {
     frame: Vec<u8>,
+    guest_mac: Option<[u8; 6]>,
     write_errors: u64,
     /// The rate limit of this device's tap write failure lines.
     write_error_log: throttled_log::CallSite,
 }
 
 impl Tx {
+    /// A transmit side that counts frames not sent from `guest_mac`, if given.
+    pub fn new(guest_mac: Option<[u8; 6]>) -> Self {
+        Self {
+            guest_mac,
+            ..Self::default()
+        }
+    }
+
     /// Sends the chains the driver has made available, up to the work budget. Sets `used_any`
     /// once a chain is in the used ring.
     pub fn process(
@@ -40,8 +50,12 @@ impl Tx {
     ) -> Result<Drain, NetError> {
         drain_queue(queue, mem, |queue, chain| {
             let head = chain.head_index();
+            stats.took_tx_chain(chains_left(queue, mem));
             match chain::gather(mem, chain, &mut self.frame) {
-                Ok(()) => self.send(io, stats),
+                Ok(()) => {
+                    self.check_source(stats);
+                    self.send(io, stats);
+                }
                 Err(e) => {
                     guest_errors.record(&e);
                     stats.tx_malformed();
@@ -53,14 +67,26 @@ impl Tx {
         })
     }
 
+    /// Counts the gathered frame if its source MAC is not the guest's (a frame too short to
+    /// have one is not counted, as in Firecracker).
+    fn check_source(&self, stats: &NetStats) {
+        let Some(mac) = self.guest_mac else {
+            return;
+        };
+        let source = self.frame.get(VNET_HDR_LEN + 6..VNET_HDR_LEN + 12);
+        if source.is_some_and(|source| source != mac) {
+            stats.tx_spoofed();
+        }
+    }
+
     /// Writes the gathered frame to the tap.
     fn send(&mut self, io: &mut dyn FrameIo, stats: &NetStats) {
-        let result = loop {
+        let result = stats.tap_write_took().time(|| loop {
             match io.write_frame(&self.frame) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 result => break result,
             }
-        };
+        });
         match result {
             Ok(()) => stats.tx_sent(self.frame.len().saturating_sub(VNET_HDR_LEN)),
             Err(e) => {

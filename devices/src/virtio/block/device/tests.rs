@@ -456,6 +456,60 @@ fn counts_served_and_failed_requests() {
     assert_eq!((get("invalid_reqs_count"), get("execute_fails")), (1, 1));
 }
 
+/// A disk whose reads take at least a millisecond.
+struct SlowDisk(MemDisk);
+
+impl DiskBackend for SlowDisk {
+    fn len(&self) -> u64 {
+        self.0.len()
+    }
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        self.0.read_at(buf, offset)
+    }
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        self.0.write_at(buf, offset)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+#[test]
+fn counts_empty_kicks_queue_depth_config_writes_and_latencies() {
+    let guest = Guest::new();
+    let vq = guest.queue();
+    let disk = Box::new(SlowDisk(guest.disk.clone()));
+    let (mut block, _irq) = guest.block_on(&vq, disk, writeback(), false);
+    let stats = block.stats();
+    let get = |name: &str| stats.snapshot().iter().find(|(n, _)| *n == name).unwrap().1;
+    // A kick with nothing available.
+    block.process_queue().unwrap();
+    assert_eq!(get("no_avail_buffer"), 1);
+    // Two reads at once: the first is taken with one waiting behind it, the second alone.
+    guest.header(VIRTIO_BLK_T_IN, 0);
+    vq.add_desc_chains(&chain(512, W), 0).unwrap();
+    vq.add_desc_chains(&chain(512, W).map(|d| shift(d, 3)), 3)
+        .unwrap();
+    block.process_queue().unwrap();
+    assert_eq!(guest.used().len(), 2);
+    assert_eq!(
+        (get("remaining_reqs_count"), get("no_avail_buffer")),
+        (1, 1)
+    );
+    let [(read_name, read), (write_name, write)] = stats.latencies();
+    assert_eq!((read_name, write_name), ("read_agg", "write_agg"));
+    assert!(read.min_us() >= 1000, "{read:?}");
+    assert!(read.sum_us() >= read.min_us() + read.max_us(), "{read:?}");
+    assert_eq!((write.max_us(), write.sum_us()), (0, 0));
+    // The config space is read-only: a write changes nothing and is counted.
+    block.write_config(0, &[0xff; 8]);
+    let mut capacity = [0u8; 8];
+    block.read_config(0, &mut capacity);
+    assert_eq!(u64::from_le_bytes(capacity), SECTORS);
+    assert_eq!(get("cfg_fails"), 1);
+}
+
 #[test]
 fn a_swapped_disk_changes_capacity_and_contents() {
     let guest = Guest::new();

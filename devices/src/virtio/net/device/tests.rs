@@ -32,7 +32,11 @@ const MAC: [u8; 6] = [0x06, 0, 0xac, 0x10, 0, 2];
 const MRG: u64 = 1 << VIRTIO_NET_F_MRG_RXBUF;
 
 fn config(mtu: Option<u16>) -> NetConfig {
-    NetConfig { mac: MAC, mtu }
+    NetConfig {
+        mac: MAC,
+        mtu,
+        count_spoofed: true,
+    }
 }
 
 /// A frame as the tap hands it over: a header with `flags`, then `len` bytes counting up.
@@ -76,14 +80,7 @@ impl Guest {
         features: u64,
     ) -> Rig {
         let (io, wire) = SocketIo::pair().unwrap();
-        let event_idx = features & FEATURE_EVENT_IDX != 0;
-        let mut queues = Vec::new();
-        for (vq, used) in [(rxq, RX_USED), (txq, TX_USED)] {
-            let mut queue: Queue = vq.create_queue().unwrap();
-            queue.set_used_ring_address(Some(used as u32), Some(0));
-            queue.set_event_idx(event_idx);
-            queues.push(queue);
-        }
+        let queues = queues(rxq, txq, features & FEATURE_EVENT_IDX != 0);
         let (net, irq) = self.net_on(Box::new(io), queues, features);
         Rig { net, wire, irq }
     }
@@ -135,6 +132,22 @@ impl Guest {
     fn write(&self, addr: u64, data: &[u8]) {
         self.mem.write_slice(data, GuestAddress(addr)).unwrap();
     }
+}
+
+/// The device's queues on `rxq` and `txq`, with their used rings at `RX_USED` and `TX_USED`.
+fn queues(
+    rxq: &MockSplitQueue<'_, GuestMemoryMmap>,
+    txq: &MockSplitQueue<'_, GuestMemoryMmap>,
+    event_idx: bool,
+) -> Vec<Queue> {
+    let mut queues = Vec::new();
+    for (vq, used) in [(rxq, RX_USED), (txq, TX_USED)] {
+        let mut queue: Queue = vq.create_queue().unwrap();
+        queue.set_used_ring_address(Some(used as u32), Some(0));
+        queue.set_event_idx(event_idx);
+        queues.push(queue);
+    }
+    queues
 }
 
 fn desc(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
@@ -394,6 +407,72 @@ fn counter(net: &Net, name: &str) -> u64 {
     snapshot.iter().find(|(n, _)| *n == name).unwrap().1
 }
 
+/// A backend whose writes take at least a millisecond.
+#[derive(Debug)]
+struct SlowWrites(SocketIo);
+
+impl std::os::fd::AsRawFd for SlowWrites {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+impl FrameIo for SlowWrites {
+    fn read_frame(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read_frame(buf)
+    }
+
+    fn write_frame(&mut self, frame: &[u8]) -> std::io::Result<()> {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        self.0.write_frame(frame)
+    }
+
+    fn set_offload(&mut self, flags: u32) -> Result<(), TapError> {
+        self.0.set_offload(flags)
+    }
+}
+
+#[test]
+fn counts_tap_reads_missing_buffers_queue_depth_config_writes_and_tap_latency() {
+    let guest = Guest::new();
+    let (rxq, txq) = (guest.rxq(), guest.txq());
+    let (io, wire) = SocketIo::pair().unwrap();
+    let io = Box::new(SlowWrites(io));
+    let (mut net, _irq) = guest.net_on(io, queues(&rxq, &txq, false), 0);
+    // Read from the tap, then kept: the guest posted no receive buffer for it.
+    wire.send(&frame(0, 60)).unwrap();
+    net.process_rx().unwrap();
+    assert_eq!(counter(&net, "rx_count"), 1);
+    assert_eq!(counter(&net, "no_rx_avail_buffer"), 1);
+    assert_eq!(counter(&net, "rx_packets_count"), 0);
+    // A transmit kick with nothing to send, then the same chain made available twice: the
+    // first taken with one behind it.
+    net.process_tx().unwrap();
+    assert_eq!(counter(&net, "no_tx_avail_buffer"), 1);
+    tx_chain(&guest, &txq);
+    tx_chain(&guest, &txq);
+    net.process_tx().unwrap();
+    assert_eq!(counter(&net, "tx_count"), 2);
+    assert_eq!(counter(&net, "tx_remaining_reqs_count"), 1);
+    // Sent all the same, but counted: the test frame's source MAC is not the guest's.
+    assert_eq!(counter(&net, "tx_spoofed_mac_count"), 2);
+    assert_eq!(wire.recv().unwrap(), wire.recv().unwrap());
+    assert_eq!(counter(&net, "no_tx_avail_buffer"), 1);
+    let stats = net.stats();
+    let [(name, writes)] = stats.latencies();
+    assert_eq!(name, "tap_write_agg");
+    assert!(writes.min_us() >= 1000, "{writes:?}");
+    assert!(
+        writes.sum_us() >= writes.min_us() + writes.max_us(),
+        "{writes:?}"
+    );
+    // The MAC is read-only to the guest: a write changes nothing and is counted.
+    net.write_config(0, &[0xff; 6]);
+    let mut mac = [0u8; 6];
+    net.read_config(0, &mut mac);
+    assert_eq!((mac, counter(&net, "cfg_fails")), (MAC, 1));
+}
+
 #[test]
 fn a_reset_device_ignores_its_queues_and_forgets_the_pending_frame() {
     let guest = Guest::new();
@@ -511,4 +590,5 @@ fn the_event_loop_lets_go_of_a_backend_that_fails() {
     net.process_tx().unwrap();
     assert_eq!(net.stats().tap_write_fails(), 1);
     assert_eq!(net.stats().tx_malformed_frames(), 0);
+    assert_eq!(counter(&net, "tap_read_fails"), 1);
 }
