@@ -17,7 +17,6 @@ use crate::arch::x86_64::regs::EntryPoint;
 use crate::config::{guest_order, root_cmdline};
 use crate::config::{BootSourceConfig, MachineConfig, VmConfig};
 use crate::cpu_template::{CpuTemplateType, CustomCpuTemplate, HostCpu};
-use crate::device_manager::legacy::LegacyDevices;
 use crate::device_manager::registry::{DeviceHandle, DeviceRegistry};
 use crate::device_manager::{block, legacy, mmio, net};
 use crate::loader::{self, LoadedKernel};
@@ -92,7 +91,6 @@ pub fn build(config: &VmConfig, host: HostOptions) -> Result<Vmm, StartMicrovmEr
         mem,
         vcpus,
         stop_evt: devices.stop_evt,
-        legacy: devices.legacy,
         console_input: host.console_input,
         devices: devices.registry,
         metrics: host.metrics,
@@ -136,7 +134,6 @@ fn load_images(
 struct AttachedDevices {
     io_bus: Arc<Bus>,
     mmio_bus: Arc<Bus>,
-    legacy: LegacyDevices,
     registry: DeviceRegistry,
     /// Written by the i8042's reset line and by the vCPUs to stop the VM.
     stop_evt: EventFd,
@@ -156,11 +153,15 @@ fn attach_devices(
     let mut io_bus = Bus::new();
     let mut mmio_bus = Bus::new();
     let mut registry = DeviceRegistry::default();
-    let legacy = legacy::attach(vm.fd(), &mut io_bus, &mut registry, serial_out, &stop_evt)?;
-    metrics.add_source(Arc::new(legacy::UartMetrics(legacy.serial.clone())));
-    metrics.add_source(Arc::new(legacy::I8042Metrics(legacy.i8042.clone())));
+    legacy::attach(vm.fd(), &mut io_bus, &mut registry, serial_out, &stop_evt)?;
+    if let Some(serial) = registry.serial() {
+        metrics.add_source(Arc::new(legacy::UartMetrics(serial.clone())));
+    }
+    if let Some(i8042) = registry.i8042() {
+        metrics.add_source(Arc::new(legacy::I8042Metrics(i8042.clone())));
+    }
     if let Some(start) = boot_timer {
-        mmio::attach_boot_timer(&mut mmio_bus, start)?;
+        mmio::attach_boot_timer(&mut mmio_bus, &mut registry, start)?;
     }
     for drive in guest_order(&config.drives) {
         let device = block::create(drive)?;
@@ -198,7 +199,6 @@ fn attach_devices(
     Ok(AttachedDevices {
         io_bus: Arc::new(io_bus),
         mmio_bus: Arc::new(mmio_bus),
-        legacy,
         registry,
         stop_evt,
     })

@@ -17,7 +17,6 @@ use vmm_sys_util::timerfd::TimerFd;
 use crate::config::DriveConfig;
 use crate::console::ConsoleInput;
 use crate::device_manager::block;
-use crate::device_manager::legacy::LegacyDevices;
 use crate::device_manager::mmio::SharedTransport;
 use crate::device_manager::registry::{
     DeviceHandle, DeviceKind, DeviceRegistry, Subscriber, Transport,
@@ -150,7 +149,6 @@ pub(crate) struct VmmParts {
     pub mem: GuestMemoryMmap,
     pub vcpus: Vec<Vcpu>,
     pub stop_evt: EventFd,
-    pub legacy: LegacyDevices,
     pub console_input: bool,
     pub devices: DeviceRegistry,
     pub metrics: Arc<Metrics>,
@@ -191,15 +189,12 @@ impl Vmm {
             raised: false,
         }));
         event_manager.add_subscriber(stop.clone());
-        if parts.console_input {
-            let input = ConsoleInput::new(
-                parts.legacy.serial.clone(),
-                parts
-                    .legacy
-                    .serial_drained
-                    .try_clone()
-                    .map_err(StartMicrovmError::EventFd)?,
-            );
+        if let Some(serial) = parts.devices.serial().filter(|_| parts.console_input) {
+            let drained = lock(serial)
+                .drained_event()
+                .try_clone()
+                .map_err(StartMicrovmError::EventFd)?;
+            let input = ConsoleInput::new(serial.clone(), drained);
             event_manager.add_subscriber(Arc::new(Mutex::new(input)));
         }
         for device in parts.devices.subscribers() {

@@ -23,6 +23,10 @@ use crate::BusDevice;
 use keyboard::{ctrl_alt_del_codes, Keyboard};
 
 mod keyboard;
+mod state;
+
+pub use keyboard::KeyboardState;
+pub use state::{I8042State, I8042StateError};
 
 /// Offset of the data port, 0x60.
 const DATA: u64 = 0;

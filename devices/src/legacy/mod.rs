@@ -4,8 +4,8 @@
 mod i8042;
 mod serial;
 
-pub use i8042::{I8042Counters, I8042Error, I8042};
-pub use serial::{Serial, SerialInput};
+pub use i8042::{I8042Counters, I8042Error, I8042State, I8042StateError, KeyboardState, I8042};
+pub use serial::{Serial, SerialError, SerialInput, SerialState};
 
 use vm_superio::Trigger;
 use vmm_sys_util::eventfd::EventFd;

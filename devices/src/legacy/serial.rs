@@ -45,6 +45,16 @@ fn count(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
+impl InputWakeup {
+    fn new(drained: EventFd) -> Arc<Self> {
+        Arc::new(Self {
+            drained,
+            waiting: AtomicBool::new(false),
+            counts: UartCounts::default(),
+        })
+    }
+}
+
 impl SerialEvents for InputWakeup {
     fn buffer_read(&self) {
         count(&self.counts.reads);
@@ -67,6 +77,21 @@ impl SerialEvents for InputWakeup {
 }
 
 type Uart = vm_superio::Serial<EventFdTrigger, Arc<InputWakeup>, Box<dyn Write + Send>>;
+
+/// The UART's state as plain data, for a snapshot: its registers and the input the guest has
+/// not read. The counters are the process's metrics, not the device's.
+pub use vm_superio::serial::SerialState;
+
+/// Why a saved UART state cannot be restored.
+#[derive(Debug, thiserror::Error)]
+pub enum SerialError {
+    /// More input than the receive FIFO holds.
+    #[error("The saved UART state holds {0} input bytes, more than its receive FIFO takes.")]
+    InputTooLong(usize),
+    /// The interrupt the saved state has pending could not be raised.
+    #[error("Failed to raise the restored UART's pending interrupt: {0}")]
+    Interrupt(std::io::Error),
+}
 
 /// The UART on the port I/O bus.
 pub struct Serial {
@@ -93,15 +118,34 @@ impl Serial {
     /// A UART that raises `irq` and writes guest output to `out`. `drained` fires when the
     /// guest empties a receive FIFO that was full.
     pub fn new(irq: EventFdTrigger, out: Box<dyn Write + Send>, drained: EventFd) -> Self {
-        let wakeup = Arc::new(InputWakeup {
-            drained,
-            waiting: AtomicBool::new(false),
-            counts: UartCounts::default(),
-        });
+        let wakeup = InputWakeup::new(drained);
         Self {
             uart: vm_superio::Serial::with_events(irq, wakeup.clone(), out),
             wakeup,
         }
+    }
+
+    /// The state, for a snapshot.
+    pub fn save(&self) -> SerialState {
+        self.uart.state()
+    }
+
+    /// The UART `state` describes, wired as [`Serial::new`] wires a new one; an interrupt the
+    /// state has pending and enabled is raised.
+    pub fn restore(
+        state: &SerialState,
+        irq: EventFdTrigger,
+        out: Box<dyn Write + Send>,
+        drained: EventFd,
+    ) -> Result<Self, SerialError> {
+        let wakeup = InputWakeup::new(drained);
+        let uart = vm_superio::Serial::from_state(state, irq, wakeup.clone(), out).map_err(
+            |e| match e {
+                vm_superio::serial::Error::Trigger(e) => SerialError::Interrupt(e),
+                _ => SerialError::InputTooLong(state.in_buffer.len()),
+            },
+        )?;
+        Ok(Self { uart, wakeup })
     }
 
     /// Offers host input to the guest.
@@ -117,6 +161,11 @@ impl Serial {
             .enqueue_raw_bytes(bytes)
             .map(SerialInput::Queued)
             .map_err(|e| std::io::Error::other(format!("{e:?}")))
+    }
+
+    /// Fires when the guest empties a receive FIFO that was full.
+    pub fn drained_event(&self) -> &EventFd {
+        &self.wakeup.drained
     }
 
     /// Free room in the receive FIFO.
@@ -265,6 +314,46 @@ mod tests {
         assert_eq!(drained.read().unwrap(), 1);
         assert_eq!(serial.input_capacity(), capacity);
         assert_eq!(serial.counters()[0], ("read_count", capacity as u64));
+    }
+
+    #[test]
+    fn a_restored_uart_keeps_its_registers_and_unread_input() {
+        let (mut serial, _out, irq, _drained) = serial();
+        serial.write(1, &[0x01]); // IER: received-data interrupts on
+        serial.write(7, &[0x5a]); // the scratch register
+        serial.enqueue(b"abc").unwrap();
+        assert!(irq.read().is_ok());
+        let state = serial.save();
+        let out = SharedBuf::default();
+        let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+        let mut restored = Serial::restore(
+            &state,
+            EventFdTrigger::new(irq.try_clone().unwrap()),
+            Box::new(out.clone()),
+            EventFd::new(EFD_NONBLOCK).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(restored.save(), state);
+        // The input is still unread and its interrupt enabled: the restored UART raises it.
+        assert_eq!(irq.read().unwrap(), 1);
+        let mut byte = [0u8];
+        for expected in b"abc" {
+            restored.read(0, &mut byte);
+            assert_eq!(byte[0], *expected);
+        }
+        restored.read(7, &mut byte);
+        assert_eq!(byte, [0x5a]);
+        restored.write(0, b"z");
+        assert_eq!(out.0.lock().unwrap().as_slice(), b"z");
+        let mut full = state;
+        full.in_buffer = vec![0; 65];
+        let refused = Serial::restore(
+            &full,
+            EventFdTrigger::new(irq.try_clone().unwrap()),
+            Box::new(out),
+            EventFd::new(EFD_NONBLOCK).unwrap(),
+        );
+        assert!(matches!(refused, Err(SerialError::InputTooLong(65))));
     }
 
     #[test]

@@ -14,6 +14,10 @@ use super::ring_layout::find_overlap;
 use super::{Interrupt, VirtioDevice, INTERRUPT_CONFIG};
 use crate::BusDevice;
 
+mod state;
+
+pub use state::{MmioStateError, MmioTransportState};
+
 /// Offset of the QueueNotify register, for the VMM's ioeventfds.
 pub const NOTIFY_REG_OFFSET: u64 = 0x50;
 /// Size of the register window, config space included.
@@ -40,12 +44,30 @@ pub mod status {
     pub const FAILED: u32 = 0x80;
 }
 
+/// A value the driver wrote to a queue register that the queue could not take, which makes
+/// activation fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvalidQueueValue {
+    /// A size that is zero, too big or not a power of two.
+    Size,
+    /// A misaligned ring address.
+    Address,
+}
+
+impl InvalidQueueValue {
+    fn reason(self) -> &'static str {
+        match self {
+            Self::Size => "a queue size is zero, too large or not a power of two",
+            Self::Address => "a queue ring address is misaligned",
+        }
+    }
+}
+
 /// One queue as the driver configures it.
 struct QueueSlot {
     queue: Queue,
-    /// Why a value the driver wrote could not be taken (a size that is zero, too big or not a
-    /// power of two; a misaligned ring address), which makes activation fail.
-    invalid: Option<&'static str>,
+    /// A value the driver wrote that could not be taken.
+    invalid: Option<InvalidQueueValue>,
 }
 
 /// A virtio device behind its MMIO register window.
@@ -239,8 +261,8 @@ impl MmioTransport {
         };
         if !taken {
             slot.invalid = Some(match offset {
-                0x38 => "a queue size is zero, too large or not a power of two",
-                _ => "a queue ring address is misaligned",
+                0x38 => InvalidQueueValue::Size,
+                _ => InvalidQueueValue::Address,
             });
         }
     }
@@ -291,8 +313,8 @@ impl MmioTransport {
         if self.status & status::FEATURES_OK == 0 {
             return self.needs_reset("DRIVER_OK before FEATURES_OK");
         }
-        if let Some(reason) = self.queues.iter().find_map(|q| q.invalid) {
-            return self.needs_reset(reason);
+        if let Some(invalid) = self.queues.iter().find_map(|q| q.invalid) {
+            return self.needs_reset(invalid.reason());
         }
         if let Some(i) = self
             .queues
@@ -701,6 +723,84 @@ mod tests {
         let activations = &s.device().activations;
         assert_eq!(activations.len(), 2);
         assert_eq!(activations[1], [(4, u64::from(DESC_TABLE), false)]);
+    }
+
+    /// The transport of `s` saved and restored in front of a new device, with a new interrupt.
+    fn restored(s: &Setup) -> Setup {
+        let fresh = setup();
+        let state = s.transport.save();
+        let transport = MmioTransport::restore(
+            fresh.device.clone(),
+            s.transport.mem.clone(),
+            fresh.interrupt.clone(),
+            &state,
+        )
+        .unwrap();
+        assert_eq!(transport.save(), state);
+        Setup { transport, ..fresh }
+    }
+
+    #[test]
+    fn a_restored_transport_shows_the_driver_the_registers_it_wrote() {
+        let mut s = setup();
+        s.negotiate(FEATURE_VERSION_1 | FEATURE_EVENT_IDX);
+        s.set_up_queue(8);
+        s.driver_ok();
+        s.interrupt.trigger(INTERRUPT_USED_RING).unwrap();
+        s.transport.notify_config_change().unwrap();
+        let mut r = restored(&s);
+        for reg in [0x44, 0x60, 0x70, 0xfc] {
+            assert_eq!(r.read(reg), s.read(reg), "register {reg:#x}");
+        }
+        assert_eq!(r.read(0x60), INTERRUPT_USED_RING | INTERRUPT_CONFIG);
+        // The device is restored on its own; the transport does not activate it again.
+        assert!(r.device().activations.is_empty());
+        // A reset and a new handshake activate it with the queues the driver sets up then.
+        r.write(0x70, 0);
+        r.negotiate(FEATURE_VERSION_1);
+        r.set_up_queue(4);
+        r.driver_ok();
+        assert_eq!(
+            r.device().activations,
+            [vec![(4, u64::from(DESC_TABLE), false)]]
+        );
+    }
+
+    #[test]
+    fn a_restored_transport_keeps_a_bad_queue_value_the_driver_wrote() {
+        let mut s = setup();
+        s.negotiate(FEATURE_VERSION_1);
+        s.set_up_queue(12);
+        let mut r = restored(&s);
+        assert_ne!(r.driver_ok() & status::DEVICE_NEEDS_RESET, 0);
+        assert!(r.device().activations.is_empty());
+    }
+
+    #[test]
+    fn a_saved_state_that_does_not_fit_the_device_is_refused() {
+        let s = setup();
+        let good = s.transport.save();
+        let mut more = good.clone();
+        more.queues.push(more.queues[0]);
+        let mut larger = good.clone();
+        larger.queues[0].0.max_size = QUEUE_MAX * 2;
+        let mut odd = good;
+        odd.queues[0].0.size = 3;
+        for (state, expected) in [
+            (more, "2 queues"),
+            (larger, "maximum size"),
+            (odd, "not a valid"),
+        ] {
+            let fresh = setup();
+            let result = MmioTransport::restore(
+                fresh.device.clone(),
+                s.transport.mem.clone(),
+                fresh.interrupt.clone(),
+                &state,
+            );
+            let error = result.err().unwrap().to_string();
+            assert!(error.contains(expected), "{error}");
+        }
     }
 
     #[test]

@@ -13,7 +13,10 @@ pub mod mmio;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod mmio_fuzz;
 pub mod net;
+mod queue_state;
 mod ring_layout;
+
+pub use queue_state::QueueStateError;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
@@ -65,6 +68,12 @@ impl Interrupt {
     /// How many times the interrupt was raised (Firecracker's `interrupts.triggers`).
     pub fn triggers(&self) -> u64 {
         self.triggers.load(Ordering::Relaxed)
+    }
+
+    /// Sets the pending status bits a snapshot saved, without raising the interrupt: what was
+    /// raised is in the saved irqchip.
+    pub fn restore_status(&self, bits: u32) {
+        self.status.store(bits, Ordering::SeqCst);
     }
 
     /// The pending status bits.

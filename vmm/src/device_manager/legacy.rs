@@ -37,17 +37,6 @@ pub enum LegacyError {
     Bus(#[from] BusError),
 }
 
-/// The attached devices the VMM drives after boot.
-#[derive(Debug)]
-pub struct LegacyDevices {
-    /// The UART, for the console input path.
-    pub serial: Arc<Mutex<Serial>>,
-    /// Fires when the guest drains a full receive FIFO.
-    pub serial_drained: EventFd,
-    /// The i8042, for its metrics.
-    pub i8042: Arc<Mutex<I8042>>,
-}
-
 /// The UART's counters, as Firecracker's `uart` metrics group.
 #[derive(Debug)]
 pub struct UartMetrics(pub Arc<Mutex<Serial>>);
@@ -103,23 +92,23 @@ pub fn attach(
     registry: &mut DeviceRegistry,
     serial_out: Box<dyn Write + Send>,
     stop_evt: &EventFd,
-) -> Result<LegacyDevices, LegacyError> {
+) -> Result<(), LegacyError> {
     let irq = irq_eventfd(vm, SERIAL_IRQ)?;
     let drained = EventFd::new(EFD_NONBLOCK).map_err(LegacyError::EventFd)?;
     let serial = Arc::new(Mutex::new(Serial::new(
         EventFdTrigger::new(irq),
         serial_out,
-        drained.try_clone().map_err(LegacyError::EventFd)?,
+        drained,
     )));
     io_bus.insert(serial.clone(), SERIAL_PORT, SERIAL_PORT_LEN)?;
     registry.insert(RegisteredDevice {
         id: "com1".to_string(),
-        irq: SERIAL_IRQ,
+        irq: Some(SERIAL_IRQ),
         transport: Transport::PortIo {
             base: SERIAL_PORT,
             len: SERIAL_PORT_LEN,
         },
-        handle: DeviceHandle::Serial(serial.clone()),
+        handle: DeviceHandle::Serial(serial),
     });
 
     let reset = stop_evt.try_clone().map_err(LegacyError::EventFd)?;
@@ -131,16 +120,12 @@ pub fn attach(
     io_bus.insert(i8042.clone(), I8042_PORT, I8042_PORT_LEN)?;
     registry.insert(RegisteredDevice {
         id: "i8042".to_string(),
-        irq: I8042_IRQ,
+        irq: Some(I8042_IRQ),
         transport: Transport::PortIo {
             base: I8042_PORT,
             len: I8042_PORT_LEN,
         },
-        handle: DeviceHandle::I8042(i8042.clone()),
+        handle: DeviceHandle::I8042(i8042),
     });
-    Ok(LegacyDevices {
-        serial,
-        serial_drained: drained,
-        i8042,
-    })
+    Ok(())
 }

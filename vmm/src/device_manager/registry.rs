@@ -7,6 +7,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use devices::boot_timer::BootTimer;
 use devices::legacy::{Serial, I8042};
 use devices::virtio::block::Block;
 use devices::virtio::net::Net;
@@ -33,6 +34,8 @@ pub enum DeviceKind {
     Serial,
     /// The i8042 keyboard controller.
     I8042,
+    /// Firecracker's boot timer.
+    BootTimer,
 }
 
 /// A registered device's own handle, by kind.
@@ -50,6 +53,8 @@ pub enum DeviceHandle {
     Serial(Arc<Mutex<Serial>>),
     /// The i8042.
     I8042(Arc<Mutex<I8042>>),
+    /// The boot timer.
+    BootTimer(Arc<Mutex<BootTimer>>),
 }
 
 impl DeviceHandle {
@@ -60,6 +65,7 @@ impl DeviceHandle {
             Self::Net(_) => DeviceKind::Net,
             Self::Serial(_) => DeviceKind::Serial,
             Self::I8042(_) => DeviceKind::I8042,
+            Self::BootTimer(_) => DeviceKind::BootTimer,
         }
     }
 
@@ -68,7 +74,7 @@ impl DeviceHandle {
         match self {
             Self::Block { device, .. } => Some(device.clone()),
             Self::Net(device) => Some(device.clone()),
-            Self::Serial(_) | Self::I8042(_) => None,
+            Self::Serial(_) | Self::I8042(_) | Self::BootTimer(_) => None,
         }
     }
 
@@ -77,7 +83,7 @@ impl DeviceHandle {
         match self {
             Self::Block { device, .. } => Some(device.clone()),
             Self::Net(device) => Some(device.clone()),
-            Self::Serial(_) | Self::I8042(_) => None,
+            Self::Serial(_) | Self::I8042(_) | Self::BootTimer(_) => None,
         }
     }
 }
@@ -90,6 +96,13 @@ pub enum Transport {
         addr: u64,
         /// The transport.
         transport: SharedTransport,
+    },
+    /// A plain register window on the MMIO bus.
+    MmioWindow {
+        /// Its start.
+        base: u64,
+        /// Its size.
+        len: u64,
     },
     /// Ports on the port-I/O bus.
     PortIo {
@@ -104,8 +117,8 @@ pub enum Transport {
 pub struct RegisteredDevice {
     /// Its ID: the drive's `drive_id`, the interface's `iface_id`, or the legacy device's name.
     pub id: String,
-    /// Its interrupt line.
-    pub irq: u32,
+    /// Its interrupt line, for the devices that have one.
+    pub irq: Option<u32>,
     /// Where the guest reaches it.
     pub transport: Transport,
     /// The device.
@@ -122,6 +135,7 @@ impl std::fmt::Debug for Transport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Mmio { addr, .. } => write!(f, "Mmio({addr:#x})"),
+            Self::MmioWindow { base, len } => write!(f, "MmioWindow({base:#x}, {len:#x})"),
             Self::PortIo { base, len } => write!(f, "PortIo({base:#x}, {len})"),
         }
     }
@@ -161,7 +175,7 @@ impl DeviceRegistry {
             mmio::attach_virtio(vm, mmio_bus, mem, &mut self.allocator, virtio)?;
         self.insert(RegisteredDevice {
             id: id.to_string(),
-            irq: slot.irq,
+            irq: Some(slot.irq),
             transport: Transport::Mmio {
                 addr: slot.addr,
                 transport,
@@ -183,6 +197,14 @@ impl DeviceRegistry {
             .find(|d| d.handle.kind() == kind && d.id == id)
     }
 
+    /// The UART, if attached.
+    pub fn serial(&self) -> Option<&Arc<Mutex<Serial>>> {
+        self.devices.iter().find_map(|d| match &d.handle {
+            DeviceHandle::Serial(serial) => Some(serial),
+            _ => None,
+        })
+    }
+
     /// The i8042, if attached.
     pub fn i8042(&self) -> Option<&Arc<Mutex<I8042>>> {
         self.devices.iter().find_map(|d| match &d.handle {
@@ -193,10 +215,14 @@ impl DeviceRegistry {
 
     /// The kernel command-line entries that announce the virtio devices, in attach order.
     pub fn cmdline_args(&self) -> impl Iterator<Item = String> + '_ {
-        self.devices.iter().filter_map(|d| match d.transport {
-            Transport::Mmio { addr, .. } => Some(MmioSlot { addr, irq: d.irq }.cmdline_arg()),
-            Transport::PortIo { .. } => None,
-        })
+        self.devices
+            .iter()
+            .filter_map(|d| match (&d.transport, d.irq) {
+                (Transport::Mmio { addr, .. }, Some(irq)) => {
+                    Some(MmioSlot { addr: *addr, irq }.cmdline_arg())
+                }
+                _ => None,
+            })
     }
 
     /// The event-loop subscribers of the devices that have one.
@@ -208,7 +234,7 @@ impl DeviceRegistry {
     pub fn virtio_interrupts(&self) -> Vec<Arc<Interrupt>> {
         let interrupts = self.devices.iter().filter_map(|d| match &d.transport {
             Transport::Mmio { transport, .. } => Some(transport),
-            Transport::PortIo { .. } => None,
+            Transport::MmioWindow { .. } | Transport::PortIo { .. } => None,
         });
         interrupts
             .map(|transport| {
@@ -246,7 +272,7 @@ mod tests {
         let mut registry = DeviceRegistry::default();
         registry.insert(RegisteredDevice {
             id: "data".into(),
-            irq: 5,
+            irq: Some(5),
             transport: Transport::Mmio {
                 addr: 0xc000_1000,
                 transport: Arc::new(Mutex::new(transport)),
@@ -257,13 +283,21 @@ mod tests {
         let trigger = || EventFdTrigger::new(EventFd::new(0).unwrap());
         registry.insert(RegisteredDevice {
             id: "i8042".into(),
-            irq: 1,
+            irq: Some(1),
             transport: Transport::PortIo { base: 0x60, len: 5 },
             handle: DeviceHandle::I8042(Arc::new(Mutex::new(I8042::new(trigger(), trigger())))),
         });
         assert!(registry.i8042().is_some());
+        assert!(registry.serial().is_none());
+        let mut mmio_bus = Bus::new();
+        let start = devices::boot_timer::Timestamp::now();
+        mmio::attach_boot_timer(&mut mmio_bus, &mut registry, start).unwrap();
+        let timer = registry
+            .get_mut(DeviceKind::BootTimer, "boot-timer")
+            .unwrap();
+        assert_eq!(timer.irq, None);
         let found = registry.get_mut(DeviceKind::Block, "data").unwrap();
-        assert_eq!((found.id.as_str(), found.irq), ("data", 5));
+        assert_eq!((found.id.as_str(), found.irq), ("data", Some(5)));
         assert!(registry.get_mut(DeviceKind::Net, "data").is_none());
         assert!(registry.get_mut(DeviceKind::Block, "other").is_none());
         assert_eq!(

@@ -36,7 +36,48 @@ pub(super) struct Keyboard {
     last_sent: u8,
 }
 
+/// The keyboard's state as plain data, for a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyboardState {
+    /// Bytes waiting for the guest, oldest first; at most [`BUFFER_LEN`].
+    pub out: Vec<u8>,
+    /// The scan code set, 1 to 3.
+    pub scan_set: u8,
+    /// Whether the keyboard sends key codes.
+    pub scanning: bool,
+    /// A command waiting for its parameter byte.
+    pub awaiting: Option<u8>,
+    /// The last byte sent, for the resend command.
+    pub last_sent: u8,
+}
+
 impl Keyboard {
+    /// The state, for a snapshot.
+    pub(super) fn save(&self) -> KeyboardState {
+        KeyboardState {
+            out: self.out.iter().copied().collect(),
+            scan_set: self.scan_set,
+            scanning: self.scanning,
+            awaiting: self.awaiting,
+            last_sent: self.last_sent,
+        }
+    }
+
+    /// The keyboard `state` describes; `None` if no keyboard can be in it (more bytes than
+    /// its buffer holds, an unknown scan code set).
+    pub(super) fn restore(state: &KeyboardState) -> Option<Self> {
+        if state.out.len() > BUFFER_LEN || !(1..=3).contains(&state.scan_set) {
+            return None;
+        }
+        Some(Self {
+            out: state.out.iter().copied().collect(),
+            scan_set: state.scan_set,
+            scanning: state.scanning,
+            awaiting: state.awaiting,
+            last_sent: state.last_sent,
+        })
+    }
+
     pub(super) fn new() -> Self {
         Self {
             out: VecDeque::with_capacity(BUFFER_LEN),

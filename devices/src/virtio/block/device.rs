@@ -380,5 +380,9 @@ impl MutEventSubscriber for Block {
     }
 }
 
+mod state;
+
+pub use state::BlockState;
+
 #[cfg(test)]
 mod tests;

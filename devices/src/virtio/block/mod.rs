@@ -34,7 +34,7 @@ mod stats;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod test_utils;
 
-pub use device::{Block, BlockConfig, BlockError};
+pub use device::{Block, BlockConfig, BlockError, BlockState};
 pub use disk::{DiskBackend, DiskError};
 pub use execute::CacheType;
 pub use format::{open_disk, ImageFormat};

@@ -587,5 +587,9 @@ impl MutEventSubscriber for Net {
     }
 }
 
+mod state;
+
+pub use state::{NetState, NetStateError};
+
 #[cfg(test)]
 mod tests;

@@ -26,7 +26,7 @@ mod tap;
 pub mod test_utils;
 mod tx;
 
-pub use device::{tap_offload_flags, Net, NetConfig, NetError, NetStats};
+pub use device::{tap_offload_flags, Net, NetConfig, NetError, NetState, NetStateError, NetStats};
 pub use tap::{FrameIo, Tap, TapError};
 
 /// Size of `virtio_net_hdr_v1` (with `num_buffers`), the header on every frame.

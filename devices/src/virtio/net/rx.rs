@@ -55,6 +55,25 @@ impl Rx {
         self.pending.is_some()
     }
 
+    /// The pending frame, header first, for a snapshot.
+    pub fn pending(&self) -> Option<&[u8]> {
+        self.pending.and_then(|len| self.buf.get(..len))
+    }
+
+    /// Makes `frame` (header first) the pending frame, as a snapshot saved it; false if no
+    /// frame from the tap could be that long or that short.
+    pub fn restore_pending(&mut self, frame: &[u8]) -> bool {
+        let Some(dst) = self.buf.get_mut(..frame.len()) else {
+            return false;
+        };
+        if frame.len() <= VNET_HDR_LEN {
+            return false;
+        }
+        dst.copy_from_slice(frame);
+        self.pending = Some(frame.len());
+        true
+    }
+
     /// Forgets the pending frame (on a device reset); returns whether there was one.
     pub fn discard_pending(&mut self) -> bool {
         self.pending.take().is_some()

@@ -511,6 +511,48 @@ fn counts_empty_kicks_queue_depth_config_writes_and_latencies() {
 }
 
 #[test]
+fn a_restored_device_serves_the_next_request_where_the_saved_one_stopped() {
+    let guest = Guest::new();
+    let vq = guest.queue();
+    let (mut block, _irq) = guest.block(&vq, writeback(), false);
+    guest.header(VIRTIO_BLK_T_IN, 1);
+    vq.add_desc_chains(&chain(512, W), 0).unwrap();
+    block.process_queue().unwrap();
+    let state = block.save();
+    assert_eq!(
+        state.queue.map(|q| (q.next_avail, q.next_used)),
+        Some((1, 1))
+    );
+    let mut restored = Block::new(Box::new(guest.disk.clone()), writeback()).unwrap();
+    let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+    let interrupt = Arc::new(Interrupt::new(irq.try_clone().unwrap()));
+    restored
+        .restore(&state, guest.mem.clone(), interrupt)
+        .unwrap();
+    assert_eq!(restored.save(), state);
+    // The next request, at the next available entry, lands in the next used entry.
+    guest.header(VIRTIO_BLK_T_IN, 2);
+    vq.add_desc_chains(&chain(512, W).map(|d| shift(d, 3)), 3)
+        .unwrap();
+    assert!(restored.process_queue().unwrap());
+    assert_eq!(guest.used(), [(0, 513), (3, 513)]);
+    assert_eq!(guest.read(DATA, 512), [2u8; 512]);
+    assert_eq!(irq.read().unwrap(), 1);
+    // An inactive device restores inactive; a queue outside guest memory is refused.
+    let mut idle = Block::new(Box::new(guest.disk.clone()), writeback()).unwrap();
+    let interrupt = Arc::new(Interrupt::new(irq.try_clone().unwrap()));
+    let saved = idle.save();
+    idle.restore(&saved, guest.mem.clone(), interrupt.clone())
+        .unwrap();
+    assert_eq!(idle.save().queue, None);
+    let mut far = state;
+    if let Some(queue) = far.queue.as_mut() {
+        queue.desc_table = MEM_SIZE;
+    }
+    assert!(idle.restore(&far, guest.mem.clone(), interrupt).is_err());
+}
+
+#[test]
 fn a_swapped_disk_changes_capacity_and_contents() {
     let guest = Guest::new();
     let vq = guest.queue();

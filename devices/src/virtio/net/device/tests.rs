@@ -474,6 +474,53 @@ fn counts_tap_reads_missing_buffers_queue_depth_config_writes_and_tap_latency() 
 }
 
 #[test]
+fn a_restored_device_delivers_the_pending_frame_and_sends_to_its_new_tap() {
+    let guest = Guest::new();
+    let (rxq, txq) = (guest.rxq(), guest.txq());
+    let mut rig = guest.net(&rxq, &txq, MRG);
+    let received = frame(0, 60);
+    rig.wire.send(&received).unwrap();
+    rig.net.process_rx().unwrap();
+    assert!(rig.net.rx.has_pending());
+    let state = rig.net.save();
+    assert_eq!(state.pending_frame.as_deref(), Some(&received[..]));
+    let (io, wire) = SocketIo::pair().unwrap();
+    let mut net = Net::with_frame_io(Box::new(io), config(None)).unwrap();
+    let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+    let interrupt = Arc::new(Interrupt::new(irq.try_clone().unwrap()));
+    net.restore(&state, guest.mem.clone(), interrupt).unwrap();
+    assert_eq!(net.save(), state);
+    rx_chains(&rxq, 0, 1, 2048);
+    assert!(net.process_rx().unwrap());
+    assert_eq!(guest.used(RX_USED), [(0, 72)]);
+    let mut expected = received;
+    expected[10..12].copy_from_slice(&1u16.to_le_bytes());
+    assert_eq!(guest.read(DATA, 72), expected);
+    let sent = tx_chain(&guest, &txq);
+    net.process_tx().unwrap();
+    assert_eq!(wire.recv().unwrap(), sent);
+    assert!(rig.wire.recv().is_none());
+
+    let mut foreign = state.clone();
+    foreign.acked_features |= 1 << 41;
+    let mut short = state.clone();
+    short.pending_frame = Some(vec![0; VNET_HDR_LEN]);
+    let mut inactive = state;
+    inactive.queues = None;
+    for (bad, expected) in [
+        (foreign, "offers"),
+        (short, "pending frame of 12 bytes"),
+        (inactive, "not active"),
+    ] {
+        let (io, _wire) = SocketIo::pair().unwrap();
+        let mut net = Net::with_frame_io(Box::new(io), config(None)).unwrap();
+        let interrupt = Arc::new(Interrupt::new(irq.try_clone().unwrap()));
+        let error = net.restore(&bad, guest.mem.clone(), interrupt).unwrap_err();
+        assert!(error.to_string().contains(expected), "{error}");
+    }
+}
+
+#[test]
 fn a_reset_device_ignores_its_queues_and_forgets_the_pending_frame() {
     let guest = Guest::new();
     let (rxq, txq) = (guest.rxq(), guest.txq());
