@@ -297,6 +297,13 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU64, Ordering};
 
+    /// Each line of a metrics file, parsed.
+    fn json_lines(text: &str) -> Vec<serde_json::Value> {
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
     struct Fake(AtomicU64);
 
     impl MetricSource for Fake {
@@ -326,10 +333,7 @@ mod tests {
         fake.0.store(150, Ordering::Relaxed);
         metrics.flush().unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
-        let lines: Vec<serde_json::Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let lines = json_lines(&text);
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0]["block_root-fs"]["read_bytes"], 100);
         assert_eq!(lines[1]["block_root-fs"]["read_bytes"], 50);
@@ -401,10 +405,7 @@ mod tests {
         fake.0.fetch_add(1, Ordering::Relaxed);
         assert!(metrics.flush().unwrap());
         let text = text + &String::from_utf8(read_all(&mut reader)).unwrap();
-        let lines: Vec<serde_json::Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let lines = json_lines(&text);
         assert_eq!(lines.len(), written + 1);
         let last = lines.last().unwrap();
         assert_eq!(last["block_root-fs"]["read_bytes"], dropped + 2);
@@ -512,10 +513,7 @@ mod tests {
         timed.0.record(Duration::from_micros(7));
         metrics.flush().unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
-        let lines: Vec<serde_json::Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let lines = json_lines(&text);
         let agg = |i: usize| &lines[i]["vcpu"]["exit_io_in_agg"];
         assert_eq!(
             agg(0),
