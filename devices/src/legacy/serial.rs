@@ -1,11 +1,10 @@
 //! The 8250 UART at port 0x3f8, IRQ 4: the guest console.
 //!
 //! Output goes to any writer (stdout or a file); a byte the writer refuses is counted as lost
-//! and the guest goes on, as on a UART whose line is down. The UART counts what the guest does
-//! with it, as Firecracker's `uart` metrics. Input is pushed in by the VMM's
-//! event loop,
-//! which stops reading its source while the receive FIFO is full and resumes when the guest has
-//! drained it, so no byte is dropped.
+//! and the guest goes on, as on a UART whose line is down. Input is pushed in by the VMM's
+//! event loop, which stops reading its source while the receive FIFO is full and resumes when
+//! the guest has drained it, so no byte is dropped. The UART counts what the guest does with
+//! it, as Firecracker's `uart` metrics, and saves its state for a snapshot.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
