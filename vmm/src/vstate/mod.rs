@@ -1,6 +1,7 @@
-//! KVM state: the VM file descriptor with its memory and interrupt controllers, and the vCPUs
-//! with the threads that run them.
+//! KVM state: the VM file descriptor with its memory and interrupt controllers (and their
+//! saved state, `vm_state`), and the vCPUs with the threads that run them.
 
 pub mod memory;
 pub mod vcpu;
 pub mod vm;
+pub mod vm_state;
