@@ -161,7 +161,7 @@ fn attach_devices(
         metrics.add_source(Arc::new(legacy::I8042Metrics(i8042.clone())));
     }
     if let Some(start) = boot_timer {
-        mmio::attach_boot_timer(&mut mmio_bus, &mut registry, start)?;
+        registry.attach_boot_timer(&mut mmio_bus, start)?;
     }
     for drive in guest_order(&config.drives) {
         let device = block::create(drive)?;

@@ -3,7 +3,6 @@
 
 use std::sync::{Arc, Mutex};
 
-use devices::boot_timer::{BootTimer, Timestamp};
 use devices::virtio::mmio::{MmioTransport, MMIO_WINDOW_SIZE, NOTIFY_REG_OFFSET};
 use devices::virtio::{Interrupt, VirtioDevice};
 use devices::{Bus, BusError};
@@ -12,7 +11,6 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::arch::x86_64::layout::{BOOT_TIMER_START, MMIO_SLOT_SIZE};
-use crate::device_manager::registry::{DeviceHandle, DeviceRegistry, RegisteredDevice, Transport};
 use crate::metrics::{Counter, MetricSource};
 
 /// The first interrupt line for virtio devices (0-4 belong to the legacy devices).
@@ -75,27 +73,6 @@ impl MmioAllocator {
         self.next_irq += 1;
         Ok(slot)
     }
-}
-
-/// Places the boot timer, measuring from `start`, at [`BOOT_TIMER_START`], and records it in
-/// `registry` as `boot-timer`.
-pub fn attach_boot_timer(
-    mmio_bus: &mut Bus,
-    registry: &mut DeviceRegistry,
-    start: Timestamp,
-) -> Result<(), BusError> {
-    let timer = Arc::new(Mutex::new(BootTimer::new(start)));
-    mmio_bus.insert(timer.clone(), BOOT_TIMER_START, MMIO_SLOT_SIZE)?;
-    registry.insert(RegisteredDevice {
-        id: "boot-timer".to_string(),
-        irq: None,
-        transport: Transport::MmioWindow {
-            base: BOOT_TIMER_START,
-            len: MMIO_SLOT_SIZE,
-        },
-        handle: DeviceHandle::BootTimer(timer),
-    });
-    Ok(())
 }
 
 /// Where a virtio device landed.

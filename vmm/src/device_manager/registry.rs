@@ -7,16 +7,17 @@
 
 use std::sync::{Arc, Mutex};
 
-use devices::boot_timer::BootTimer;
+use devices::boot_timer::{BootTimer, Timestamp};
 use devices::legacy::{Serial, I8042};
 use devices::virtio::block::Block;
 use devices::virtio::net::Net;
 use devices::virtio::{Interrupt, VirtioDevice};
-use devices::Bus;
+use devices::{Bus, BusError};
 use event_manager::MutEventSubscriber;
 use kvm_ioctls::VmFd;
 use vm_memory::GuestMemoryMmap;
 
+use crate::arch::x86_64::layout::{BOOT_TIMER_START, MMIO_SLOT_SIZE};
 use crate::config::DriveConfig;
 use crate::device_manager::mmio::{self, MmioAllocator, MmioError, MmioSlot, SharedTransport};
 
@@ -185,6 +186,27 @@ impl DeviceRegistry {
         Ok(slot)
     }
 
+    /// Places the boot timer, measuring from `start`, at [`BOOT_TIMER_START`] (the slot before
+    /// the virtio devices') and records it as `boot-timer`.
+    pub fn attach_boot_timer(
+        &mut self,
+        mmio_bus: &mut Bus,
+        start: Timestamp,
+    ) -> Result<(), BusError> {
+        let timer = Arc::new(Mutex::new(BootTimer::new(start)));
+        mmio_bus.insert(timer.clone(), BOOT_TIMER_START, MMIO_SLOT_SIZE)?;
+        self.insert(RegisteredDevice {
+            id: "boot-timer".to_string(),
+            irq: None,
+            transport: Transport::MmioWindow {
+                base: BOOT_TIMER_START,
+                len: MMIO_SLOT_SIZE,
+            },
+            handle: DeviceHandle::BootTimer(timer),
+        });
+        Ok(())
+    }
+
     /// Records a device already on its bus.
     pub fn insert(&mut self, device: RegisteredDevice) {
         self.devices.push(device);
@@ -291,7 +313,7 @@ mod tests {
         assert!(registry.serial().is_none());
         let mut mmio_bus = Bus::new();
         let start = devices::boot_timer::Timestamp::now();
-        mmio::attach_boot_timer(&mut mmio_bus, &mut registry, start).unwrap();
+        registry.attach_boot_timer(&mut mmio_bus, start).unwrap();
         let timer = registry
             .get_mut(DeviceKind::BootTimer, "boot-timer")
             .unwrap();
