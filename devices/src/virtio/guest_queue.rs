@@ -56,13 +56,13 @@ pub(crate) enum QueueCheckError {
     AvailIndex { pending: u16, size: u16 },
 }
 
-/// Refuses an available index more than a queue's worth ahead. `pop_descriptor_chain` hides
-/// that error as "nothing available" while `enable_notification` keeps reporting work, which
-/// would spin the queue loop forever.
+/// Refuses an available index more than a queue's worth ahead; returns how many chains it
+/// says are waiting. `pop_descriptor_chain` hides that error as "nothing available" while
+/// `enable_notification` keeps reporting work, which would spin the queue loop forever.
 pub(crate) fn check_avail_index(
     queue: &Queue,
     mem: &GuestMemoryMmap,
-) -> Result<(), QueueCheckError> {
+) -> Result<u16, QueueCheckError> {
     let avail = queue
         .avail_idx(mem, Ordering::Acquire)
         .map_err(QueueCheckError::Queue)?;
@@ -73,17 +73,7 @@ pub(crate) fn check_avail_index(
             size: queue.size(),
         });
     }
-    Ok(())
-}
-
-/// The chains the driver made available that the device has not taken yet, as the device
-/// sees the ring now (0 when its index cannot be read): Firecracker's `remaining_reqs_count`
-/// adds this up after each chain taken.
-pub(crate) fn chains_left(queue: &Queue, mem: &GuestMemoryMmap) -> u64 {
-    queue
-        .avail_idx(mem, Ordering::Acquire)
-        .map(|avail| u64::from((avail - Wrapping(queue.next_avail())).0))
-        .unwrap_or(0)
+    Ok(pending)
 }
 
 /// How a budgeted drain of a queue ended.
@@ -105,18 +95,20 @@ pub(crate) fn work_budget(queue: &Queue) -> u32 {
 /// [`work_budget`] steps are spent; each chain is a step, and so is each look at the ring
 /// after turning notifications back on. Drains with notifications off, then turns them back
 /// on and looks again: a chain the driver adds in between would otherwise wait for a kick that
-/// never comes.
+/// never comes. `serve` also gets how many chains were waiting behind its chain when the
+/// device last read the available index (Firecracker's `remaining_reqs_count` adds these up),
+/// derived from that read rather than a read per chain.
 pub(crate) fn drain_queue<E: From<QueueCheckError>>(
     queue: &mut Queue,
     mem: &GuestMemoryMmap,
-    mut serve: impl FnMut(&mut Queue, DescriptorChain<&GuestMemoryMmap>) -> Result<(), E>,
+    mut serve: impl FnMut(&mut Queue, DescriptorChain<&GuestMemoryMmap>, u16) -> Result<(), E>,
 ) -> Result<Drain, E> {
     let mut budget = work_budget(queue);
     loop {
         queue
             .disable_notification(mem)
             .map_err(QueueCheckError::Queue)?;
-        check_avail_index(queue, mem)?;
+        let mut behind = check_avail_index(queue, mem)?;
         loop {
             let Some(left) = budget.checked_sub(1) else {
                 return Ok(Drain::Yielded);
@@ -125,7 +117,10 @@ pub(crate) fn drain_queue<E: From<QueueCheckError>>(
                 break;
             };
             budget = left;
-            serve(queue, chain)?;
+            // Chains the driver added since the read are not counted: the figure never
+            // wraps below zero.
+            behind = behind.saturating_sub(1);
+            serve(queue, chain, behind)?;
         }
         if !queue
             .enable_notification(mem)

@@ -13,9 +13,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::disk::DiskBackend;
 use super::execute::{self, CacheType, ExecuteError, Executor, SECTOR_SIZE};
 use super::request::{Rejected, Request};
-use crate::virtio::guest_queue::{
-    chains_left, drain_queue, rearm, Drain, GuestErrors, QueueCheckError,
-};
+use crate::virtio::guest_queue::{drain_queue, rearm, Drain, GuestErrors, QueueCheckError};
 use crate::virtio::{
     ignore_config_write, ActivateError, Interrupt, VirtioDevice, FEATURE_EVENT_IDX,
     FEATURE_VERSION_1, INTERRUPT_USED_RING, TYPE_BLOCK,
@@ -235,9 +233,9 @@ fn drain(
     guest_errors: &mut GuestErrors,
     used_any: &mut bool,
 ) -> Result<Drain, BlockError> {
-    drain_queue(queue, mem, |queue, chain| {
+    drain_queue(queue, mem, |queue, chain, behind| {
         let head = chain.head_index();
-        executor.counters().took_request(chains_left(queue, mem));
+        executor.counters().took_request(behind);
         let len = serve(executor, guest_errors, mem, chain);
         match queue.add_used(mem, head, len) {
             Ok(()) => *used_any = true,

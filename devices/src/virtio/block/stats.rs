@@ -78,8 +78,9 @@ impl BlockStats {
 
     /// A request was taken with `left` more waiting behind it (Firecracker's
     /// `remaining_reqs_count` sums these: the queue's depth as the device sees it).
-    pub(crate) fn took_request(&self, left: u64) {
-        self.remaining_reqs.fetch_add(left, Ordering::Relaxed);
+    pub(crate) fn took_request(&self, left: u16) {
+        self.remaining_reqs
+            .fetch_add(u64::from(left), Ordering::Relaxed);
     }
 
     /// The driver's activation was refused.

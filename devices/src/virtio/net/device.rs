@@ -204,8 +204,9 @@ impl NetStats {
         Self::count(&self.no_rx_avail_buffer);
     }
     /// A transmit chain was taken with `left` more waiting behind it.
-    pub(super) fn took_tx_chain(&self, left: u64) {
-        self.tx_remaining_reqs.fetch_add(left, Ordering::Relaxed);
+    pub(super) fn took_tx_chain(&self, left: u16) {
+        self.tx_remaining_reqs
+            .fetch_add(u64::from(left), Ordering::Relaxed);
     }
     /// The guest sent a frame from another source MAC than its own.
     pub(super) fn tx_spoofed(&self) {

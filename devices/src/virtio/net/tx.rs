@@ -15,7 +15,7 @@ use vm_memory::GuestMemoryMmap;
 use super::chain;
 use super::ring;
 use super::{FrameIo, NetError, NetStats, VNET_HDR_LEN};
-use crate::virtio::guest_queue::{chains_left, drain_queue, Drain, GuestErrors};
+use crate::virtio::guest_queue::{drain_queue, Drain, GuestErrors};
 
 /// The transmit side: the buffer a frame is gathered into, the guest's MAC when frames from
 /// another one are counted, and the tap write failures so far.
@@ -48,9 +48,9 @@ impl Tx {
         guest_errors: &mut GuestErrors,
         used_any: &mut bool,
     ) -> Result<Drain, NetError> {
-        drain_queue(queue, mem, |queue, chain| {
+        drain_queue(queue, mem, |queue, chain, behind| {
             let head = chain.head_index();
-            stats.took_tx_chain(chains_left(queue, mem));
+            stats.took_tx_chain(behind);
             match chain::gather(mem, chain, &mut self.frame) {
                 Ok(()) => {
                     self.check_source(stats);
