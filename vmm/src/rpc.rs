@@ -15,8 +15,13 @@ use crate::config::{BootSourceConfig, DriveConfig, MachineConfig, NetworkInterfa
 pub use crate::config::{LoggerSettings, MetricsSettings};
 use crate::cpu_template::{CustomCpuTemplate, StaticCpuTemplate};
 pub use error::{ActionError, StartMicrovmError};
+pub use snapshot::{
+    CreateSnapshotParams, LoadSnapshotParams, MemBackend, MemBackendType, NetworkOverride,
+    SnapshotType,
+};
 
 mod error;
+mod snapshot;
 
 /// The Firecracker version whose API Kiln speaks. `GET /version` and `GET /` report it as
 /// `firecracker_version`, so that clients that check it keep working; Kiln's own version is
@@ -66,6 +71,10 @@ pub enum VmmAction {
     Pause,
     /// `PATCH /vm` Resumed.
     Resume,
+    /// `PUT /snapshot/create`, on a paused VM.
+    CreateSnapshot(CreateSnapshotParams),
+    /// `PUT /snapshot/load`, in a kiln that has configured nothing the VM's state holds.
+    LoadSnapshot(LoadSnapshotParams),
 }
 
 /// `PATCH /machine-config`: every field optional.
