@@ -266,6 +266,15 @@ fn create_vcpus(
         entry,
         template,
     };
+    let msr_indices: Arc<[u32]> = vm
+        .kvm()
+        .get_msr_index_list()
+        .map_err(|source| VmError::Ioctl {
+            what: "get the MSR index list",
+            source,
+        })?
+        .as_slice()
+        .into();
     let exits = Arc::new(VcpuExitCounters::default());
     metrics.add_source(exits.clone());
     let mut vcpus = Vec::with_capacity(usize::from(machine.vcpu_count));
@@ -282,13 +291,13 @@ fn create_vcpus(
             .stop_evt
             .try_clone()
             .map_err(StartMicrovmError::EventFd)?;
-        let vcpu = Vcpu::new(
+        let mut vcpu = Vcpu::new(
             fd,
             index,
-            devices.io_bus.clone(),
-            devices.mmio_bus.clone(),
+            (devices.io_bus.clone(), devices.mmio_bus.clone()),
             stop,
             exits.clone(),
+            msr_indices.clone(),
         );
         vcpu.configure(mem, &vcpu_config)?;
         vcpus.push(vcpu);

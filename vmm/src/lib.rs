@@ -23,5 +23,6 @@ pub mod resources;
 pub mod rpc;
 pub mod runtime;
 pub mod seccomp;
+pub mod snapshot;
 pub mod startup_time;
 pub mod vstate;

@@ -243,13 +243,9 @@ impl Vmm {
 
     /// [`Vmm::all_vcpus`] for a pause or a resume, keeping how long it took as the VMM's
     /// latency of that action.
-    fn timed_all_vcpus(
-        &self,
-        event: VcpuEvent,
-        expected: &VcpuResponse,
-    ) -> Result<(), ActionError> {
+    fn timed_all_vcpus(&self, event: VcpuEvent) -> Result<(), ActionError> {
         let start = Instant::now();
-        let result = self.all_vcpus(event, expected);
+        let result = self.all_vcpus(event);
         let latency = if matches!(event, VcpuEvent::Pause) {
             &self.latencies.pause
         } else {
@@ -259,14 +255,16 @@ impl Vmm {
         result
     }
 
-    /// Asks every vCPU for `event` and checks each answers `expected` (or has stopped the VM,
-    /// which the event loop notices next).
-    fn all_vcpus(&self, event: VcpuEvent, expected: &VcpuResponse) -> Result<(), ActionError> {
+    /// Asks every vCPU to pause or resume and checks each does (or has stopped the VM, which
+    /// the event loop notices next).
+    fn all_vcpus(&self, event: VcpuEvent) -> Result<(), ActionError> {
         for handle in &self.handles {
-            match handle.request(event) {
-                Ok(r) if &r == expected || matches!(r, VcpuResponse::Stopped(_)) => {}
-                Ok(r) => return Err(ActionError::VcpuAnswer(r)),
-                Err(e) => return Err(e.into()),
+            match (event, handle.request(event)) {
+                (_, Ok(VcpuResponse::Stopped(_)))
+                | (VcpuEvent::Pause, Ok(VcpuResponse::Paused))
+                | (VcpuEvent::Resume, Ok(VcpuResponse::Resumed)) => {}
+                (_, Ok(r)) => return Err(ActionError::VcpuAnswer(r)),
+                (_, Err(e)) => return Err(e.into()),
             }
         }
         Ok(())
@@ -324,14 +322,14 @@ impl RunningVm for Vmm {
     }
 
     fn pause(&mut self) -> Result<(), ActionError> {
-        let result = self.timed_all_vcpus(VcpuEvent::Pause, &VcpuResponse::Paused);
+        let result = self.timed_all_vcpus(VcpuEvent::Pause);
         self.paused = result.is_ok();
         log::info!("Paused the microVM");
         result
     }
 
     fn resume(&mut self) -> Result<(), ActionError> {
-        let result = self.timed_all_vcpus(VcpuEvent::Resume, &VcpuResponse::Resumed);
+        let result = self.timed_all_vcpus(VcpuEvent::Resume);
         self.paused = result.is_err();
         log::info!("Resumed the microVM");
         result

@@ -5,7 +5,7 @@ mod i8042;
 mod serial;
 
 pub use i8042::{I8042Counters, I8042Error, I8042State, I8042StateError, KeyboardState, I8042};
-pub use serial::{Serial, SerialError, SerialInput, SerialState};
+pub use serial::{Serial, SerialError, SerialInput, SerialState, SerialStateDef};
 
 use vm_superio::Trigger;
 use vmm_sys_util::eventfd::EventFd;

@@ -81,6 +81,23 @@ type Uart = vm_superio::Serial<EventFdTrigger, Arc<InputWakeup>, Box<dyn Write +
 /// not read. The counters are the process's metrics, not the device's.
 pub use vm_superio::serial::SerialState;
 
+/// `SerialState`'s fields, for serde (vm-superio has none): a snapshot's field of that type
+/// takes `#[serde(with = "SerialStateDef")]`. The compiler checks the fields are the same.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(remote = "SerialState")]
+pub struct SerialStateDef {
+    baud_divisor_low: u8,
+    baud_divisor_high: u8,
+    interrupt_enable: u8,
+    interrupt_identification: u8,
+    line_control: u8,
+    line_status: u8,
+    modem_control: u8,
+    modem_status: u8,
+    scratch: u8,
+    in_buffer: Vec<u8>,
+}
+
 /// Why a saved UART state cannot be restored.
 #[derive(Debug, thiserror::Error)]
 pub enum SerialError {

@@ -46,7 +46,7 @@ pub mod status {
 
 /// A value the driver wrote to a queue register that the queue could not take, which makes
 /// activation fail.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum InvalidQueueValue {
     /// A size that is zero, too big or not a power of two.
     Size,
@@ -783,9 +783,9 @@ mod tests {
         let mut more = good.clone();
         more.queues.push(more.queues[0]);
         let mut larger = good.clone();
-        larger.queues[0].0.max_size = QUEUE_MAX * 2;
+        larger.queues[0].0 .0.max_size = QUEUE_MAX * 2;
         let mut odd = good;
-        odd.queues[0].0.size = 3;
+        odd.queues[0].0 .0.size = 3;
         for (state, expected) in [
             (more, "2 queues"),
             (larger, "maximum size"),

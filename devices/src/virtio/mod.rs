@@ -16,7 +16,7 @@ pub mod net;
 mod queue_state;
 mod ring_layout;
 
-pub use queue_state::QueueStateError;
+pub use queue_state::{QueueStateError, SavedQueue};
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 

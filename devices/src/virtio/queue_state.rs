@@ -2,8 +2,28 @@
 //! could have, checked as activation checks a new one. The state comes from a file, so nothing
 //! in it is trusted.
 
+use serde::{Deserialize, Serialize};
 use virtio_queue::{Queue, QueueState, QueueT};
 use vm_memory::GuestMemoryMmap;
+
+/// A queue as a snapshot holds it: virtio-queue's `QueueState`, which has no serde of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedQueue(#[serde(with = "QueueStateDef")] pub QueueState);
+
+/// `QueueState`'s fields, for serde; the compiler checks they are the same.
+#[derive(Serialize, Deserialize)]
+#[serde(remote = "QueueState")]
+struct QueueStateDef {
+    max_size: u16,
+    next_avail: u16,
+    next_used: u16,
+    event_idx_enabled: bool,
+    size: u16,
+    ready: bool,
+    desc_table: u64,
+    avail_ring: u64,
+    used_ring: u64,
+}
 
 /// Why a saved queue cannot be restored.
 #[derive(Debug, thiserror::Error)]

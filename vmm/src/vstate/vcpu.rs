@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use devices::latency::LatencyAgg;
 use devices::Bus;
-use kvm_bindings::{kvm_msr_entry, CpuId, Msrs};
+use kvm_bindings::{kvm_cpuid_entry2, kvm_msr_entry, CpuId, Msrs};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
@@ -41,6 +41,7 @@ use crate::arch::x86_64::regs::{self, EntryPoint, RegsError};
 use crate::cpu_template::{apply_cpuid, apply_msrs, msr_addresses, ApplyError, CustomCpuTemplate};
 use crate::metrics::{Counter, MetricSource};
 use crate::seccomp::{SeccompError, SeccompFilters, ThreadKind};
+use crate::vstate::vcpu_state::{VcpuState, VcpuStateError};
 
 /// The kinds of vCPU exit the metrics count.
 const EXIT_KINDS: [&str; 10] = [
@@ -168,12 +169,14 @@ pub enum VcpuEvent {
     Resume,
     /// Stop running guest code until resumed.
     Pause,
+    /// Save the vCPU's state; only while paused.
+    SaveState,
     /// Leave the thread.
     Finish,
 }
 
 /// What a vCPU thread tells the VMM.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum VcpuResponse {
     /// The vCPU now runs guest code.
     Resumed,
@@ -181,6 +184,8 @@ pub enum VcpuResponse {
     Paused,
     /// The guest stopped the VM, or running it failed; the thread waits for `Finish`.
     Stopped(VmStop),
+    /// The vCPU's state, or why it could not be saved.
+    Saved(Box<Result<VcpuState, VcpuStateError>>),
 }
 
 /// Why the VM stopped.
@@ -215,6 +220,12 @@ pub struct Vcpu {
     /// Written when the VM must stop; the VMM's event loop watches it.
     stop_evt: EventFd,
     exits: Arc<VcpuExitCounters>,
+    /// The MSRs KVM lists, which a saved state holds (those it can read).
+    msr_indices: Arc<[u32]>,
+    /// The CPUID Kiln gave the vCPU. A saved state holds this rather than what KVM reports
+    /// back: it is configuration, and the KVM bits that change at run time (OSXSAVE, the APIC
+    /// bit) follow the restored registers anyway.
+    cpuid: Vec<kvm_cpuid_entry2>,
 }
 
 /// Per-VM inputs for configuring each vCPU.
@@ -233,14 +244,15 @@ pub struct VcpuConfig<'a> {
 }
 
 impl Vcpu {
-    /// Wraps a created vCPU with the buses it forwards exits to.
+    /// Wraps a created vCPU with the buses it forwards exits to; `msr_indices` are the MSRs
+    /// KVM lists, for saving its state.
     pub fn new(
         fd: VcpuFd,
         index: u8,
-        io_bus: Arc<Bus>,
-        mmio_bus: Arc<Bus>,
+        (io_bus, mmio_bus): (Arc<Bus>, Arc<Bus>),
         stop_evt: EventFd,
         exits: Arc<VcpuExitCounters>,
+        msr_indices: Arc<[u32]>,
     ) -> Self {
         Self {
             fd,
@@ -249,7 +261,31 @@ impl Vcpu {
             mmio_bus,
             stop_evt,
             exits,
+            msr_indices,
+            cpuid: Vec::new(),
         }
+    }
+
+    /// The CPUID Kiln gave the vCPU.
+    pub(super) fn cpuid(&self) -> &[kvm_cpuid_entry2] {
+        &self.cpuid
+    }
+
+    /// Gives the vCPU `cpuid`.
+    pub(super) fn set_cpuid(&mut self, cpuid: CpuId) -> Result<(), kvm_ioctls::Error> {
+        self.fd.set_cpuid2(&cpuid)?;
+        self.cpuid = cpuid.as_slice().to_vec();
+        Ok(())
+    }
+
+    /// The vCPU's index.
+    pub fn index(&self) -> u8 {
+        self.index
+    }
+
+    /// KVM's vCPU.
+    pub(super) fn fd(&self) -> &VcpuFd {
+        &self.fd
     }
 
     fn ioctl(&self, what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VcpuError + '_ {
@@ -265,7 +301,7 @@ impl Vcpu {
     /// The CPU template goes onto KVM's supported CPUID before the per-vCPU normalisation, as
     /// in Firecracker. Its MSRs are read once the CPUID is set, since KVM answers for the MSRs
     /// of the features the guest's CPUID has, then modified, and set with the boot MSRs.
-    pub fn configure(&self, mem: &GuestMemoryMmap, cfg: &VcpuConfig) -> Result<(), VcpuError> {
+    pub fn configure(&mut self, mem: &GuestMemoryMmap, cfg: &VcpuConfig) -> Result<(), VcpuError> {
         let mut cpuid = cfg.supported_cpuid.clone();
         apply_cpuid(&mut cpuid, cfg.template)?;
         let topo = VcpuTopology {
@@ -274,9 +310,7 @@ impl Vcpu {
             smt: cfg.smt,
         };
         cpuid::normalize(&mut cpuid, topo)?;
-        self.fd
-            .set_cpuid2(&cpuid)
-            .map_err(self.ioctl("set CPUID"))?;
+        self.set_cpuid(cpuid).map_err(self.ioctl("set CPUID"))?;
 
         let mut templated = self.template_msrs(cfg.template)?;
         apply_msrs(&mut templated, cfg.template)?;
@@ -422,6 +456,15 @@ impl VcpuThread {
                 self.respond(VcpuResponse::Paused);
                 State::Paused
             }
+            VcpuEvent::SaveState => {
+                let saved = if idle == State::Paused {
+                    self.vcpu.save_state(&self.vcpu.msr_indices)
+                } else {
+                    Err(VcpuStateError::NotPaused(self.vcpu.index))
+                };
+                self.respond(VcpuResponse::Saved(Box::new(saved)));
+                idle
+            }
             VcpuEvent::Finish => State::Exited,
             // A stopped vCPU cannot resume; it only waits to finish.
             VcpuEvent::Resume | VcpuEvent::Pause => idle,
@@ -457,6 +500,10 @@ impl VcpuThread {
             }
             Ok(VcpuEvent::Finish) | Err(TryRecvError::Disconnected) => return State::Exited,
             Ok(VcpuEvent::Resume) => self.respond(VcpuResponse::Resumed),
+            Ok(VcpuEvent::SaveState) => {
+                let refused = VcpuStateError::NotPaused(self.vcpu.index);
+                self.respond(VcpuResponse::Saved(Box::new(Err(refused))));
+            }
             Err(TryRecvError::Empty) => {}
         }
         match self.run_once() {

@@ -9,7 +9,7 @@ use kvm_bindings::{
 use super::vm::Vm;
 
 /// The VM's state.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct VmState {
     /// The master 8259.
     pub pic_master: kvm_irqchip,

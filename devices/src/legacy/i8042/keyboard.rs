@@ -37,7 +37,7 @@ pub(super) struct Keyboard {
 }
 
 /// The keyboard's state as plain data, for a snapshot.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct KeyboardState {
     /// Bytes waiting for the guest, oldest first; at most [`BUFFER_LEN`].
     pub out: Vec<u8>,

@@ -6,7 +6,7 @@ use super::keyboard::{Keyboard, KeyboardState};
 use super::{EventFdTrigger, I8042Counters, CTR_WRITABLE, I8042};
 
 /// The controller's state.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct I8042State {
     /// The command byte (CTR).
     pub ctr: u8,

@@ -6,19 +6,19 @@
 
 use std::sync::{Arc, Mutex};
 
-use virtio_queue::QueueState;
+use serde::{Deserialize, Serialize};
 use vm_memory::GuestMemoryMmap;
 
 use super::{lock, InvalidQueueValue, MmioTransport, QueueSlot};
-use crate::virtio::queue_state::{queue_from_state, QueueStateError};
+use crate::virtio::queue_state::{queue_from_state, QueueStateError, SavedQueue};
 use crate::virtio::{Interrupt, VirtioDevice};
 
 /// The transport's state.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MmioTransportState {
     /// Each queue as the driver configured it, with a value it wrote that the queue could not
     /// take.
-    pub queues: Vec<(QueueState, Option<InvalidQueueValue>)>,
+    pub queues: Vec<(SavedQueue, Option<InvalidQueueValue>)>,
     /// QueueSel.
     pub queue_select: u32,
     /// DeviceFeaturesSel.
@@ -53,7 +53,7 @@ impl MmioTransport {
             queues: self
                 .queues
                 .iter()
-                .map(|slot| (slot.queue.state(), slot.invalid))
+                .map(|slot| (SavedQueue(slot.queue.state()), slot.invalid))
                 .collect(),
             queue_select: self.queue_select,
             device_features_select: self.device_features_select,
@@ -82,7 +82,9 @@ impl MmioTransport {
             });
         }
         let mut queues = Vec::with_capacity(max_sizes.len());
-        for (index, ((queue, invalid), max)) in state.queues.iter().zip(max_sizes).enumerate() {
+        for (index, ((SavedQueue(queue), invalid), max)) in
+            state.queues.iter().zip(max_sizes).enumerate()
+        {
             queues.push(QueueSlot {
                 queue: queue_from_state(index, queue, max)?,
                 invalid: *invalid,

@@ -5,25 +5,25 @@
 
 use std::sync::Arc;
 
-use virtio_queue::QueueState;
+use serde::{Deserialize, Serialize};
 use vm_memory::GuestMemoryMmap;
 
 use super::{Block, State, QUEUE_SIZE};
-use crate::virtio::queue_state::{active_queue_from_state, QueueStateError};
+use crate::virtio::queue_state::{active_queue_from_state, QueueStateError, SavedQueue};
 use crate::virtio::Interrupt;
 
 /// The block device's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlockState {
     /// The queue, while the driver has the device active.
-    pub queue: Option<QueueState>,
+    pub queue: Option<SavedQueue>,
 }
 
 impl Block {
     /// The state, for a snapshot.
     pub fn save(&self) -> BlockState {
         let queue = match &self.state {
-            State::Active { queue, .. } => Some(queue.state()),
+            State::Active { queue, .. } => Some(SavedQueue(queue.state())),
             State::Inactive => None,
         };
         BlockState { queue }
@@ -38,7 +38,7 @@ impl Block {
         interrupt: Arc<Interrupt>,
     ) -> Result<(), QueueStateError> {
         self.state = match &state.queue {
-            Some(saved) => State::Active {
+            Some(SavedQueue(saved)) => State::Active {
                 queue: active_queue_from_state(0, saved, QUEUE_SIZE, &mem)?,
                 mem,
                 interrupt,

@@ -520,7 +520,7 @@ fn a_restored_device_serves_the_next_request_where_the_saved_one_stopped() {
     block.process_queue().unwrap();
     let state = block.save();
     assert_eq!(
-        state.queue.map(|q| (q.next_avail, q.next_used)),
+        state.queue.map(|q| (q.0.next_avail, q.0.next_used)),
         Some((1, 1))
     );
     let mut restored = Block::new(Box::new(guest.disk.clone()), writeback()).unwrap();
@@ -547,7 +547,7 @@ fn a_restored_device_serves_the_next_request_where_the_saved_one_stopped() {
     assert_eq!(idle.save().queue, None);
     let mut far = state;
     if let Some(queue) = far.queue.as_mut() {
-        queue.desc_table = MEM_SIZE;
+        queue.0.desc_table = MEM_SIZE;
     }
     assert!(idle.restore(&far, guest.mem.clone(), interrupt).is_err());
 }

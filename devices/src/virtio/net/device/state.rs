@@ -5,20 +5,20 @@
 
 use std::sync::Arc;
 
-use virtio_queue::QueueState;
+use serde::{Deserialize, Serialize};
 use vm_memory::GuestMemoryMmap;
 
 use super::{Net, State, QUEUE_SIZE};
-use crate::virtio::queue_state::{active_queue_from_state, QueueStateError};
+use crate::virtio::queue_state::{active_queue_from_state, QueueStateError, SavedQueue};
 use crate::virtio::{ActivateError, Interrupt, VirtioDevice};
 
 /// The network device's state.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetState {
     /// The features the driver accepted.
     pub acked_features: u64,
     /// The receive and transmit queues, while the driver has the device active.
-    pub queues: Option<[QueueState; 2]>,
+    pub queues: Option<[SavedQueue; 2]>,
     /// A frame read from the tap, header first, that waits for receive buffers.
     pub pending_frame: Option<Vec<u8>>,
 }
@@ -47,7 +47,7 @@ impl Net {
     /// The state, for a snapshot.
     pub fn save(&self) -> NetState {
         let queues = match &self.state {
-            State::Active { rx, tx, .. } => Some([rx.state(), tx.state()]),
+            State::Active { rx, tx, .. } => Some([SavedQueue(rx.state()), SavedQueue(tx.state())]),
             State::Inactive => None,
         };
         NetState {
@@ -72,7 +72,7 @@ impl Net {
                 offered: self.avail_features(),
             });
         }
-        let Some([rx, tx]) = &state.queues else {
+        let Some([SavedQueue(rx), SavedQueue(tx)]) = &state.queues else {
             if state.pending_frame.is_some() {
                 return Err(NetStateError::PendingInactive);
             }

@@ -1,0 +1,169 @@
+//! Guest memory and the memory file: a Full snapshot writes every region one after the other;
+//! a restore maps the file's regions `MAP_PRIVATE`, so nothing is read until the guest touches
+//! a page, pages it only reads stay the page cache's (shared by every clone of one snapshot),
+//! and what it writes is its own copy, never the file.
+
+use std::fs::{File, OpenOptions};
+use std::path::Path;
+
+use vm_memory::mmap::MmapRegionBuilder;
+use vm_memory::{
+    Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+    GuestRegionMmap,
+};
+
+use super::state::MemoryRegionState;
+
+/// Why guest memory could not be written to or mapped from its file.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryFileError {
+    /// The file could not be opened, written or read.
+    #[error("Cannot {what} the memory file {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    /// Guest memory could not be read.
+    #[error("Cannot read guest memory: {0}")]
+    Guest(vm_memory::GuestMemoryError),
+    /// The file is shorter than the regions it should hold.
+    #[error("The memory file {path} has {len} bytes; the snapshot's memory is {wanted}.")]
+    TooShort { path: String, len: u64, wanted: u64 },
+    /// The snapshot's regions are not the layout its configuration gives.
+    #[error("The snapshot's memory regions are not those of its {mem_size_mib} MiB machine.")]
+    Layout { mem_size_mib: usize },
+    /// A region could not be mapped.
+    #[error("Cannot map the memory file: {0}")]
+    Map(String),
+}
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> MemoryFileError {
+    let path = path.display().to_string();
+    move |source| MemoryFileError::Io { what, path, source }
+}
+
+/// The regions of `mem`, in order.
+pub fn regions(mem: &GuestMemoryMmap) -> Vec<MemoryRegionState> {
+    mem.iter()
+        .map(|r| MemoryRegionState {
+            guest_addr: r.start_addr().0,
+            size: r.len(),
+        })
+        .collect()
+}
+
+/// Writes all of `mem` to `path`, region after region, and syncs it.
+pub fn write_full(mem: &GuestMemoryMmap, path: &Path) -> Result<(), MemoryFileError> {
+    let mut file = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .map_err(io("create", path))?;
+    for region in mem.iter() {
+        let len = usize::try_from(region.len())
+            .map_err(|_| MemoryFileError::Map(format!("a region of {} bytes", region.len())))?;
+        mem.write_all_volatile_to(region.start_addr(), &mut file, len)
+            .map_err(MemoryFileError::Guest)?;
+    }
+    file.sync_all().map_err(io("sync", path))
+}
+
+/// Maps `regions` from the memory file at `path`, private, as the file holds them.
+pub fn map_private(
+    path: &Path,
+    regions: &[MemoryRegionState],
+) -> Result<GuestMemoryMmap, MemoryFileError> {
+    // Read access is enough: a private mapping's writes never reach the file.
+    let file = devices::host_file::open_data_file(path, OpenOptions::new().read(true))
+        .map_err(io("open", path))?;
+    let len = file.metadata().map_err(io("read", path))?.len();
+    let wanted = regions
+        .iter()
+        .try_fold(0u64, |sum, r| sum.checked_add(r.size))
+        .unwrap_or(u64::MAX);
+    if len < wanted {
+        return Err(MemoryFileError::TooShort {
+            path: path.display().to_string(),
+            len,
+            wanted,
+        });
+    }
+    let mut offset = 0u64;
+    let mut mapped = Vec::with_capacity(regions.len());
+    for region in regions {
+        mapped.push(map_region(&file, offset, region)?);
+        offset += region.size;
+    }
+    GuestMemoryMmap::from_regions(mapped).map_err(|e| MemoryFileError::Map(e.to_string()))
+}
+
+fn map_region(
+    file: &File,
+    offset: u64,
+    region: &MemoryRegionState,
+) -> Result<GuestRegionMmap, MemoryFileError> {
+    let map_err = |e: &dyn std::fmt::Display| MemoryFileError::Map(e.to_string());
+    let size = usize::try_from(region.size).map_err(|e| map_err(&e))?;
+    let file = file.try_clone().map_err(|e| map_err(&e))?;
+    let mapping = MmapRegionBuilder::new(size)
+        .with_file_offset(FileOffset::new(file, offset))
+        .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+        .with_mmap_flags(libc::MAP_NORESERVE | libc::MAP_PRIVATE)
+        .build()
+        .map_err(|e| map_err(&e))?;
+    GuestRegionMmap::new(mapping, GuestAddress(region.guest_addr))
+        .ok_or_else(|| MemoryFileError::Map(format!("a region at {:#x}", region.guest_addr)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_written_full_maps_back_private() {
+        let mem = GuestMemoryMmap::from_ranges(&[
+            (GuestAddress(0), 0x4000),
+            (GuestAddress(0x10_0000), 0x2000),
+        ])
+        .unwrap();
+        mem.write_obj(0xdead_beef_u32, GuestAddress(0x1000))
+            .unwrap();
+        mem.write_obj(0x1234_u16, GuestAddress(0x10_1ffe)).unwrap();
+        let dir = std::env::temp_dir().join(format!("kiln-memfile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("mem");
+        write_full(&mem, &path).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0x6000);
+
+        let restored = map_private(&path, &regions(&mem)).unwrap();
+        assert_eq!(regions(&restored), regions(&mem));
+        assert_eq!(
+            restored.read_obj::<u32>(GuestAddress(0x1000)).unwrap(),
+            0xdead_beef
+        );
+        assert_eq!(
+            restored.read_obj::<u16>(GuestAddress(0x10_1ffe)).unwrap(),
+            0x1234
+        );
+        // The restored guest's writes are its own.
+        restored.write_obj(7u32, GuestAddress(0x1000)).unwrap();
+        let again = map_private(&path, &regions(&mem)).unwrap();
+        assert_eq!(
+            again.read_obj::<u32>(GuestAddress(0x1000)).unwrap(),
+            0xdead_beef
+        );
+
+        let more = [MemoryRegionState {
+            guest_addr: 0,
+            size: 0x8000,
+        }];
+        let err = map_private(&path, &more).unwrap_err();
+        assert!(
+            matches!(err, MemoryFileError::TooShort { len: 0x6000, .. }),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

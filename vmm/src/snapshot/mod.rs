@@ -1,0 +1,8 @@
+//! Snapshots: the microVM's state as plain data ([`state`]), the versioned and checksummed
+//! file it is written to ([`file`]), and guest memory written to and mapped from the memory
+//! file ([`memory`]). The running VM gathers the state and the builder restores it; this module
+//! knows neither.
+
+pub mod file;
+pub mod memory;
+pub mod state;
