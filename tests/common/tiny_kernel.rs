@@ -27,7 +27,13 @@ pub enum Ending {
     /// Prints `CPUID1.ECX=<8 hex digits>` (CPUID leaf 1's ECX, the feature flags a CPU
     /// template changes), then resets through the i8042.
     CpuidThenReset,
+    /// Counts in RBX without end, storing each value at [`COUNTER_ADDR`]: memory and a
+    /// register that a snapshot must carry. 64-bit entry only (the store's encoding).
+    CountForever,
 }
+
+/// Where [`Ending::CountForever`] keeps its count, a free page below the command line.
+pub const COUNTER_ADDR: u64 = 0x5_0000;
 
 /// Code that prints CPUID leaf 1's ECX as `CPUID1.ECX=xxxxxxxx\n`.
 fn print_cpuid_ecx() -> Vec<u8> {
@@ -95,6 +101,12 @@ fn ending(ending: Ending) -> Vec<u8> {
         }
         Ending::TripleFault => vec![0x0f, 0x0b],
         Ending::HaltForever => vec![0xfa], // cli
+        Ending::CountForever => vec![
+            0x31, 0xdb, // xor ebx, ebx
+            0x48, 0xff, 0xc3, // 1: inc rbx
+            0x48, 0x89, 0x1c, 0x25, 0x00, 0x00, 0x05, 0x00, // mov [COUNTER_ADDR], rbx
+            0xeb, 0xf3, // jmp 1b
+        ],
         Ending::PrintForever => {
             let mut code = vec![0x66, 0xba, 0xf8, 0x03, 0xb0, b'X']; // mov dx, 0x3f8; mov al, 'X'
             code.extend_from_slice(&[0xee, 0xeb, 0xfd]); // 1: out dx, al; jmp 1b

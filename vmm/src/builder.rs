@@ -3,15 +3,17 @@
 //! depend on booting a kernel (memory, VM, devices, vCPUs) are functions of their own.
 
 use std::io::Write;
+use std::path::Path;
 use std::sync::Arc;
 
 use devices::boot_timer::Timestamp;
 use devices::Bus;
-use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+use kvm_bindings::{kvm_xsave, KVM_MAX_CPUID_ENTRIES};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::arch::x86_64::boot_params::{write_boot_params, BootData};
+use crate::arch::x86_64::layout::ram_regions;
 use crate::arch::x86_64::mptable::setup_mptable;
 use crate::arch::x86_64::regs::EntryPoint;
 use crate::config::{guest_order, root_cmdline};
@@ -24,8 +26,11 @@ use crate::metrics::Metrics;
 use crate::rpc::StartMicrovmError;
 use crate::runtime::{Vmm, VmmParts};
 use crate::seccomp::SeccompFilters;
+use crate::snapshot::memory::{map_private, MemoryFileError};
+use crate::snapshot::state::{DevicesState, MemoryRegionState, MicrovmState};
 use crate::vstate::memory::{create_guest_memory, MemoryError};
 use crate::vstate::vcpu::{install_kick_handler, Vcpu, VcpuConfig, VcpuError, VcpuExitCounters};
+use crate::vstate::vcpu_state::{check_cpuid_offered, VcpuState};
 use crate::vstate::vm::{Vm, VmError};
 
 fn lock<T: ?Sized>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -78,13 +83,78 @@ pub fn build(config: &VmConfig, host: HostOptions) -> Result<Vmm, StartMicrovmEr
         &vm,
         &mem,
         config,
-        host.serial_out,
-        boot_timer,
+        (host.serial_out, boot_timer),
         &host.metrics,
+        None,
     )?;
     write_boot_tables(&mem, mem_size, config, &kernel, initrd, &devices.registry)?;
-    let start = (kernel.entry, &template);
-    let vcpus = create_vcpus(&vm, &mem, machine, start, &devices, &host.metrics)?;
+    let setup = VcpuSetup::Boot(kernel.entry, &template);
+    let vcpus = create_vcpus(&vm, &mem, machine, setup, &devices, &host.metrics)?;
+
+    Vmm::new(VmmParts {
+        vm,
+        mem,
+        vcpus,
+        stop_evt: devices.stop_evt,
+        console_input: host.console_input,
+        devices: devices.registry,
+        metrics: host.metrics,
+        seccomp: host.seccomp,
+    })
+}
+
+/// Builds the VM `snapshot` holds, from its configuration `config` (the snapshot's, with the
+/// load's overrides) and the memory file at `mem_file`, with its vCPUs restored and paused:
+/// the same phases as [`build`] in the same order, so that every device lands where it was,
+/// then each part's saved state. Memory is the file mapped private, in the layout the
+/// configuration gives.
+pub fn restore(
+    snapshot: &MicrovmState,
+    config: &VmConfig,
+    mem_file: &Path,
+    clock_realtime: bool,
+    host: HostOptions,
+) -> Result<Vmm, StartMicrovmError> {
+    let machine = &config.machine;
+    let mem_size = machine
+        .mem_size_bytes()
+        .ok_or(MemoryError::TooLarge(u64::MAX))?;
+    let layout: Vec<MemoryRegionState> = ram_regions(mem_size)
+        .into_iter()
+        .map(|(guest_addr, size)| MemoryRegionState { guest_addr, size })
+        .collect();
+    if layout != snapshot.memory {
+        return Err(MemoryFileError::Layout {
+            mem_size_mib: machine.mem_size_mib,
+        }
+        .into());
+    }
+    let mem = map_private(mem_file, &snapshot.memory)?;
+    let template = CpuTemplateType::resolve(machine.cpu_template.as_ref(), &HostCpu::current())?;
+    let vm = create_vm(&mem, machine, &template)?;
+    // The saved XSAVE areas are 4 KiB; a KVM that wants more for this process would read past
+    // them (see `VcpuState::xsave`).
+    let xsave_size = vm.fd().check_extension_int(kvm_ioctls::Cap::Xsave2);
+    if usize::try_from(xsave_size).unwrap_or(0) > std::mem::size_of::<kvm_xsave>() {
+        return Err(StartMicrovmError::XsaveSize(xsave_size));
+    }
+    let boot_timer = host.boot_timer.then_some(host.start);
+    let devices = attach_devices(
+        &vm,
+        &mem,
+        config,
+        (host.serial_out, boot_timer),
+        &host.metrics,
+        Some(&snapshot.devices),
+    )?;
+    devices
+        .registry
+        .restore_virtio(&snapshot.devices.virtio, &mem)?;
+    // After the devices: the saved irqchip holds the lines as they were, over anything a
+    // restored device raised.
+    vm.restore_state(&snapshot.vm, clock_realtime)?;
+    let setup = VcpuSetup::Restore(&snapshot.vcpus);
+    let vcpus = create_vcpus(&vm, &mem, machine, setup, &devices, &host.metrics)?;
 
     Vmm::new(VmmParts {
         vm,
@@ -139,21 +209,29 @@ struct AttachedDevices {
     stop_evt: EventFd,
 }
 
-/// The legacy devices on the port-I/O bus; on the MMIO bus, the boot timer (when asked for,
-/// measuring from `boot_timer`) and every drive and interface, each with its metrics.
+/// The legacy devices on the port-I/O bus (in their `saved` states when restoring); on the
+/// MMIO bus, the boot timer (when asked for, measuring from `boot_timer`) and every drive and
+/// interface, each with its metrics.
 fn attach_devices(
     vm: &Vm,
     mem: &GuestMemoryMmap,
     config: &VmConfig,
-    serial_out: Box<dyn Write + Send>,
-    boot_timer: Option<Timestamp>,
+    (serial_out, boot_timer): (Box<dyn Write + Send>, Option<Timestamp>),
     metrics: &Metrics,
+    saved: Option<&DevicesState>,
 ) -> Result<AttachedDevices, StartMicrovmError> {
     let stop_evt = EventFd::new(EFD_NONBLOCK).map_err(StartMicrovmError::EventFd)?;
     let mut io_bus = Bus::new();
     let mut mmio_bus = Bus::new();
     let mut registry = DeviceRegistry::default();
-    legacy::attach(vm.fd(), &mut io_bus, &mut registry, serial_out, &stop_evt)?;
+    legacy::attach(
+        vm.fd(),
+        &mut io_bus,
+        &mut registry,
+        serial_out,
+        &stop_evt,
+        saved,
+    )?;
     if let Some(serial) = registry.serial() {
         metrics.add_source(Arc::new(legacy::UartMetrics(serial.clone())));
     }
@@ -242,15 +320,32 @@ fn write_boot_tables(
     Ok(())
 }
 
-/// Creates and configures the vCPUs, to enter the kernel at `entry`, on the devices' buses.
+/// How new vCPUs get their first state.
+#[derive(Clone, Copy)]
+enum VcpuSetup<'a> {
+    /// Configured to enter the kernel at the entry point, under the CPU template.
+    Boot(EntryPoint, &'a CustomCpuTemplate),
+    /// Each in its saved state, by index.
+    Restore(&'a [VcpuState]),
+}
+
+/// Creates the vCPUs on the devices' buses and sets them up as `setup` says.
 fn create_vcpus(
     vm: &Vm,
     mem: &GuestMemoryMmap,
     machine: &MachineConfig,
-    (entry, template): (EntryPoint, &CustomCpuTemplate),
+    setup: VcpuSetup,
     devices: &AttachedDevices,
     metrics: &Metrics,
 ) -> Result<Vec<Vcpu>, StartMicrovmError> {
+    if let VcpuSetup::Restore(states) = setup {
+        if states.len() != usize::from(machine.vcpu_count) {
+            return Err(StartMicrovmError::SavedVcpus {
+                saved: states.len(),
+                configured: machine.vcpu_count,
+            });
+        }
+    }
     install_kick_handler()?;
     let supported_cpuid = vm
         .kvm()
@@ -259,13 +354,6 @@ fn create_vcpus(
             what: "get the supported CPUID",
             source,
         })?;
-    let vcpu_config = VcpuConfig {
-        supported_cpuid: &supported_cpuid,
-        count: machine.vcpu_count,
-        smt: machine.smt,
-        entry,
-        template,
-    };
     let msr_indices: Arc<[u32]> = vm
         .kvm()
         .get_msr_index_list()
@@ -299,7 +387,29 @@ fn create_vcpus(
             exits.clone(),
             msr_indices.clone(),
         );
-        vcpu.configure(mem, &vcpu_config)?;
+        match setup {
+            VcpuSetup::Boot(entry, template) => {
+                let config = VcpuConfig {
+                    supported_cpuid: &supported_cpuid,
+                    count: machine.vcpu_count,
+                    smt: machine.smt,
+                    entry,
+                    template,
+                };
+                vcpu.configure(mem, &config)?;
+            }
+            VcpuSetup::Restore(states) => {
+                let state =
+                    states
+                        .get(usize::from(index))
+                        .ok_or(StartMicrovmError::SavedVcpus {
+                            saved: states.len(),
+                            configured: machine.vcpu_count,
+                        })?;
+                check_cpuid_offered(&state.cpuid, &supported_cpuid)?;
+                vcpu.restore_state(state)?;
+            }
+        }
         vcpus.push(vcpu);
     }
     Ok(vcpus)

@@ -1,20 +1,25 @@
 //! The VMM thread's side of the API, the one place that dispatches actions: before boot it
-//! executes each against the configuration and boots the VM on `InstanceStart`; after boot, as
-//! the event loop's [`ApiHandler`], it answers what needs no VM itself and turns the rest into
-//! the running VM's typed methods ([`RunningVm`]: pause, resume, Ctrl-Alt-Del, drive swap).
+//! executes each against the configuration and boots the VM on `InstanceStart`, or restores
+//! one on `LoadSnapshot`; after boot, as the event loop's [`ApiHandler`], it answers what needs
+//! no VM itself and turns the rest into the running VM's typed methods ([`RunningVm`]: pause,
+//! resume, Ctrl-Alt-Del, drive swap, snapshot).
 
 use std::sync::Arc;
 
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::builder::{build, HostOptions};
+use crate::builder::{build, restore, HostOptions};
+use crate::config::VmConfig;
 use crate::metrics::Metrics;
 use crate::resources::VmResources;
 use crate::rpc::{
     ActionError, ActionResult, ApiReceiver, DriveUpdate, InstanceInfo, InstanceState,
-    StartMicrovmError, VmmAction, VmmData, FIRECRACKER_VERSION,
+    LoadSnapshotParams, MemBackendType, NetworkOverride, StartMicrovmError, VmmAction, VmmData,
+    FIRECRACKER_VERSION,
 };
 use crate::runtime::{ApiHandler, RunningVm, Vmm};
+use crate::snapshot::file;
+use crate::snapshot::state::MicrovmState;
 
 /// Errors that end the VMM thread's service of the API.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +39,9 @@ pub enum ControllerError {
 pub struct Controller {
     instance_id: String,
     resources: VmResources,
+    /// Whether the API configured anything a boot uses, after which a snapshot may not be
+    /// loaded (as in Firecracker).
+    boot_configured: bool,
     metrics: Arc<Metrics>,
     api: ApiReceiver,
 }
@@ -49,6 +57,7 @@ impl Controller {
         Self {
             instance_id: instance_id.to_string(),
             resources,
+            boot_configured: false,
             metrics,
             api,
         }
@@ -89,16 +98,21 @@ impl Controller {
             return result;
         }
         let r = &mut self.resources;
+        let boot_configured = &mut self.boot_configured;
+        let mut configure = |result: Result<(), ActionError>| {
+            *boot_configured |= result.is_ok();
+            result
+        };
         match action {
-            VmmAction::PutBootSource(b) => r.set_boot_source(b),
-            VmmAction::PutMachineConfig(m) => r.set_machine_config(m),
-            VmmAction::PatchMachineConfig(u) => r.update_machine_config(u),
+            VmmAction::PutBootSource(b) => configure(r.set_boot_source(b)),
+            VmmAction::PutMachineConfig(m) => configure(r.set_machine_config(m)),
+            VmmAction::PatchMachineConfig(u) => configure(r.update_machine_config(u)),
             VmmAction::PutCpuConfig(t) => {
                 r.set_cpu_config(t);
-                Ok(())
+                configure(Ok(()))
             }
-            VmmAction::PutDrive(d) => r.put_drive(d),
-            VmmAction::PutNetworkInterface(n) => r.put_network_interface(n),
+            VmmAction::PutDrive(d) => configure(r.put_drive(d)),
+            VmmAction::PutNetworkInterface(n) => configure(r.put_network_interface(n)),
             VmmAction::PutLogger(settings) => Ok(crate::logger::reconfigure(&settings)?),
             VmmAction::PutMetrics(settings) => Ok(self.metrics.set_sink(&settings.metrics_path)?),
             _ => Err(ActionError::OperationNotSupportedPreBoot),
@@ -106,10 +120,11 @@ impl Controller {
         .map(|()| VmmData::Empty)
     }
 
-    /// Serves the API until `InstanceStart` boots the VM; returns the started VM. A VM that
-    /// cannot be built is answered with the error and the API keeps serving. A built VM whose
-    /// vCPUs do not start is answered with the error and ends the service: by then this thread
-    /// may be under its seccomp filter, which does not let it build another VM.
+    /// Serves the API until `InstanceStart` boots the VM or `LoadSnapshot` restores one;
+    /// returns the started VM. A VM that cannot be built (or a snapshot that cannot be read or
+    /// restored) is answered with the error and the API keeps serving. A built VM whose vCPUs
+    /// do not start is answered with the error and ends the service: by then this thread may
+    /// be under its seccomp filter, which does not let it build another VM.
     pub fn serve_until_started(
         &mut self,
         mut host: impl FnMut() -> HostOptions,
@@ -122,29 +137,39 @@ impl Controller {
                 .map_err(|_| ControllerError::ApiGone)?;
             // The wakeup only matters once the event loop watches it; keep it from piling up.
             let _ = self.api.wakeup.read();
-            if request.action != VmmAction::InstanceStart {
-                let result = self.preboot(request.action);
-                // A client that went away does not need its answer.
-                let _ = request.reply.send(result);
-                continue;
-            }
-            let mut vmm = match self.build(host()) {
+            let (built, resume) = match request.action {
+                VmmAction::InstanceStart => (self.build(host()).map_err(ActionError::from), true),
+                VmmAction::LoadSnapshot(params) => {
+                    (self.load_snapshot(&params, host()), params.resume_vm)
+                }
+                action => {
+                    let result = self.preboot(action);
+                    // A client that went away does not need its answer.
+                    let _ = request.reply.send(result);
+                    continue;
+                }
+            };
+            let mut vmm = match built {
                 Ok(vmm) => vmm,
                 Err(e) => {
-                    let e = ActionError::from(e);
-                    log::error!("InstanceStart failed: {e}");
+                    log::error!("Starting the microVM failed: {e}");
                     let _ = request.reply.send(Err(e));
                     continue;
                 }
             };
-            match vmm.start() {
+            let started = if resume {
+                vmm.start()
+            } else {
+                vmm.start_paused()
+            };
+            match started {
                 Ok(()) => {
                     let _ = request.reply.send(Ok(VmmData::Empty));
                     return Ok(vmm);
                 }
                 Err(e) => {
                     let e = ActionError::from(e);
-                    log::error!("InstanceStart failed: {e}");
+                    log::error!("Starting the microVM failed: {e}");
                     let _ = request.reply.send(Err(e));
                     return Err(ControllerError::StartFailed);
                 }
@@ -155,6 +180,34 @@ impl Controller {
     /// Builds the configured VM, its vCPUs paused.
     fn build(&self, host: HostOptions) -> Result<Vmm, StartMicrovmError> {
         build(&self.resources.vm_config()?, host)
+    }
+
+    /// Restores the VM of the snapshot `params` names, its vCPUs paused; from then on the
+    /// configuration is the snapshot's, with the load's overrides.
+    fn load_snapshot(
+        &mut self,
+        params: &LoadSnapshotParams,
+        host: HostOptions,
+    ) -> Result<Vmm, ActionError> {
+        if self.boot_configured {
+            return Err(ActionError::LoadSnapshotNotAllowed);
+        }
+        if params.mem_backend.backend_type == MemBackendType::Uffd {
+            return Err(ActionError::UffdUnsupported);
+        }
+        let snapshot: MicrovmState = file::read(&params.snapshot_path)?;
+        let mut config = VmConfig::from_snapshot_json(&snapshot.config)?;
+        override_taps(&mut config, &params.network_overrides)?;
+        config.machine.track_dirty_pages = params.track_dirty_pages;
+        let backend = &params.mem_backend.backend_path;
+        let vmm = restore(&snapshot, &config, backend, params.clock_realtime, host)
+            .map_err(ActionError::Restore)?;
+        log::info!(
+            "Restored the microVM from {}",
+            params.snapshot_path.display()
+        );
+        self.resources = VmResources::from(config);
+        Ok(vmm)
     }
 
     /// Builds the configured VM and starts its vCPUs.
@@ -170,6 +223,9 @@ impl Controller {
             return result;
         }
         match action {
+            VmmAction::CreateSnapshot(params) => {
+                vm.create_snapshot(&params, self.resources.to_json().to_string())
+            }
             VmmAction::Pause => vm.pause(),
             VmmAction::Resume => vm.resume(),
             VmmAction::SendCtrlAltDel => vm.send_ctrl_alt_del(),
@@ -197,6 +253,19 @@ impl Controller {
     }
 }
 
+/// Puts each interface `overrides` names on its new tap.
+fn override_taps(config: &mut VmConfig, overrides: &[NetworkOverride]) -> Result<(), ActionError> {
+    for o in overrides {
+        let iface = config
+            .network_interfaces
+            .iter_mut()
+            .find(|i| i.iface_id == o.iface_id)
+            .ok_or_else(|| ActionError::UnknownNetworkOverride(o.iface_id.clone()))?;
+        iface.host_dev_name = o.host_dev_name.clone();
+    }
+    Ok(())
+}
+
 impl ApiHandler for Controller {
     fn wakeup(&self) -> &EventFd {
         &self.api.wakeup
@@ -217,6 +286,7 @@ mod tests {
 
     use super::*;
     use crate::config::{BootSourceConfig, DriveConfig};
+    use crate::rpc::{CreateSnapshotParams, MemBackend, SnapshotType};
     use crate::seccomp::SeccompFilters;
 
     /// A running VM that records what it is asked; its one drive is `data`.
@@ -224,6 +294,8 @@ mod tests {
     struct FakeVm {
         state: InstanceState,
         calls: Vec<&'static str>,
+        /// The snapshot path and configuration of the last snapshot asked for.
+        snapshot_config: Option<(PathBuf, String)>,
     }
 
     impl Default for FakeVm {
@@ -231,6 +303,7 @@ mod tests {
             Self {
                 state: InstanceState::Running,
                 calls: Vec::new(),
+                snapshot_config: None,
             }
         }
     }
@@ -243,6 +316,16 @@ mod tests {
         fn pause(&mut self) -> Result<(), ActionError> {
             self.calls.push("pause");
             self.state = InstanceState::Paused;
+            Ok(())
+        }
+
+        fn create_snapshot(
+            &mut self,
+            params: &CreateSnapshotParams,
+            config: String,
+        ) -> Result<(), ActionError> {
+            self.calls.push("create-snapshot");
+            self.snapshot_config = Some((params.snapshot_path.clone(), config));
             Ok(())
         }
 
@@ -444,5 +527,114 @@ mod tests {
         );
         assert_eq!(vm.calls, ["patch-drive"; 3]);
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn load(snapshot_path: &str) -> VmmAction {
+        VmmAction::LoadSnapshot(LoadSnapshotParams {
+            snapshot_path: snapshot_path.into(),
+            mem_backend: MemBackend {
+                backend_path: "/nonexistent/mem".into(),
+                backend_type: MemBackendType::File,
+            },
+            track_dirty_pages: false,
+            resume_vm: false,
+            network_overrides: Vec::new(),
+            clock_realtime: false,
+        })
+    }
+
+    fn host() -> HostOptions {
+        HostOptions {
+            serial_out: Box::new(std::io::sink()),
+            console_input: false,
+            boot_timer: false,
+            start: devices::boot_timer::Timestamp::now(),
+            metrics: Arc::new(Metrics::default()),
+            seccomp: Arc::new(SeccompFilters::none()),
+        }
+    }
+
+    #[test]
+    fn a_snapshot_loads_only_before_boot_resources_are_configured() {
+        let mut c = controller();
+        // Logging does not count as configuring the VM; a missing snapshot file is its own
+        // error.
+        let err = c
+            .load_snapshot(&load_params("/nonexistent/snap"), host())
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("Cannot open the snapshot file /nonexistent/snap"),
+            "{err}"
+        );
+        let refused = c.preboot(VmmAction::PutDrive(drive(Path::new("/nonexistent/d"))));
+        assert!(refused.is_err());
+        assert!(!c.boot_configured, "a refused request configures nothing");
+        c.preboot(VmmAction::PatchMachineConfig(Default::default()))
+            .unwrap();
+        let err = c
+            .load_snapshot(&load_params("/nonexistent/snap"), host())
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Loading a microVM snapshot not allowed after configuring boot-specific resources."
+        );
+        // Before boot, creating a snapshot is refused as every runtime action is.
+        let create = VmmAction::CreateSnapshot(CreateSnapshotParams {
+            snapshot_type: SnapshotType::Full,
+            snapshot_path: "/s".into(),
+            mem_file_path: "/m".into(),
+        });
+        assert!(matches!(
+            c.preboot(create),
+            Err(ActionError::OperationNotSupportedPreBoot)
+        ));
+    }
+
+    fn load_params(snapshot_path: &str) -> LoadSnapshotParams {
+        match load(snapshot_path) {
+            VmmAction::LoadSnapshot(params) => params,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn after_start_a_snapshot_gets_the_configuration_and_a_load_is_refused() {
+        let (mut c, mut vm) = (controller(), FakeVm::default());
+        let create = CreateSnapshotParams {
+            snapshot_type: SnapshotType::Full,
+            snapshot_path: "/s".into(),
+            mem_file_path: "/m".into(),
+        };
+        c.runtime(VmmAction::CreateSnapshot(create), &mut vm)
+            .unwrap();
+        let (path, config) = vm.snapshot_config.clone().unwrap();
+        assert_eq!(path, PathBuf::from("/s"));
+        let config: serde_json::Value = serde_json::from_str(&config).unwrap();
+        assert_eq!(config, c.resources.to_json());
+        assert!(matches!(
+            c.runtime(load("/s"), &mut vm),
+            Err(ActionError::OperationNotSupportedPostBoot)
+        ));
+    }
+
+    #[test]
+    fn network_overrides_name_interfaces_the_snapshot_has() {
+        let mut config = VmConfig::from_snapshot_json(
+            r#"{"boot-source": {"kernel_image_path": "/gone"},
+                "network-interfaces": [{"iface_id": "eth0", "host_dev_name": "tap0"}]}"#,
+        )
+        .unwrap();
+        let to = |iface_id: &str| NetworkOverride {
+            iface_id: iface_id.into(),
+            host_dev_name: "tap9".into(),
+        };
+        override_taps(&mut config, &[to("eth0")]).unwrap();
+        assert_eq!(config.network_interfaces[0].host_dev_name, "tap9");
+        let err = override_taps(&mut config, &[to("eth1")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Load snapshot error: the snapshot has no network interface 'eth1' to override."
+        );
     }
 }

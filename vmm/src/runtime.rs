@@ -22,9 +22,14 @@ use crate::device_manager::registry::{
     DeviceHandle, DeviceKind, DeviceRegistry, Subscriber, Transport,
 };
 use crate::metrics::{Counter, LastLatency, MetricSource, Metrics};
-use crate::rpc::{ActionError, InstanceState, StartMicrovmError};
+use crate::rpc::{
+    ActionError, CreateSnapshotParams, InstanceState, SnapshotType, StartMicrovmError,
+};
 use crate::seccomp::{SeccompFilters, ThreadKind};
+use crate::snapshot::state::MicrovmState;
+use crate::snapshot::{file, memory};
 use crate::vstate::vcpu::{Vcpu, VcpuEvent, VcpuHandle, VcpuResponse, VmStop};
+use crate::vstate::vcpu_state::VcpuState;
 use crate::vstate::vm::Vm;
 
 /// How often the metrics file gets a line, as in Firecracker.
@@ -47,6 +52,7 @@ pub enum RuntimeError {
 struct VmmLatencies {
     pause: LastLatency,
     resume: LastLatency,
+    full_create_snapshot: LastLatency,
 }
 
 impl MetricSource for VmmLatencies {
@@ -60,6 +66,7 @@ impl MetricSource for VmmLatencies {
             [
                 ("vmm_pause_vm", self.pause.us()),
                 ("vmm_resume_vm", self.resume.us()),
+                ("vmm_full_create_snapshot", self.full_create_snapshot.us()),
             ],
         )
     }
@@ -132,6 +139,13 @@ pub trait RunningVm {
         drive_id: &str,
         path: Option<PathBuf>,
     ) -> Result<Option<DriveConfig>, ActionError>;
+    /// Writes a snapshot of the paused VM: its state, with `config` (the configuration in the
+    /// config-file format), to the snapshot file, and its memory to the memory file.
+    fn create_snapshot(
+        &mut self,
+        params: &CreateSnapshotParams,
+        config: String,
+    ) -> Result<(), ActionError>;
 }
 
 /// What serves the API while the event loop runs: the loop watches [`ApiHandler::wakeup`] and
@@ -167,8 +181,8 @@ pub struct Vmm {
     devices: DeviceRegistry,
     metrics: Arc<Metrics>,
     seccomp: Arc<SeccompFilters>,
-    _mem: GuestMemoryMmap,
-    _vm: Vm,
+    mem: GuestMemoryMmap,
+    vm: Vm,
 }
 
 impl std::fmt::Debug for Vmm {
@@ -217,8 +231,8 @@ impl Vmm {
             devices: parts.devices,
             metrics: parts.metrics,
             seccomp: parts.seccomp,
-            _mem: parts.mem,
-            _vm: parts.vm,
+            mem: parts.mem,
+            vm: parts.vm,
         })
     }
 
@@ -226,11 +240,8 @@ impl Vmm {
     /// thread, installs its seccomp filter before the first guest instruction runs; this
     /// thread's is there for good even when starting fails later.
     pub fn start(&mut self) -> Result<(), StartMicrovmError> {
-        for vcpu in self.vcpus.drain(..) {
-            self.handles.push(vcpu.start(self.seccomp.clone())?);
-        }
-        // After the vCPU threads exist, so that they are not under this filter as well.
-        self.seccomp.apply(ThreadKind::Vmm)?;
+        self.start_paused()?;
+        self.paused = false;
         for (index, handle) in self.handles.iter().enumerate() {
             match handle.request(VcpuEvent::Resume)? {
                 VcpuResponse::Resumed => {}
@@ -239,6 +250,29 @@ impl Vmm {
         }
         log::info!("Started {} vCPUs", self.handles.len());
         Ok(())
+    }
+
+    /// Starts the vCPU threads, paused (a snapshot loaded without `resume_vm`), with the
+    /// seccomp filters in place as [`Vmm::start`] puts them.
+    pub fn start_paused(&mut self) -> Result<(), StartMicrovmError> {
+        for vcpu in self.vcpus.drain(..) {
+            self.handles.push(vcpu.start(self.seccomp.clone())?);
+        }
+        // After the vCPU threads exist, so that they are not under this filter as well.
+        self.seccomp.apply(ThreadKind::Vmm)?;
+        self.paused = true;
+        Ok(())
+    }
+
+    /// Each vCPU's state, asked of its thread.
+    fn save_vcpus(&self) -> Result<Vec<VcpuState>, ActionError> {
+        self.handles
+            .iter()
+            .map(|handle| match handle.request(VcpuEvent::SaveState)? {
+                VcpuResponse::Saved(saved) => Ok((*saved)?),
+                other => Err(ActionError::VcpuAnswer(other)),
+            })
+            .collect()
     }
 
     /// [`Vmm::all_vcpus`] for a pause or a resume, keeping how long it took as the VMM's
@@ -340,6 +374,40 @@ impl RunningVm for Vmm {
         lock(i8042)
             .trigger_ctrl_alt_del()
             .map_err(ActionError::CtrlAltDel)
+    }
+
+    fn create_snapshot(
+        &mut self,
+        params: &CreateSnapshotParams,
+        config: String,
+    ) -> Result<(), ActionError> {
+        if !self.paused {
+            return Err(ActionError::SnapshotNotPaused);
+        }
+        if params.snapshot_type == SnapshotType::Diff {
+            return Err(ActionError::DiffSnapshotUnsupported);
+        }
+        let start = Instant::now();
+        // The devices first: nothing they do once saved may be missing from the VM's state.
+        let devices = self.devices.save();
+        let vm = self.vm.save_state()?;
+        let vcpus = self.save_vcpus()?;
+        let state = MicrovmState {
+            config,
+            memory: memory::regions(&self.mem),
+            vm,
+            vcpus,
+            devices,
+        };
+        file::write(&params.snapshot_path, &state)?;
+        memory::write_full(&self.mem, &params.mem_file_path)?;
+        self.latencies.full_create_snapshot.record(start.elapsed());
+        log::info!(
+            "Wrote a full snapshot to {} and {}",
+            params.snapshot_path.display(),
+            params.mem_file_path.display()
+        );
+        Ok(())
     }
 
     fn patch_drive(

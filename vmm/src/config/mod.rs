@@ -153,6 +153,17 @@ fn is_absent(value: &serde_json::Value) -> bool {
 impl VmConfig {
     /// Parses and validates the JSON of a Firecracker config file.
     pub fn from_json(json: &str) -> Result<Self, ConfigError> {
+        Self::parse(json, true)
+    }
+
+    /// Parses and validates a snapshot's configuration (as `GET /vm/config` wrote it). The boot
+    /// source is kept for `GET /vm/config` but not checked: a restored VM does not boot, and
+    /// its kernel need not be on this host.
+    pub fn from_snapshot_json(json: &str) -> Result<Self, ConfigError> {
+        Self::parse(json, false)
+    }
+
+    fn parse(json: &str, boots: bool) -> Result<Self, ConfigError> {
         let file: ConfigFile = serde_json::from_str(json)?;
         let unimplemented = [
             &file.balloon,
@@ -176,7 +187,9 @@ impl VmConfig {
         if let Some(section) = file.cpu_config {
             machine.cpu_template = Some(CpuTemplateType::Custom(section.load()?));
         }
-        file.boot_source.validate()?;
+        if boots {
+            file.boot_source.validate()?;
+        }
         drive::validate_drives(&file.drives)?;
         net::validate_interfaces(&file.network_interfaces)?;
         Ok(Self {

@@ -4,12 +4,13 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use devices::legacy::{EventFdTrigger, Serial, I8042};
+use devices::legacy::{EventFdTrigger, I8042StateError, Serial, SerialError, I8042};
 use devices::{Bus, BusError};
 use kvm_ioctls::VmFd;
 
 use crate::device_manager::registry::{DeviceHandle, DeviceRegistry, RegisteredDevice, Transport};
 use crate::metrics::{Counter, MetricSource};
+use crate::snapshot::state::{DevicesState, SavedSerial};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// COM1's ports.
@@ -35,6 +36,12 @@ pub enum LegacyError {
     /// A device could not be placed on the bus.
     #[error(transparent)]
     Bus(#[from] BusError),
+    /// The snapshot's UART state cannot be restored.
+    #[error(transparent)]
+    SerialState(#[from] SerialError),
+    /// The snapshot's i8042 state cannot be restored.
+    #[error(transparent)]
+    I8042State(#[from] I8042StateError),
 }
 
 /// The UART's counters, as Firecracker's `uart` metrics group.
@@ -85,21 +92,23 @@ fn irq_eventfd(vm: &VmFd, irq: u32) -> Result<EventFd, LegacyError> {
 }
 
 /// Attaches the UART and the i8042 to `io_bus` and records them in `registry` (as `com1` and
-/// `i8042`). The i8042's reset command writes `stop_evt`.
+/// `i8042`), in the states `saved` holds for them when restoring. The i8042's reset command
+/// writes `stop_evt`.
 pub fn attach(
     vm: &VmFd,
     io_bus: &mut Bus,
     registry: &mut DeviceRegistry,
     serial_out: Box<dyn Write + Send>,
     stop_evt: &EventFd,
+    saved: Option<&DevicesState>,
 ) -> Result<(), LegacyError> {
-    let irq = irq_eventfd(vm, SERIAL_IRQ)?;
+    let irq = EventFdTrigger::new(irq_eventfd(vm, SERIAL_IRQ)?);
     let drained = EventFd::new(EFD_NONBLOCK).map_err(LegacyError::EventFd)?;
-    let serial = Arc::new(Mutex::new(Serial::new(
-        EventFdTrigger::new(irq),
-        serial_out,
-        drained,
-    )));
+    let serial = match saved.and_then(|s| s.serial.as_ref()) {
+        Some(SavedSerial(state)) => Serial::restore(state, irq, serial_out, drained)?,
+        None => Serial::new(irq, serial_out, drained),
+    };
+    let serial = Arc::new(Mutex::new(serial));
     io_bus.insert(serial.clone(), SERIAL_PORT, SERIAL_PORT_LEN)?;
     registry.insert(RegisteredDevice {
         id: "com1".to_string(),
@@ -112,11 +121,15 @@ pub fn attach(
     });
 
     let reset = stop_evt.try_clone().map_err(LegacyError::EventFd)?;
-    let kbd_irq = irq_eventfd(vm, I8042_IRQ)?;
-    let i8042 = Arc::new(Mutex::new(I8042::new(
+    let (reset, kbd_irq) = (
         EventFdTrigger::new(reset),
-        EventFdTrigger::new(kbd_irq),
-    )));
+        EventFdTrigger::new(irq_eventfd(vm, I8042_IRQ)?),
+    );
+    let i8042 = match saved.and_then(|s| s.i8042.as_ref()) {
+        Some(state) => I8042::restore(state, reset, kbd_irq)?,
+        None => I8042::new(reset, kbd_irq),
+    };
+    let i8042 = Arc::new(Mutex::new(i8042));
     io_bus.insert(i8042.clone(), I8042_PORT, I8042_PORT_LEN)?;
     registry.insert(RegisteredDevice {
         id: "i8042".to_string(),

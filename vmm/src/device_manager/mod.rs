@@ -5,4 +5,5 @@ pub mod block;
 pub mod legacy;
 pub mod mmio;
 pub mod net;
+pub mod persist;
 pub mod registry;

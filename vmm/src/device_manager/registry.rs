@@ -212,6 +212,11 @@ impl DeviceRegistry {
         self.devices.push(device);
     }
 
+    /// The devices, in attach order.
+    pub fn iter(&self) -> impl Iterator<Item = &RegisteredDevice> + '_ {
+        self.devices.iter()
+    }
+
     /// The device of `kind` with ID `id`.
     pub fn get_mut(&mut self, kind: DeviceKind, id: &str) -> Option<&mut RegisteredDevice> {
         self.devices

@@ -10,19 +10,24 @@ use devices::BusError;
 
 use crate::arch::x86_64::boot_params::BootParamsError;
 use crate::arch::x86_64::mptable::MptableError;
-use crate::config::{BootSourceError, DriveError, MachineConfigError, NetError};
+use crate::config::{BootSourceError, ConfigError, DriveError, MachineConfigError, NetError};
 use crate::cpu_template::StaticTemplateError;
 use crate::device_manager::block::BlockDeviceError;
 use crate::device_manager::legacy::LegacyError;
 use crate::device_manager::mmio::MmioError;
 use crate::device_manager::net::NetDeviceError;
+use crate::device_manager::persist::DeviceStateError;
 use crate::loader::LoaderError;
 use crate::logger::LoggerError;
 use crate::metrics::MetricsError;
 use crate::seccomp::SeccompError;
+use crate::snapshot::file::SnapshotFileError;
+use crate::snapshot::memory::MemoryFileError;
 use crate::vstate::memory::MemoryError;
 use crate::vstate::vcpu::{VcpuError, VcpuResponse};
+use crate::vstate::vcpu_state::VcpuStateError;
 use crate::vstate::vm::VmError;
+use crate::vstate::vm_state::VmStateError;
 
 /// Why an action failed. The API answers 400 with the message as `fault_message`, as
 /// Firecracker does for every VMM error.
@@ -82,6 +87,39 @@ pub enum ActionError {
     /// The config-change interrupt could not be raised after a disk swap.
     #[error("Failed to notify the guest: {0}")]
     NotifyGuest(std::io::Error),
+    /// `PUT /snapshot/create` on a running VM.
+    #[error("Create snapshot error: the microVM must be paused first.")]
+    SnapshotNotPaused,
+    /// `PUT /snapshot/create` asked for a Diff snapshot.
+    #[error("Create snapshot error: Diff snapshots are not supported yet.")]
+    DiffSnapshotUnsupported,
+    /// The VM's KVM state could not be saved.
+    #[error("Create snapshot error: {0}")]
+    SaveVm(#[from] VmStateError),
+    /// A vCPU's state could not be saved.
+    #[error("Create snapshot error: {0}")]
+    SaveVcpu(#[from] VcpuStateError),
+    /// The snapshot file could not be written, or read on a load.
+    #[error("Snapshot error: {0}")]
+    SnapshotFile(#[from] SnapshotFileError),
+    /// The memory file could not be written.
+    #[error("Create snapshot error: {0}")]
+    MemoryFile(#[from] MemoryFileError),
+    /// `PUT /snapshot/load` after configuring the VM to boot (Firecracker's message).
+    #[error("Loading a microVM snapshot not allowed after configuring boot-specific resources.")]
+    LoadSnapshotNotAllowed,
+    /// The snapshot's configuration is not one this Kiln takes.
+    #[error("Load snapshot error: the snapshot's configuration: {0}")]
+    SnapshotConfig(#[from] ConfigError),
+    /// `network_overrides` names an interface the snapshot does not have.
+    #[error("Load snapshot error: the snapshot has no network interface '{0}' to override.")]
+    UnknownNetworkOverride(String),
+    /// `mem_backend` is a page-fault handler.
+    #[error("Load snapshot error: the Uffd memory backend is not supported yet.")]
+    UffdUnsupported,
+    /// The VM could not be rebuilt from the snapshot.
+    #[error("Load snapshot error: Failed to restore from snapshot: {0}")]
+    Restore(StartMicrovmError),
 }
 
 /// Why `InstanceStart` failed: building the VM or starting its vCPUs.
@@ -117,6 +155,9 @@ pub enum StartMicrovmError {
     /// A vCPU could not be created, configured or started.
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
+    /// The memory file could not be mapped.
+    #[error(transparent)]
+    MemoryFile(#[from] MemoryFileError),
     /// A vCPU did not start running.
     #[error("vCPU {index} did not start: {response:?}")]
     VcpuStart {
@@ -141,6 +182,21 @@ pub enum StartMicrovmError {
     /// The VMM thread could not install its seccomp filter.
     #[error(transparent)]
     Seccomp(#[from] SeccompError),
+    /// A restored vCPU cannot take its saved state.
+    #[error(transparent)]
+    VcpuState(#[from] VcpuStateError),
+    /// The VM cannot take its saved interrupt controllers, PIT or clock.
+    #[error(transparent)]
+    VmState(#[from] VmStateError),
+    /// A restored device cannot take its saved state.
+    #[error(transparent)]
+    DeviceState(#[from] DeviceStateError),
+    /// The snapshot has another number of vCPUs than its configuration.
+    #[error("The snapshot holds {saved} vCPUs; its machine configuration has {configured}.")]
+    SavedVcpus { saved: usize, configured: u8 },
+    /// This host's KVM wants a larger XSAVE area than a snapshot holds.
+    #[error("This host's KVM needs an XSAVE area of {0} bytes; a snapshot holds 4096.")]
+    XsaveSize(i32),
 }
 
 #[cfg(test)]
