@@ -110,6 +110,11 @@ fn crc(bytes: &[u8]) -> u64 {
 /// `state` as a snapshot file's bytes.
 pub fn encode<T: Serialize>(state: &T) -> Result<Vec<u8>, SnapshotFileError> {
     let body = bitcode::serialize(state).map_err(SnapshotFileError::Encode)?;
+    Ok(frame(&body))
+}
+
+/// An encoded state `body` framed as a snapshot file: header, body, checksum.
+pub fn frame(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN + body.len() + CRC_LEN);
     out.extend_from_slice(&MAGIC);
     for part in [
@@ -120,10 +125,10 @@ pub fn encode<T: Serialize>(state: &T) -> Result<Vec<u8>, SnapshotFileError> {
         out.extend_from_slice(&part.to_le_bytes());
     }
     out.extend_from_slice(&(body.len() as u64).to_le_bytes());
-    out.extend_from_slice(&body);
+    out.extend_from_slice(body);
     let sum = crc(&out);
     out.extend_from_slice(&sum.to_le_bytes());
-    Ok(out)
+    out
 }
 
 /// The version of the file `bytes`, once it is known to be a whole Kiln snapshot.

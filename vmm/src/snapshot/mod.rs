@@ -4,5 +4,7 @@
 //! knows neither.
 
 pub mod file;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod fuzz;
 pub mod memory;
 pub mod state;
