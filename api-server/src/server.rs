@@ -71,9 +71,11 @@ pub(crate) fn handle(
     metrics.count_request(route);
     let body = request.body.as_ref().map(|b| b.raw());
     let response = match request::parse(method, path, body) {
-        Ok(action) => {
+        Ok(request::Parsed {
+            action,
+            deprecation,
+        }) => {
             log::info!("API request {} {path}: {action:?}", method.to_str());
-            let deprecation = request::deprecation(&action);
             let latency = metrics.latency_of(&action);
             let start = Instant::now();
             let outcome = execute(action);

@@ -64,8 +64,28 @@ pub enum RequestError {
     Json(#[from] serde_json::Error),
 }
 
+/// A request the API accepts: its action, and Firecracker's warning when the body used a
+/// deprecated field, which the server logs, counts and answers with a `Deprecation: true`
+/// header. The parser decides it, since the action no longer shows how the body spelled it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Parsed {
+    /// What the VMM is asked to do.
+    pub action: VmmAction,
+    /// The deprecation warning, if the body used a deprecated field.
+    pub deprecation: Option<&'static str>,
+}
+
+impl From<VmmAction> for Parsed {
+    fn from(action: VmmAction) -> Self {
+        Self {
+            action,
+            deprecation: None,
+        }
+    }
+}
+
 /// Parses one request. `body` is `None` when the request has none (no `Content-Length`, or 0).
-pub fn parse(method: Method, path: &str, body: Option<&[u8]>) -> Result<VmmAction, RequestError> {
+pub fn parse(method: Method, path: &str, body: Option<&[u8]>) -> Result<Parsed, RequestError> {
     // Firecracker checks body presence before the path, so these win over an unknown path.
     match (method, body) {
         (Method::Get, Some(_)) => return Err(RequestError::GetWithBody),
@@ -80,13 +100,11 @@ pub fn parse(method: Method, path: &str, body: Option<&[u8]>) -> Result<VmmActio
     })?;
     let body = body.unwrap_or_default();
     let id = || checked_id(id.unwrap_or_default());
-    Ok(match route {
+    let action = match route {
         Route::GetInstanceInfo => VmmAction::GetInstanceInfo,
         Route::GetVersion => VmmAction::GetVersion,
         Route::GetVmConfig => VmmAction::GetVmConfig,
         Route::GetMachineConfig => VmmAction::GetMachineConfig,
-        Route::PutMachineConfig => machine_config::parse_put(body)?,
-        Route::PatchMachineConfig => machine_config::parse_patch(body)?,
         Route::PutCpuConfig => cpu_config::parse_put(body)?,
         Route::PutBootSource => boot_source::parse_put(body)?,
         Route::PutDrive => drive::parse_put(id()?, body)?,
@@ -98,13 +116,11 @@ pub fn parse(method: Method, path: &str, body: Option<&[u8]>) -> Result<VmmActio
         Route::GetMetrics => VmmAction::GetMetrics,
         Route::PutActions => actions::parse_put(body)?,
         Route::PatchVm => vm::parse_patch(body)?,
-    })
-}
-
-/// The warning for a request that uses a deprecated field, which Firecracker logs and answers
-/// with a `Deprecation: true` header.
-pub fn deprecation(action: &VmmAction) -> Option<&'static str> {
-    machine_config::deprecation(action)
+        // The bodies with deprecated fields say so beside their action.
+        Route::PutMachineConfig => return machine_config::parse_put(body),
+        Route::PatchMachineConfig => return machine_config::parse_patch(body),
+    };
+    Ok(action.into())
 }
 
 /// Checks a resource ID from the path: non-empty, ASCII alphanumerics, `_` and `-` only.
@@ -153,7 +169,11 @@ mod tests {
             ("/machine-config", VmmAction::GetMachineConfig),
             ("/metrics", VmmAction::GetMetrics),
         ] {
-            assert_eq!(parse(Method::Get, path, None).unwrap(), action, "{path}");
+            assert_eq!(
+                parse(Method::Get, path, None).unwrap(),
+                action.into(),
+                "{path}"
+            );
         }
         assert_eq!(
             fault(Method::Get, "/version", Some("{}")),
