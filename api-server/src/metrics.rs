@@ -155,7 +155,12 @@ pub fn firecracker_name(route: Route) -> Option<(&'static str, &'static str)> {
         Route::PutLogger => (PUT, "logger"),
         Route::PutMetrics => (PUT, "metrics"),
         Route::PutActions => (PUT, "actions"),
-        Route::GetVmConfig | Route::GetMetrics | Route::PatchVm => return None,
+        // Firecracker counts no requests of these.
+        Route::GetVmConfig
+        | Route::GetMetrics
+        | Route::PatchVm
+        | Route::PutSnapshotCreate
+        | Route::PutSnapshotLoad => return None,
     })
 }
 
@@ -191,5 +196,7 @@ mod tests {
         assert_eq!(fc("put_api_requests", "drive_fails"), 1);
         assert_eq!(fc("get_api_requests", "instance_info_count"), 0);
         assert_eq!(fc("deprecated_api", "deprecated_http_api_calls"), 1);
+        assert_eq!(firecracker_name(Route::PutSnapshotCreate), None);
+        assert_eq!(firecracker_name(Route::PutSnapshotLoad), None);
     }
 }
