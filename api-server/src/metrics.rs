@@ -1,7 +1,7 @@
 //! Request counters for the API: how many requests each route received, how many were
-//! answered with a fault, how many used a deprecated field, and how long the last snapshot
-//! create and load, pause and resume took. The API thread counts; the VMM reads them through a
-//! shared [`ApiMetrics`] to publish them with its own metrics.
+//! answered with a fault, how many used a deprecated field, and how long the last successful
+//! snapshot create and load, pause and resume took. The API thread counts; the VMM reads them
+//! through a shared [`ApiMetrics`] to publish them with its own metrics.
 //!
 //! Requests that micro-http refuses before they are parsed (malformed HTTP, bodies over the
 //! limit) never reach the router and are not counted here.
@@ -23,8 +23,8 @@ pub struct ApiMetrics {
     faults: AtomicU64,
     /// Faults per route, indexed by `Route as usize`.
     route_faults: [AtomicU64; Route::ALL.len()],
-    /// How long the last request of each kind Firecracker times took, from parsed to
-    /// answered, in µs: snapshot create (full and diff), snapshot load, pause and resume.
+    /// How long the last successful request of each kind Firecracker times took, from parsed
+    /// to answered, in µs: snapshot create (full and diff), snapshot load, pause and resume.
     full_create_snapshot: LastLatency,
     diff_create_snapshot: LastLatency,
     load_snapshot: LastLatency,
