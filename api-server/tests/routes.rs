@@ -183,25 +183,19 @@ fn cpu_template_in_machine_config_is_answered_as_deprecated() {
 #[test]
 fn a_snapshot_load_with_mem_file_path_is_answered_as_deprecated() {
     let api = Api::start("snapshot-deprecated");
-    let old = api.call(
-        "PUT",
-        "/snapshot/load",
-        Some(r#"{"snapshot_path": "/s", "mem_file_path": "/m"}"#),
-    );
-    assert_eq!(old.status, 204);
-    assert_eq!(old.header("Deprecation"), Some("true"));
+    let deprecation = |body: &str| {
+        let reply = api.call("PUT", "/snapshot/load", Some(body));
+        assert_eq!(reply.status, 204, "{body}: {reply:?}");
+        reply.header("Deprecation").map(str::to_string)
+    };
+    let old = r#"{"snapshot_path": "/s", "mem_file_path": "/m"}"#;
+    assert_eq!(deprecation(old).as_deref(), Some("true"));
     let dirty = r#"{"snapshot_path": "/s", "mem_backend": {"backend_path": "/m",
                     "backend_type": "File"}, "enable_diff_snapshots": true}"#;
-    assert_eq!(
-        api.call("PUT", "/snapshot/load", Some(dirty))
-            .header("Deprecation"),
-        Some("true")
-    );
+    assert_eq!(deprecation(dirty).as_deref(), Some("true"));
     let new = r#"{"snapshot_path": "/s", "mem_backend": {"backend_path": "/m",
                   "backend_type": "File"}}"#;
-    let plain = api.call("PUT", "/snapshot/load", Some(new));
-    assert_eq!(plain.status, 204);
-    assert_eq!(plain.header("Deprecation"), None);
+    assert_eq!(deprecation(new), None);
     let counters = api.metrics.firecracker_counters();
     let deprecated = counters
         .iter()

@@ -362,29 +362,39 @@ mod tests {
     #[test]
     fn other_snapshot_paths_are_answered_as_in_firecracker() {
         let body = Some(r#"{"snapshot_path": "s", "mem_file_path": "m"}"#);
-        assert_eq!(
-            fault(Method::Put, "/snapshot/other", body),
-            "Invalid request method and/or path: PUT /snapshot/other."
-        );
-        for path in ["/snapshot", "/snapshot/", "//snapshot"] {
-            assert_eq!(
-                fault(Method::Put, path, body),
-                "Missing snapshot operation type.",
-                "{path}"
-            );
+        let missing = "Missing snapshot operation type.";
+        let unknown = "Invalid request method and/or path:";
+        for (method, path, body, expected) in [
+            (Method::Put, "/snapshot", body, missing.to_string()),
+            (Method::Put, "/snapshot/", body, missing.to_string()),
+            (Method::Put, "//snapshot", body, missing.to_string()),
+            (
+                Method::Put,
+                "/snapshot/other",
+                body,
+                format!("{unknown} PUT /snapshot/other."),
+            ),
+            (
+                Method::Patch,
+                "/snapshot",
+                body,
+                format!("{unknown} PATCH /snapshot."),
+            ),
+            (
+                Method::Get,
+                "/snapshot/create",
+                None,
+                format!("{unknown} GET /snapshot/create."),
+            ),
+            (
+                Method::Put,
+                "/snapshot/load",
+                None,
+                "Empty PUT request.".to_string(),
+            ),
+        ] {
+            assert_eq!(fault(method, path, body), expected, "{method:?} {path}");
         }
-        assert_eq!(
-            fault(Method::Patch, "/snapshot", body),
-            "Invalid request method and/or path: PATCH /snapshot."
-        );
-        assert_eq!(
-            fault(Method::Get, "/snapshot/create", None),
-            "Invalid request method and/or path: GET /snapshot/create."
-        );
-        assert_eq!(
-            fault(Method::Put, "/snapshot/load", None),
-            "Empty PUT request."
-        );
     }
 
     /// `parse`, for a request that must be accepted.
