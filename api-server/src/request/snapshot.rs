@@ -1,5 +1,6 @@
 //! `PUT /snapshot/create` and `PUT /snapshot/load`: Firecracker's snapshot bodies, parsed into
-//! the contract's [`CreateSnapshotParams`] and [`LoadSnapshotParams`].
+//! the contract's [`CreateSnapshotParams`](vmm::rpc::CreateSnapshotParams) and
+//! [`LoadSnapshotParams`].
 //!
 //! The create body is the contract type itself. The load body is this module's own: it owns
 //! resolving the deprecated `mem_file_path` (a `File` memory backend) and
