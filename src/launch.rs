@@ -64,7 +64,7 @@ fn serial_output(config: Option<&VmConfig>) -> Result<Box<dyn Write + Send>, Err
 /// The API's request counters: in Firecracker's `get_api_requests`, `put_api_requests` and
 /// `patch_api_requests`, and per route (with the faults and unrouted requests) in the
 /// `api_server` group, which the metrics line moves under `kiln` (Firecracker lacks them);
-/// the last pause and resume requests' durations in `latencies_us`.
+/// the last snapshot create and load, pause and resume requests' durations in `latencies_us`.
 struct ApiCounters(Arc<ApiMetrics>);
 
 impl MetricSource for ApiCounters {

@@ -1,14 +1,14 @@
 //! Request counters for the API: how many requests each route received, how many were
-//! answered with a fault, how many used a deprecated field, and how long the last pause and
-//! resume took. The API thread counts; the VMM reads them through a shared
-//! [`ApiMetrics`] to publish them with its own metrics.
+//! answered with a fault, how many used a deprecated field, and how long the last successful
+//! snapshot create and load, pause and resume took. The API thread counts; the VMM reads them
+//! through a shared [`ApiMetrics`] to publish them with its own metrics.
 //!
 //! Requests that micro-http refuses before they are parsed (malformed HTTP, bodies over the
 //! limit) never reach the router and are not counted here.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use vmm::metrics::LastLatency;
-use vmm::rpc::VmmAction;
+use vmm::rpc::{SnapshotType, VmmAction};
 
 use crate::request::Route;
 
@@ -23,7 +23,11 @@ pub struct ApiMetrics {
     faults: AtomicU64,
     /// Faults per route, indexed by `Route as usize`.
     route_faults: [AtomicU64; Route::ALL.len()],
-    /// How long the last pause and resume request took, from parsed to answered, in µs.
+    /// How long the last successful request of each kind Firecracker times took, from parsed
+    /// to answered, in µs: snapshot create (full and diff), snapshot load, pause and resume.
+    full_create_snapshot: LastLatency,
+    diff_create_snapshot: LastLatency,
+    load_snapshot: LastLatency,
     pause: LastLatency,
     resume: LastLatency,
     /// Requests answered with Firecracker's `Deprecation` header.
@@ -37,6 +41,9 @@ impl Default for ApiMetrics {
             unrouted: AtomicU64::new(0),
             faults: AtomicU64::new(0),
             route_faults: std::array::from_fn(|_| AtomicU64::new(0)),
+            full_create_snapshot: LastLatency::default(),
+            diff_create_snapshot: LastLatency::default(),
+            load_snapshot: LastLatency::default(),
             pause: LastLatency::default(),
             resume: LastLatency::default(),
             deprecated: AtomicU64::new(0),
@@ -114,16 +121,24 @@ impl ApiMetrics {
     /// Where the latency of `action` is kept, if it is one Firecracker times.
     pub(crate) fn latency_of(&self, action: &VmmAction) -> Option<&LastLatency> {
         match action {
+            VmmAction::CreateSnapshot(params) => Some(match params.snapshot_type {
+                SnapshotType::Full => &self.full_create_snapshot,
+                SnapshotType::Diff => &self.diff_create_snapshot,
+            }),
+            VmmAction::LoadSnapshot(_) => Some(&self.load_snapshot),
             VmmAction::Pause => Some(&self.pause),
             VmmAction::Resume => Some(&self.resume),
             _ => None,
         }
     }
 
-    /// The last latencies, as Firecracker's `latencies_us` names them (`pause_vm`,
-    /// `resume_vm`: the whole request, in the API thread).
-    pub fn latencies(&self) -> [(&'static str, u64); 2] {
+    /// The last latencies, as Firecracker's `latencies_us` names them (the whole request, in
+    /// the API thread; the VMM keeps the `vmm_*` ones).
+    pub fn latencies(&self) -> [(&'static str, u64); 5] {
         [
+            ("full_create_snapshot", self.full_create_snapshot.us()),
+            ("diff_create_snapshot", self.diff_create_snapshot.us()),
+            ("load_snapshot", self.load_snapshot.us()),
             ("pause_vm", self.pause.us()),
             ("resume_vm", self.resume.us()),
         ]
@@ -155,7 +170,13 @@ pub fn firecracker_name(route: Route) -> Option<(&'static str, &'static str)> {
         Route::PutLogger => (PUT, "logger"),
         Route::PutMetrics => (PUT, "metrics"),
         Route::PutActions => (PUT, "actions"),
-        Route::GetVmConfig | Route::GetMetrics | Route::PatchVm => return None,
+        // Firecracker counts no requests of these (`PATCH /vm` and the snapshot routes are
+        // timed in `latencies_us` instead).
+        Route::GetVmConfig
+        | Route::GetMetrics
+        | Route::PatchVm
+        | Route::PutSnapshotCreate
+        | Route::PutSnapshotLoad => return None,
     })
 }
 
@@ -191,5 +212,51 @@ mod tests {
         assert_eq!(fc("put_api_requests", "drive_fails"), 1);
         assert_eq!(fc("get_api_requests", "instance_info_count"), 0);
         assert_eq!(fc("deprecated_api", "deprecated_http_api_calls"), 1);
+        assert_eq!(firecracker_name(Route::PutSnapshotCreate), None);
+        assert_eq!(firecracker_name(Route::PutSnapshotLoad), None);
+    }
+
+    #[test]
+    fn snapshot_requests_are_timed_under_firecrackers_names() {
+        let m = ApiMetrics::new();
+        let create = |snapshot_type| {
+            VmmAction::CreateSnapshot(vmm::rpc::CreateSnapshotParams {
+                snapshot_type,
+                snapshot_path: "s".into(),
+                mem_file_path: "m".into(),
+            })
+        };
+        let load = VmmAction::LoadSnapshot(vmm::rpc::LoadSnapshotParams {
+            snapshot_path: "s".into(),
+            mem_backend: vmm::rpc::MemBackend {
+                backend_path: "m".into(),
+                backend_type: vmm::rpc::MemBackendType::File,
+            },
+            track_dirty_pages: false,
+            resume_vm: false,
+            network_overrides: Vec::new(),
+            clock_realtime: false,
+        });
+        for (action, ms) in [
+            (create(SnapshotType::Full), 1),
+            (create(SnapshotType::Diff), 2),
+            (load, 3),
+            (VmmAction::Pause, 4),
+            (VmmAction::Resume, 5),
+        ] {
+            let latency = m.latency_of(&action).unwrap();
+            latency.record(std::time::Duration::from_millis(ms));
+        }
+        assert_eq!(m.latency_of(&VmmAction::GetVersion).map(|_| ()), None);
+        assert_eq!(
+            m.latencies(),
+            [
+                ("full_create_snapshot", 1000),
+                ("diff_create_snapshot", 2000),
+                ("load_snapshot", 3000),
+                ("pause_vm", 4000),
+                ("resume_vm", 5000),
+            ]
+        );
     }
 }

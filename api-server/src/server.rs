@@ -71,13 +71,16 @@ pub(crate) fn handle(
     metrics.count_request(route);
     let body = request.body.as_ref().map(|b| b.raw());
     let response = match request::parse(method, path, body) {
-        Ok(action) => {
+        Ok(request::Parsed {
+            action,
+            deprecation,
+        }) => {
             log::info!("API request {} {path}: {action:?}", method.to_str());
-            let deprecation = request::deprecation(&action);
             let latency = metrics.latency_of(&action);
             let start = Instant::now();
             let outcome = execute(action);
-            if let Some(latency) = latency {
+            // Firecracker times only the requests the VMM carried out.
+            if let (Some(latency), Ok(Ok(_))) = (latency, &outcome) {
                 latency.record(start.elapsed());
             }
             let mut response = response::from_outcome(version, outcome);
@@ -104,4 +107,45 @@ pub(crate) fn handle(
         );
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use vmm::rpc::{ActionError, VmmData};
+
+    use super::*;
+
+    /// Answers `PATCH /vm` Paused with `result`, after a millisecond in the VMM.
+    fn pause(metrics: &ApiMetrics, result: ActionResult) -> StatusCode {
+        let body = r#"{"state": "Paused"}"#;
+        let raw = format!(
+            "PATCH /vm HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let request = Request::try_from(raw.as_bytes(), None).unwrap();
+        let response = handle(&request, metrics, |_| {
+            std::thread::sleep(Duration::from_millis(1));
+            Ok(result)
+        });
+        response.status()
+    }
+
+    #[test]
+    fn only_requests_the_vmm_carried_out_are_timed() {
+        let metrics = ApiMetrics::new();
+        let pause_vm = |m: &ApiMetrics| {
+            m.latencies()
+                .iter()
+                .find(|(n, _)| *n == "pause_vm")
+                .unwrap()
+                .1
+        };
+        let refused = Err(ActionError::OperationNotSupportedPreBoot);
+        assert_eq!(pause(&metrics, refused), StatusCode::BadRequest);
+        assert_eq!(pause_vm(&metrics), 0);
+        assert_eq!(pause(&metrics, Ok(VmmData::Empty)), StatusCode::NoContent);
+        assert!(pause_vm(&metrics) >= 1000, "{}", pause_vm(&metrics));
+    }
 }

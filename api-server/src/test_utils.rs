@@ -117,6 +117,29 @@ pub fn seed_requests() -> Vec<Vec<u8>> {
         with_body("PUT", "/metrics", r#"{"metrics_path": "/m"}"#),
         with_body("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#),
         with_body("PATCH", "/vm", r#"{"state": "Paused"}"#),
+        with_body(
+            "PUT",
+            "/snapshot/create",
+            r#"{"snapshot_type": "Diff", "snapshot_path": "/s", "mem_file_path": "/m"}"#,
+        ),
+        with_body(
+            "PUT",
+            "/snapshot/load",
+            r#"{"snapshot_path": "/s", "mem_backend": {"backend_path": "/u", "backend_type": "Uffd"},
+                "track_dirty_pages": true, "resume_vm": true, "clock_realtime": false,
+                "network_overrides": [{"iface_id": "eth0", "host_dev_name": "tap1"}]}"#,
+        ),
+        with_body(
+            "PUT",
+            "/snapshot/load",
+            r#"{"snapshot_path": "/s", "mem_file_path": "/m", "enable_diff_snapshots": true}"#,
+        ),
+        with_body(
+            "PUT",
+            "/snapshot/load",
+            r#"{"snapshot_path": "/s", "mem_file_path": "/m", "vsock_override": {"uds_path": "/v"}}"#,
+        ),
+        with_body("PUT", "/snapshot/other", r#"{"snapshot_path": "/s"}"#),
         with_body("PUT", "/drives/%2e%2e", r#"{"drive_id": ".."}"#),
         with_body("DELETE", "/drives/a", "{}"),
     ]
@@ -127,6 +150,8 @@ pub fn seed_requests() -> Vec<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
+    use crate::request::Route;
+
     use super::*;
 
     /// xorshift64: a fixed, dependency-free sequence so that every run tests the same inputs.
@@ -179,6 +204,11 @@ mod tests {
         "\"state\"",
         "\"action_type\"",
         "\"vcpu_count\"",
+        "/snapshot/",
+        "\"snapshot_path\"",
+        "\"mem_backend\"",
+        "\"mem_file_path\"",
+        "\"vsock_override\"",
         "\u{e9}",
         "\0",
     ];
@@ -233,6 +263,18 @@ mod tests {
                 String::from_utf8_lossy(&seed)
             );
         }
+    }
+
+    #[test]
+    fn every_route_has_a_seed() {
+        let mut missing: Vec<Route> = Route::ALL.to_vec();
+        for seed in seed_requests() {
+            let request = Request::try_from(&seed, Some(DEFAULT_MAX_PAYLOAD)).unwrap();
+            if let Some((route, _)) = Route::find(request.method(), request.uri().get_abs_path()) {
+                missing.retain(|r| *r != route);
+            }
+        }
+        assert!(missing.is_empty(), "no seed for {missing:?}");
     }
 
     /// Writes the seeds where cargo-fuzz looks for a corpus:

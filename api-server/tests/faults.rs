@@ -119,6 +119,56 @@ fn missing_required_fields() {
                 "missing field `host_dev_name`",
             ),
             ("PATCH", "/machine-config", "{}", "Empty PATCH request."),
+            (
+                "PUT",
+                "/snapshot/create",
+                r#"{"snapshot_path": "/s"}"#,
+                "missing field `mem_file_path`",
+            ),
+            (
+                "PUT",
+                "/snapshot/load",
+                r#"{"snapshot_path": "/s"}"#,
+                "An error occurred when deserializing the json body of a request: missing \
+                 field: either `mem_backend` or `mem_file_path` is required.",
+            ),
+            (
+                "PUT",
+                "/snapshot/load",
+                r#"{"snapshot_path": "/s", "mem_file_path": "/m",
+                    "mem_backend": {"backend_path": "/m", "backend_type": "File"}}"#,
+                "An error occurred when deserializing the json body of a request: too many \
+                 fields: either `mem_backend` or `mem_file_path` exclusively is required.",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn snapshot_requests_kiln_cannot_serve() {
+    let api = Api::start("snapshot-refused");
+    assert_faults(
+        &api,
+        &[
+            (
+                "PUT",
+                "/snapshot/load",
+                r#"{"snapshot_path": "/s", "mem_file_path": "/m",
+                    "vsock_override": {"uds_path": "/v.sock"}}"#,
+                "vsock_override is not supported yet.",
+            ),
+            (
+                "PUT",
+                "/snapshot/other",
+                r#"{"snapshot_path": "/s", "mem_file_path": "/m"}"#,
+                "Invalid request method and/or path: PUT /snapshot/other.",
+            ),
+            (
+                "PUT",
+                "/snapshot",
+                r#"{"snapshot_path": "/s", "mem_file_path": "/m"}"#,
+                "Missing snapshot operation type.",
+            ),
         ],
     );
 }

@@ -3,7 +3,7 @@
 mod common;
 
 use common::Api;
-use vmm::rpc::{MetricsSettings, VmmAction};
+use vmm::rpc::{CreateSnapshotParams, MemBackendType, MetricsSettings, SnapshotType, VmmAction};
 
 #[test]
 fn gets_answer_with_the_vmms_data() {
@@ -73,6 +73,17 @@ fn puts_and_patches_answer_204_without_a_body() {
         ("PUT", "/actions", r#"{"action_type": "FlushMetrics"}"#),
         ("PATCH", "/vm", r#"{"state": "Paused"}"#),
         ("PATCH", "/vm", r#"{"state": "Resumed"}"#),
+        (
+            "PUT",
+            "/snapshot/create",
+            r#"{"snapshot_type": "Diff", "snapshot_path": "/s", "mem_file_path": "/m"}"#,
+        ),
+        (
+            "PUT",
+            "/snapshot/load",
+            r#"{"snapshot_path": "/s", "mem_backend": {"backend_path": "/u.sock",
+                "backend_type": "Uffd"}, "resume_vm": true}"#,
+        ),
     ];
     for (method, path, body) in calls {
         let reply = api.call(method, path, Some(body));
@@ -91,6 +102,19 @@ fn puts_and_patches_answer_204_without_a_body() {
     assert_eq!(actions[9], VmmAction::InstanceStart);
     assert_eq!(actions[11], VmmAction::Pause);
     assert_eq!(actions[12], VmmAction::Resume);
+    assert_eq!(
+        actions[13],
+        VmmAction::CreateSnapshot(CreateSnapshotParams {
+            snapshot_type: SnapshotType::Diff,
+            snapshot_path: "/s".into(),
+            mem_file_path: "/m".into(),
+        })
+    );
+    let VmmAction::LoadSnapshot(load) = &actions[14] else {
+        panic!("not a load: {:?}", actions[14]);
+    };
+    assert_eq!(load.mem_backend.backend_type, MemBackendType::Uffd);
+    assert!(load.resume_vm);
 }
 
 #[test]
@@ -154,4 +178,40 @@ fn cpu_template_in_machine_config_is_answered_as_deprecated() {
     assert_eq!(cpu_config.status, 204);
     assert_eq!(cpu_config.header("Deprecation"), None);
     assert!(matches!(api.actions()[3], VmmAction::PutCpuConfig(_)));
+}
+
+#[test]
+fn a_snapshot_load_with_mem_file_path_is_answered_as_deprecated() {
+    let api = Api::start("snapshot-deprecated");
+    let deprecation = |body: &str| {
+        let reply = api.call("PUT", "/snapshot/load", Some(body));
+        assert_eq!(reply.status, 204, "{body}: {reply:?}");
+        reply.header("Deprecation").map(str::to_string)
+    };
+    let old = r#"{"snapshot_path": "/s", "mem_file_path": "/m"}"#;
+    assert_eq!(deprecation(old).as_deref(), Some("true"));
+    let dirty = r#"{"snapshot_path": "/s", "mem_backend": {"backend_path": "/m",
+                    "backend_type": "File"}, "enable_diff_snapshots": true}"#;
+    assert_eq!(deprecation(dirty).as_deref(), Some("true"));
+    let new = r#"{"snapshot_path": "/s", "mem_backend": {"backend_path": "/m",
+                  "backend_type": "File"}}"#;
+    assert_eq!(deprecation(new), None);
+    let counters = api.metrics.firecracker_counters();
+    let deprecated = counters
+        .iter()
+        .find(|(g, n, _)| *g == "deprecated_api" && n == "deprecated_http_api_calls")
+        .unwrap();
+    assert_eq!(deprecated.2, 2);
+    // The two old spellings reach the VMM as the new one.
+    let actions = api.actions();
+    assert_eq!(actions.len(), 3);
+    assert_eq!(actions[0], actions[2]);
+    let VmmAction::LoadSnapshot(dirty) = &actions[1] else {
+        panic!("not a load: {:?}", actions[1]);
+    };
+    assert!(dirty.track_dirty_pages);
+    let snapshot = api.metrics.snapshot();
+    let count = |name: &str| snapshot.iter().find(|(n, _)| n == name).unwrap().1;
+    assert_eq!(count("PUT /snapshot/load"), 3);
+    assert_eq!(count("PUT /snapshot/create"), 0);
 }

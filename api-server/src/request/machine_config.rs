@@ -3,36 +3,36 @@
 use vmm::config::MachineConfig;
 use vmm::rpc::{MachineConfigUpdate, VmmAction};
 
-use super::{from_json, RequestError};
+use super::{from_json, Parsed, RequestError};
 
-/// Parses `PUT /machine-config`: `vcpu_count` and `mem_size_mib` are required.
-pub(super) fn parse_put(body: &[u8]) -> Result<VmmAction, RequestError> {
-    Ok(VmmAction::PutMachineConfig(from_json::<MachineConfig>(
-        body,
-    )?))
+/// Parses `PUT /machine-config`: `vcpu_count` and `mem_size_mib` are required. A body with
+/// `cpu_template` gets Firecracker's deprecation warning (static templates are deprecated in
+/// favour of `PUT /cpu-config`).
+pub(super) fn parse_put(body: &[u8]) -> Result<Parsed, RequestError> {
+    let config: MachineConfig = from_json(body)?;
+    Ok(Parsed {
+        deprecation: config
+            .cpu_template
+            .is_some()
+            .then_some("PUT /machine-config: cpu_template field is deprecated."),
+        action: VmmAction::PutMachineConfig(config),
+    })
 }
 
-/// Firecracker's warning for an action that uses `cpu_template` (static templates are
-/// deprecated in favour of `PUT /cpu-config`), answered with its `Deprecation` header.
-pub(super) fn deprecation(action: &VmmAction) -> Option<&'static str> {
-    match action {
-        VmmAction::PutMachineConfig(m) if m.cpu_template.is_some() => {
-            Some("PUT /machine-config: cpu_template field is deprecated.")
-        }
-        VmmAction::PatchMachineConfig(u) if u.cpu_template.is_some() => {
-            Some("PATCH /machine-config: cpu_template field is deprecated.")
-        }
-        _ => None,
-    }
-}
-
-/// Parses `PATCH /machine-config`. A body that changes nothing is refused, as in Firecracker.
-pub(super) fn parse_patch(body: &[u8]) -> Result<VmmAction, RequestError> {
+/// Parses `PATCH /machine-config`. A body that changes nothing is refused, as in Firecracker;
+/// `cpu_template` is deprecated as for PUT.
+pub(super) fn parse_patch(body: &[u8]) -> Result<Parsed, RequestError> {
     let update: MachineConfigUpdate = from_json(body)?;
     if update == MachineConfigUpdate::default() {
         return Err(RequestError::EmptyBody("PATCH"));
     }
-    Ok(VmmAction::PatchMachineConfig(update))
+    Ok(Parsed {
+        deprecation: update
+            .cpu_template
+            .is_some()
+            .then_some("PATCH /machine-config: cpu_template field is deprecated."),
+        action: VmmAction::PatchMachineConfig(update),
+    })
 }
 
 #[cfg(test)]
@@ -45,7 +45,7 @@ mod tests {
     fn put_takes_the_whole_config() {
         let body = br#"{"vcpu_count": 2, "mem_size_mib": 256, "smt": false,
                         "track_dirty_pages": true, "huge_pages": "2M"}"#;
-        let VmmAction::PutMachineConfig(cfg) = parse_put(body).unwrap() else {
+        let VmmAction::PutMachineConfig(cfg) = parse_put(body).unwrap().action else {
             panic!("not a machine config");
         };
         assert_eq!((cfg.vcpu_count, cfg.mem_size_mib), (2, 256));
@@ -86,7 +86,7 @@ mod tests {
 
     #[test]
     fn cpu_template_is_deprecated_as_in_firecracker() {
-        let put = |body: &str| deprecation(&parse_put(body.as_bytes()).unwrap());
+        let put = |body: &str| parse_put(body.as_bytes()).unwrap().deprecation;
         assert_eq!(put(r#"{"vcpu_count": 1, "mem_size_mib": 128}"#), None);
         let none = r#"{"vcpu_count": 1, "mem_size_mib": 128, "cpu_template": "None"}"#;
         assert!(put(none)
@@ -96,7 +96,7 @@ mod tests {
         assert_eq!(put(null), None);
         let patch = parse_patch(br#"{"cpu_template": "T2A"}"#).unwrap();
         assert_eq!(
-            deprecation(&patch),
+            patch.deprecation,
             Some("PATCH /machine-config: cpu_template field is deprecated.")
         );
     }
@@ -104,7 +104,7 @@ mod tests {
     #[test]
     fn patch_takes_any_subset_but_not_none() {
         let VmmAction::PatchMachineConfig(update) =
-            parse_patch(br#"{"mem_size_mib": 512}"#).unwrap()
+            parse_patch(br#"{"mem_size_mib": 512}"#).unwrap().action
         else {
             panic!("not a patch");
         };

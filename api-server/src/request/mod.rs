@@ -14,6 +14,7 @@ mod machine_config;
 mod metrics;
 mod net;
 mod routes;
+mod snapshot;
 mod vm;
 
 use dbs_uhttp::Method;
@@ -52,6 +53,9 @@ pub enum RequestError {
         /// The request's path.
         path: String,
     },
+    /// `PUT /snapshot` without `create` or `load`.
+    #[error("Missing snapshot operation type.")]
+    MissingSnapshotType,
     /// A GET request has a body.
     #[error("GET request cannot have a body.")]
     GetWithBody,
@@ -62,10 +66,33 @@ pub enum RequestError {
     /// missing fields, unknown enum values).
     #[error("An error occurred when deserializing the json body of a request: {0}.")]
     Json(#[from] serde_json::Error),
+    /// A well-formed field asks for a feature Kiln does not have yet.
+    #[error("{0} is not supported yet.")]
+    Unsupported(&'static str),
+}
+
+/// A request the API accepts: its action, and Firecracker's warning when the body used a
+/// deprecated field, which the server logs, counts and answers with a `Deprecation: true`
+/// header. The parser decides it, since the action no longer shows how the body spelled it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Parsed {
+    /// What the VMM is asked to do.
+    pub action: VmmAction,
+    /// The deprecation warning, if the body used a deprecated field.
+    pub deprecation: Option<&'static str>,
+}
+
+impl From<VmmAction> for Parsed {
+    fn from(action: VmmAction) -> Self {
+        Self {
+            action,
+            deprecation: None,
+        }
+    }
 }
 
 /// Parses one request. `body` is `None` when the request has none (no `Content-Length`, or 0).
-pub fn parse(method: Method, path: &str, body: Option<&[u8]>) -> Result<VmmAction, RequestError> {
+pub fn parse(method: Method, path: &str, body: Option<&[u8]>) -> Result<Parsed, RequestError> {
     // Firecracker checks body presence before the path, so these win over an unknown path.
     match (method, body) {
         (Method::Get, Some(_)) => return Err(RequestError::GetWithBody),
@@ -74,19 +101,22 @@ pub fn parse(method: Method, path: &str, body: Option<&[u8]>) -> Result<VmmActio
         }
         _ => {}
     }
-    let (route, id) = Route::find(method, path).ok_or_else(|| RequestError::InvalidPathMethod {
-        method: method.to_str(),
-        path: path.to_string(),
-    })?;
+    let Some((route, id)) = Route::find(method, path) else {
+        if snapshot::lacks_operation(method, path) {
+            return Err(RequestError::MissingSnapshotType);
+        }
+        return Err(RequestError::InvalidPathMethod {
+            method: method.to_str(),
+            path: path.to_string(),
+        });
+    };
     let body = body.unwrap_or_default();
     let id = || checked_id(id.unwrap_or_default());
-    Ok(match route {
+    let action = match route {
         Route::GetInstanceInfo => VmmAction::GetInstanceInfo,
         Route::GetVersion => VmmAction::GetVersion,
         Route::GetVmConfig => VmmAction::GetVmConfig,
         Route::GetMachineConfig => VmmAction::GetMachineConfig,
-        Route::PutMachineConfig => machine_config::parse_put(body)?,
-        Route::PatchMachineConfig => machine_config::parse_patch(body)?,
         Route::PutCpuConfig => cpu_config::parse_put(body)?,
         Route::PutBootSource => boot_source::parse_put(body)?,
         Route::PutDrive => drive::parse_put(id()?, body)?,
@@ -98,13 +128,13 @@ pub fn parse(method: Method, path: &str, body: Option<&[u8]>) -> Result<VmmActio
         Route::GetMetrics => VmmAction::GetMetrics,
         Route::PutActions => actions::parse_put(body)?,
         Route::PatchVm => vm::parse_patch(body)?,
-    })
-}
-
-/// The warning for a request that uses a deprecated field, which Firecracker logs and answers
-/// with a `Deprecation: true` header.
-pub fn deprecation(action: &VmmAction) -> Option<&'static str> {
-    machine_config::deprecation(action)
+        Route::PutSnapshotCreate => snapshot::parse_put_create(body)?,
+        // The bodies with deprecated fields say so beside their action.
+        Route::PutMachineConfig => return machine_config::parse_put(body),
+        Route::PatchMachineConfig => return machine_config::parse_patch(body),
+        Route::PutSnapshotLoad => return snapshot::parse_put_load(body),
+    };
+    Ok(action.into())
 }
 
 /// Checks a resource ID from the path: non-empty, ASCII alphanumerics, `_` and `-` only.
@@ -126,11 +156,14 @@ fn from_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, RequestError> {
     // serde's derived structs also accept a JSON array of the fields in order; every body is
     // an object in the API, so an array is a wrong type, not another spelling.
     if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
-        return Err(RequestError::Json(serde::de::Error::custom(
-            "invalid type: sequence, expected a JSON object",
-        )));
+        return Err(json_error("invalid type: sequence, expected a JSON object"));
     }
     Ok(serde_json::from_slice(body)?)
+}
+
+/// A refusal of the body that is answered as serde's are, for a rule serde cannot state.
+fn json_error(message: &str) -> RequestError {
+    RequestError::Json(serde::de::Error::custom(message))
 }
 
 #[cfg(test)]
@@ -153,7 +186,11 @@ mod tests {
             ("/machine-config", VmmAction::GetMachineConfig),
             ("/metrics", VmmAction::GetMetrics),
         ] {
-            assert_eq!(parse(Method::Get, path, None).unwrap(), action, "{path}");
+            assert_eq!(
+                parse(Method::Get, path, None).unwrap(),
+                action.into(),
+                "{path}"
+            );
         }
         assert_eq!(
             fault(Method::Get, "/version", Some("{}")),

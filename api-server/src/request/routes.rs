@@ -72,6 +72,10 @@ routes! {
     PutActions => Put "/actions",
     /// `PATCH /vm`: pause or resume.
     PatchVm => Patch "/vm",
+    /// `PUT /snapshot/create`: save the paused VM.
+    PutSnapshotCreate => Put "/snapshot/create",
+    /// `PUT /snapshot/load`: restore a VM, before anything is configured.
+    PutSnapshotLoad => Put "/snapshot/load",
 }
 
 /// The template segment that matches a resource ID.
@@ -180,6 +184,10 @@ mod tests {
             (Method::Put, "/drives/a/../b"),
             (Method::Get, "/vm"),
             (Method::Get, "/version?x=1"),
+            (Method::Put, "/snapshot"),
+            (Method::Put, "/snapshot/other"),
+            (Method::Put, "/snapshot/create/x"),
+            (Method::Get, "/snapshot/load"),
             (Method::Get, ""),
         ] {
             assert_eq!(Route::find(method, path), None, "{method:?} {path}");
