@@ -1,4 +1,4 @@
-//! Firecracker's flags that ask for what Kiln does not have (MMDS, PCIe, snapshots), refused
+//! Firecracker's flags that ask for what Kiln does not have (MMDS, PCIe), refused
 //! with one line that names the feature, and the `--version` line, which is Firecracker's
 //! (naming Kiln too) when kiln is installed as `firecracker`, the way SDKs find and check it.
 
@@ -18,9 +18,6 @@ pub enum UnsupportedFlag {
     /// `--enable-pci`.
     #[error("--enable-pci: PCIe is not supported by Kiln; its devices are virtio-mmio.")]
     EnablePci,
-    /// `--snapshot-version` or `--describe-snapshot`.
-    #[error("--{0}: snapshots are not supported by Kiln yet.")]
-    Snapshot(&'static str),
 }
 
 /// Refuses the first flag that asks for a feature Kiln does not have.
@@ -30,12 +27,6 @@ pub fn check_supported(cli: &Cli) -> Result<(), UnsupportedFlag> {
     }
     if cli.enable_pci {
         return Err(UnsupportedFlag::EnablePci);
-    }
-    if cli.snapshot_version {
-        return Err(UnsupportedFlag::Snapshot("snapshot-version"));
-    }
-    if cli.describe_snapshot.is_some() {
-        return Err(UnsupportedFlag::Snapshot("describe-snapshot"));
     }
     Ok(())
 }

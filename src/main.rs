@@ -6,6 +6,7 @@
 
 mod firecracker_flags;
 mod launch;
+mod snapshot_flags;
 mod terminal;
 
 use std::path::PathBuf;
@@ -91,10 +92,10 @@ struct Cli {
     /// PCIe support: refused, as Kiln's devices are virtio-mmio.
     #[arg(long)]
     enable_pci: bool,
-    /// Print the snapshot data format version: refused, as Kiln has no snapshots yet.
+    /// Print the supported snapshot data format version.
     #[arg(long)]
     snapshot_version: bool,
-    /// Print a snapshot's data format version: refused, as Kiln has no snapshots yet.
+    /// Print the data format version of the given snapshot state file.
     #[arg(long)]
     describe_snapshot: Option<PathBuf>,
 }
@@ -151,6 +152,22 @@ fn main() -> ExitCode {
     if let Err(e) = firecracker_flags::check_supported(&cli) {
         eprintln!("Error: {e}");
         return ExitCode::from(EXIT_ARG_PARSING);
+    }
+    if cli.snapshot_version {
+        println!("{}", vmm::snapshot::file::SNAPSHOT_VERSION);
+        return ExitCode::SUCCESS;
+    }
+    if let Some(path) = &cli.describe_snapshot {
+        return match snapshot_flags::describe(path) {
+            Ok(version) => {
+                println!("{version}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("Error: {e}");
+                ExitCode::from(EXIT_GENERIC_ERROR)
+            }
+        };
     }
     let level = match logger::parse_level(&cli.level) {
         Ok(level) => level,

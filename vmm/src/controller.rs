@@ -192,6 +192,7 @@ impl Controller {
         if self.boot_configured {
             return Err(ActionError::LoadSnapshotNotAllowed);
         }
+        let started = std::time::Instant::now();
         if params.mem_backend.backend_type == MemBackendType::Uffd {
             return Err(ActionError::UffdUnsupported);
         }
@@ -207,6 +208,7 @@ impl Controller {
             params.snapshot_path.display()
         );
         self.resources = VmResources::from(config);
+        vmm.record_load(started.elapsed());
         Ok(vmm)
     }
 

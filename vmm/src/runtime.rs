@@ -53,6 +53,7 @@ struct VmmLatencies {
     pause: LastLatency,
     resume: LastLatency,
     full_create_snapshot: LastLatency,
+    load_snapshot: LastLatency,
 }
 
 impl MetricSource for VmmLatencies {
@@ -67,6 +68,7 @@ impl MetricSource for VmmLatencies {
                 ("vmm_pause_vm", self.pause.us()),
                 ("vmm_resume_vm", self.resume.us()),
                 ("vmm_full_create_snapshot", self.full_create_snapshot.us()),
+                ("vmm_load_snapshot", self.load_snapshot.us()),
             ],
         )
     }
@@ -262,6 +264,12 @@ impl Vmm {
         self.seccomp.apply(ThreadKind::Vmm)?;
         self.paused = true;
         Ok(())
+    }
+
+    /// Keeps how long loading the snapshot this VM came from took, as Firecracker's
+    /// `latencies_us.vmm_load_snapshot`.
+    pub fn record_load(&self, took: Duration) {
+        self.latencies.load_snapshot.record(took);
     }
 
     /// Each vCPU's state, asked of its thread.

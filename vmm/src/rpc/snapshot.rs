@@ -10,11 +10,11 @@ use serde::{Deserialize, Serialize};
 /// Which memory a snapshot writes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 pub enum SnapshotType {
+    /// Only the pages the guest dirtied since the last snapshot, into the existing memory file.
+    Diff,
     /// All of guest memory.
     #[default]
     Full,
-    /// Only the pages the guest dirtied since the last snapshot, into the existing memory file.
-    Diff,
 }
 
 /// `PUT /snapshot/create`.

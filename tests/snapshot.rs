@@ -1,0 +1,262 @@
+//! Snapshots on the host's /dev/kvm with the tiny guest that counts in a register and in
+//! memory: `PUT /snapshot/create` on a paused VM, `PUT /snapshot/load` in a new kiln, the
+//! count going on from where it was, and every refusal of both endpoints (a running VM, a
+//! Diff snapshot, paths that cannot be written, a snapshot after configuring, truncated,
+//! corrupted and foreign files), each leaving kiln serving. The Linux guest's snapshots run in
+//! the rig (`linux_snapshot.rs`).
+
+// Test code reports failures by panicking.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::http::{request, ApiProcess, Response};
+use common::tiny_kernel::{self, Ending, COUNTER_ADDR};
+use common::{kiln_bin, run_kiln, TempDir};
+
+fn start_kiln(sock: &Path) -> ApiProcess {
+    let args = ["--api-sock", sock.to_str().unwrap(), "--id", "snap-test"];
+    ApiProcess::start(Path::new(kiln_bin()), &args, sock)
+}
+
+fn put(sock: &Path, path: &str, body: &str) -> Response {
+    request(sock, "PUT", path, Some(body))
+}
+
+fn ok(r: &Response) {
+    assert_eq!(r.status, 204, "{r:?}");
+}
+
+fn fault(r: &Response) -> String {
+    assert_eq!(r.status, 400, "{r:?}");
+    let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    body["fault_message"].as_str().unwrap().to_string()
+}
+
+fn state(sock: &Path) -> String {
+    let r = request(sock, "GET", "/", None);
+    let info: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    info["state"].as_str().unwrap().to_string()
+}
+
+fn set_state(sock: &Path, state: &str) {
+    ok(&request(
+        sock,
+        "PATCH",
+        "/vm",
+        Some(&format!(r#"{{"state": "{state}"}}"#)),
+    ));
+}
+
+fn create(sock: &Path, snapshot: &Path, mem: &Path) -> Response {
+    let body = serde_json::json!({"snapshot_path": snapshot, "mem_file_path": mem});
+    put(sock, "/snapshot/create", &body.to_string())
+}
+
+fn load(sock: &Path, snapshot: &Path, mem: &Path, resume: bool) -> Response {
+    let body = serde_json::json!({
+        "snapshot_path": snapshot,
+        "mem_backend": {"backend_type": "File", "backend_path": mem},
+        "resume_vm": resume,
+    });
+    put(sock, "/snapshot/load", &body.to_string())
+}
+
+/// The guest's count in a memory file: RAM starts at guest address 0 in the file.
+fn count_in(mem: &Path) -> u64 {
+    let bytes = std::fs::read(mem).unwrap();
+    let at = COUNTER_ADDR as usize;
+    u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap())
+}
+
+/// Lets the guest count until it has counted, then pauses it and snapshots it.
+fn run_then_snapshot(sock: &Path, snapshot: &Path, mem: &Path) -> u64 {
+    std::thread::sleep(Duration::from_millis(300));
+    set_state(sock, "Paused");
+    ok(&create(sock, snapshot, mem));
+    count_in(mem)
+}
+
+/// A kiln running the counting guest, and its directory.
+fn counting_vm(dir: &TempDir, sock: &Path) -> ApiProcess {
+    let kernel = dir.write("vmlinux", tiny_kernel::build(false, Ending::CountForever));
+    let kiln = start_kiln(sock);
+    let boot = serde_json::json!({"kernel_image_path": kernel});
+    ok(&put(sock, "/boot-source", &boot.to_string()));
+    ok(&put(
+        sock,
+        "/machine-config",
+        r#"{"vcpu_count": 1, "mem_size_mib": 64}"#,
+    ));
+    ok(&put(
+        sock,
+        "/actions",
+        r#"{"action_type": "InstanceStart"}"#,
+    ));
+    kiln
+}
+
+#[test]
+fn a_restored_guest_counts_on_from_its_snapshot() {
+    let dir = TempDir::new("snap");
+    let sock = dir.path("a.sock");
+    let (snap_a, mem_a) = (dir.path("a.snap"), dir.path("a.mem"));
+    let kiln = counting_vm(&dir, &sock);
+
+    // Refusals while running, each leaving the VM as it was.
+    assert_eq!(
+        fault(&create(&sock, &snap_a, &mem_a)),
+        "Create snapshot error: the microVM must be paused first."
+    );
+    set_state(&sock, "Paused");
+    let diff = serde_json::json!({
+        "snapshot_type": "Diff", "snapshot_path": snap_a, "mem_file_path": mem_a,
+    });
+    assert_eq!(
+        fault(&put(&sock, "/snapshot/create", &diff.to_string())),
+        "Create snapshot error: Diff snapshots are not supported yet."
+    );
+    let nowhere = PathBuf::from("/nonexistent/dir/a.snap");
+    let err = fault(&create(&sock, &nowhere, &mem_a));
+    assert!(
+        err.contains("Cannot create the snapshot file /nonexistent/dir/a.snap"),
+        "{err}"
+    );
+    assert!(fault(&load(&sock, &snap_a, &mem_a, true)).contains("not supported after starting"));
+    set_state(&sock, "Resumed");
+
+    let counted = run_then_snapshot(&sock, &snap_a, &mem_a);
+    assert!(counted > 0, "the guest did not count");
+    assert_eq!(std::fs::metadata(&mem_a).unwrap().len(), 64 << 20);
+    let config_a = request(&sock, "GET", "/vm/config", None).body;
+    drop(kiln);
+
+    // A new kiln goes on from the snapshot: the count is past the saved one, so the guest ran
+    // on from its saved registers and memory rather than starting again.
+    let sock_b = dir.path("b.sock");
+    let kiln_b = start_kiln(&sock_b);
+    let started = Instant::now();
+    ok(&load(&sock_b, &snap_a, &mem_a, true));
+    eprintln!("load request to response: {:?}", started.elapsed());
+    assert_eq!(state(&sock_b), "Running");
+    assert_eq!(request(&sock_b, "GET", "/vm/config", None).body, config_a);
+    let (snap_b, mem_b) = (dir.path("b.snap"), dir.path("b.mem"));
+    let later = run_then_snapshot(&sock_b, &snap_b, &mem_b);
+    assert!(later > counted, "{later} after {counted}");
+    // The restored guest's writes are its own: the first memory file still has the old count.
+    assert_eq!(count_in(&mem_a), counted);
+    drop(kiln_b);
+
+    // Loaded paused, it waits for a resume.
+    let sock_c = dir.path("c.sock");
+    let _kiln_c = start_kiln(&sock_c);
+    ok(&load(&sock_c, &snap_b, &mem_b, false));
+    assert_eq!(state(&sock_c), "Paused");
+    set_state(&sock_c, "Resumed");
+    assert_eq!(state(&sock_c), "Running");
+}
+
+#[test]
+fn bad_snapshot_files_are_refused_and_kiln_keeps_serving() {
+    let dir = TempDir::new("snap-bad");
+    let sock = dir.path("a.sock");
+    let (snap, mem) = (dir.path("a.snap"), dir.path("a.mem"));
+    let kiln = counting_vm(&dir, &sock);
+    run_then_snapshot(&sock, &snap, &mem);
+    drop(kiln);
+    let good = std::fs::read(&snap).unwrap();
+
+    let sock_b = dir.path("b.sock");
+    let _kiln = start_kiln(&sock_b);
+    let bad = dir.path("bad.snap");
+    let mut corrupted = good.clone();
+    corrupted[good.len() / 2] ^= 0x10;
+    let short_mem = dir.write("short.mem", [0u8; 4096]);
+    for (bytes, mem_file, expected) in [
+        (
+            good[..good.len() - 9].to_vec(),
+            &mem,
+            "The snapshot file is truncated",
+        ),
+        (corrupted, &mem, "The snapshot file is corrupted"),
+        (
+            b"{\"not\": \"a snapshot\"}".to_vec(),
+            &mem,
+            "The file is not a Kiln snapshot.",
+        ),
+        (
+            good.clone(),
+            &short_mem,
+            "has 4096 bytes; the snapshot's memory is",
+        ),
+    ] {
+        std::fs::write(&bad, &bytes).unwrap();
+        let err = fault(&load(&sock_b, &bad, mem_file, true));
+        assert!(err.contains(expected), "{expected}: {err}");
+        assert_eq!(state(&sock_b), "Not started");
+    }
+    let missing = fault(&load(&sock_b, &dir.path("none.snap"), &mem, true));
+    assert!(
+        missing.contains("Cannot open the snapshot file"),
+        "{missing}"
+    );
+    // After all that, the good snapshot still loads in the same kiln.
+    ok(&load(&sock_b, &snap, &mem, true));
+    assert_eq!(state(&sock_b), "Running");
+}
+
+#[test]
+fn the_cli_prints_the_format_version_of_this_build_and_of_a_file() {
+    let dir = TempDir::new("snap-cli");
+    let sock = dir.path("a.sock");
+    let (snap, mem) = (dir.path("a.snap"), dir.path("a.mem"));
+    let kiln = counting_vm(&dir, &sock);
+    run_then_snapshot(&sock, &snap, &mem);
+    drop(kiln);
+    let timeout = Duration::from_secs(10);
+    let own = run_kiln(&["--snapshot-version"], timeout);
+    assert!(own.status.success(), "{own:?}");
+    assert_eq!(String::from_utf8_lossy(&own.stdout), "v1.0.0\n");
+    let described = run_kiln(&["--describe-snapshot", snap.to_str().unwrap()], timeout);
+    assert!(described.status.success(), "{described:?}");
+    assert_eq!(described.stdout, own.stdout);
+    let foreign = dir.write("foreign", b"#!/bin/sh\n");
+    let refused = run_kiln(&["--describe-snapshot", foreign.to_str().unwrap()], timeout);
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("The file is not a Kiln snapshot."),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_snapshot_cannot_be_loaded_after_configuring() {
+    let dir = TempDir::new("snap-late");
+    let sock = dir.path("a.sock");
+    let _kiln = start_kiln(&sock);
+    ok(&put(
+        &sock,
+        "/machine-config",
+        r#"{"vcpu_count": 1, "mem_size_mib": 64}"#,
+    ));
+    let (snap, mem) = (dir.path("a.snap"), dir.path("a.mem"));
+    assert_eq!(
+        fault(&load(&sock, &snap, &mem, true)),
+        "Loading a microVM snapshot not allowed after configuring boot-specific resources."
+    );
+    let uffd = serde_json::json!({
+        "snapshot_path": snap,
+        "mem_backend": {"backend_type": "Uffd", "backend_path": mem},
+    });
+    assert!(fault(&put(&sock, "/snapshot/load", &uffd.to_string())).contains("not allowed"));
+}
