@@ -106,16 +106,18 @@ struct FeatureRegister {
     not_offered: u32,
 }
 
-/// The feature registers a restore checks against the host's. Leaf 1 ECX: OSXSAVE (27)
-/// follows the guest's CR4 and the hypervisor bit (31) is the VMM's; EDX: APIC (9) follows the
-/// APIC base MSR. Leaf 7 ECX: OSPKE (4) follows CR4.
+/// The feature registers a restore checks against the host's. Leaf 1 ECX: TSC-deadline (24)
+/// is KVM's in-kernel LAPIC, which KVM's supported CPUID leaves out and Kiln's normalisation
+/// sets (`arch/x86_64/cpuid.rs`), OSXSAVE (27) follows the guest's CR4 and the hypervisor bit
+/// (31) is the VMM's; EDX: APIC (9) follows the APIC base MSR. Leaf 7 ECX: OSPKE (4) follows
+/// CR4.
 const FEATURE_REGISTERS: [FeatureRegister; 8] = [
     FeatureRegister {
         leaf: 1,
         subleaf: 0,
         register: "ECX",
         read: |e| e.ecx,
-        not_offered: 1 << 27 | 1 << 31,
+        not_offered: 1 << 24 | 1 << 27 | 1 << 31,
     },
     FeatureRegister {
         leaf: 1,
@@ -510,7 +512,13 @@ mod tests {
         let supported =
             CpuId::from_entries(&[leaf(1, 0, 0, 0x1, 0x10), leaf(7, 0, 0x8, 0, 0)]).unwrap();
         // What the host offers, and the bits the guest and the VMM set, pass.
-        let fine = [leaf(1, 0, 0xffff, 0x1 | 1 << 27 | 1 << 31, 0x10 | 1 << 9)];
+        let fine = [leaf(
+            1,
+            0,
+            0xffff,
+            0x1 | 1 << 24 | 1 << 27 | 1 << 31,
+            0x10 | 1 << 9,
+        )];
         check_cpuid_offered(&fine, &supported).unwrap();
         let err = check_cpuid_offered(&[leaf(7, 0, 0x8 | 0x20, 0, 0)], &supported).unwrap_err();
         assert_eq!(

@@ -1,0 +1,235 @@
+"""Snapshot benchmark, for resources/bench/snapshot.sh.
+
+Boots a tiny guest on the host's /dev/kvm that writes a pattern over half of its memory and
+then counts in memory, for each guest size: snapshot/create time (Full), snapshot/load request
+to response, load request to the guest running again (its count moving, read through
+/proc/PID/mem from the memory file's mapping), and the RSS and PSS of 10 clones of one
+snapshot next to one booted VM's. With Firecracker's binary (`--firecracker PATH`), the same
+steps run for it, alternated with kiln's in each round so that the ratio holds on a noisy host.
+
+    python3 snapshot.py KILN RUNS [--firecracker PATH]
+"""
+
+import http.client
+import json
+import os
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+LOAD_ADDR = 0x100_0000
+COUNTER_ADDR = 0x5_0000
+TOUCH_START = 0x200_0000
+PAGE = 4096
+
+
+def guest_elf(touch_bytes):
+    """A 64-bit ELF: writes 0x01 bytes over `touch_bytes` from TOUCH_START, then counts in RBX
+    without end, storing each value at COUNTER_ADDR."""
+    code = (
+        b"\xbf" + struct.pack("<I", TOUCH_START)  # mov edi, TOUCH_START
+        + b"\xb9" + struct.pack("<I", touch_bytes // 8)  # mov ecx, touch_bytes / 8
+        + b"\x48\xb8" + b"\x01" * 8  # mov rax, 0x0101010101010101
+        + b"\xf3\x48\xab"  # rep stosq
+        + b"\x31\xdb"  # xor ebx, ebx
+        + b"\x48\xff\xc3"  # 1: inc rbx
+        + b"\x48\x89\x1c\x25" + struct.pack("<I", COUNTER_ADDR)  # mov [COUNTER_ADDR], rbx
+        + b"\xeb\xf3"  # jmp 1b
+    )
+    image = code.ljust(PAGE, b"\0")
+    ehdr = b"\x7fELF\x02\x01\x01\x00" + b"\0" * 8 + struct.pack(
+        "<HHIQQQIHHHHHH", 2, 0x3E, 1, LOAD_ADDR, 64, 0, 0, 64, 56, 1, 64, 0, 0)
+    phdr = struct.pack("<IIQQQQQQ", 1, 5, PAGE, LOAD_ADDR | 0xFFFF_FFFF_8000_0000, LOAD_ADDR,
+                       PAGE, PAGE, PAGE)
+    return (ehdr + phdr).ljust(PAGE, b"\0") + image
+
+
+class UnixHTTP(http.client.HTTPConnection):
+    def __init__(self, path):
+        super().__init__("localhost")
+        self.path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(self.path)
+
+
+def api(sock, method, path, body=None):
+    conn = UnixHTTP(sock)
+    conn.request(method, path, body=None if body is None else json.dumps(body),
+                 headers={"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    data = resp.read()
+    conn.close()
+    if resp.status >= 300:
+        raise RuntimeError(f"{method} {path}: {resp.status} {data.decode()}")
+    return data
+
+
+def timed(sock, method, path, body):
+    start = time.monotonic()
+    api(sock, method, path, body)
+    return time.monotonic() - start
+
+
+class Vmm:
+    def __init__(self, binary, tmp, name):
+        self.sock = os.path.join(tmp, f"{name}.sock")
+        if os.path.exists(self.sock):
+            os.unlink(self.sock)
+        self.proc = subprocess.Popen([binary, "--api-sock", self.sock, "--id", name],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while not os.path.exists(self.sock):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{binary}: no API socket")
+            time.sleep(0.001)
+
+    def kill(self):
+        self.proc.kill()
+        self.proc.wait()
+
+    def status(self, field):
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
+    def pss(self):
+        with open(f"/proc/{self.proc.pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
+    def counter_reader(self, mem_file):
+        """A function that reads the guest's count from the mapping of `mem_file`."""
+        real = os.path.realpath(mem_file)
+        with open(f"/proc/{self.proc.pid}/maps") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) >= 6 and fields[5] == real and int(fields[2], 16) == 0:
+                    start = int(fields[0].split("-")[0], 16)
+                    break
+            else:
+                return None
+        mem = open(f"/proc/{self.proc.pid}/mem", "rb", buffering=0)
+
+        def read():
+            mem.seek(start + COUNTER_ADDR)
+            return struct.unpack("<Q", mem.read(8))[0]
+        return read
+
+
+def count_in(mem_file):
+    with open(mem_file, "rb") as f:
+        f.seek(COUNTER_ADDR)
+        return struct.unpack("<Q", f.read(8))[0]
+
+
+def boot_and_snapshot(binary, tmp, name, kernel, mib):
+    """Boots the guest, waits until it counts, and snapshots it; returns the booted VM's RSS
+    and the median create time of three Full snapshots."""
+    vm = Vmm(binary, tmp, name)
+    try:
+        api(vm.sock, "PUT", "/boot-source", {"kernel_image_path": kernel,
+                                             "boot_args": "console=ttyS0"})
+        api(vm.sock, "PUT", "/machine-config", {"vcpu_count": 1, "mem_size_mib": mib})
+        api(vm.sock, "PUT", "/actions", {"action_type": "InstanceStart"})
+        snap, mem = os.path.join(tmp, f"{name}.snap"), os.path.join(tmp, f"{name}.mem")
+        creates = []
+        for _ in range(100):
+            time.sleep(0.2)
+            api(vm.sock, "PATCH", "/vm", {"state": "Paused"})
+            creates.append(timed(vm.sock, "PUT", "/snapshot/create",
+                                 {"snapshot_path": snap, "mem_file_path": mem}))
+            if count_in(mem) > 0 and len(creates) >= 3:
+                break
+            api(vm.sock, "PATCH", "/vm", {"state": "Resumed"})
+        else:
+            raise RuntimeError(f"{name}: the guest never counted")
+        rss = vm.status("VmRSS")
+        return rss, statistics.median(creates[-3:]), snap, mem
+    finally:
+        vm.kill()
+
+
+def load_once(binary, tmp, name, snap, mem):
+    """Loads the snapshot in a new process; returns (request to response, request to the
+    count moving) in seconds, and the running VM (the caller kills it)."""
+    vm = Vmm(binary, tmp, name)
+    saved = count_in(mem)
+    body = {"snapshot_path": snap, "resume_vm": True,
+            "mem_backend": {"backend_type": "File", "backend_path": mem}}
+    start = time.monotonic()
+    api(vm.sock, "PUT", "/snapshot/load", body)
+    answered = time.monotonic() - start
+    read = vm.counter_reader(mem)
+    if read is None:
+        return answered, None, vm
+    deadline = start + 5
+    while read() == saved and time.monotonic() < deadline:
+        pass
+    running = time.monotonic() - start
+    return answered, running if read() != saved else None, vm
+
+
+def ms(seconds):
+    return "n/a" if seconds is None else f"{seconds * 1000:8.2f} ms"
+
+
+def main():
+    kiln, runs = sys.argv[1], int(sys.argv[2])
+    vmms = [("kiln", kiln)]
+    if "--firecracker" in sys.argv:
+        vmms.append(("firecracker", sys.argv[sys.argv.index("--firecracker") + 1]))
+    with tempfile.TemporaryDirectory() as tmp:
+        for mib in (128, 1024):
+            kernel = os.path.join(tmp, f"guest-{mib}")
+            with open(kernel, "wb") as f:
+                f.write(guest_elf(mib << 19))  # half of memory
+            print(f"== {mib} MiB guest ({mib // 2} MiB written before it counts)")
+            snaps = {}
+            for name, binary in vmms:
+                try:
+                    rss, create, snap, mem = boot_and_snapshot(binary, tmp, name, kernel, mib)
+                except (RuntimeError, OSError) as e:
+                    print(f"{name:12} failed: {e}")
+                    continue
+                snaps[name] = (binary, snap, mem, rss)
+                print(f"{name:12} snapshot/create (Full): {ms(create)}  booted VM RSS "
+                      f"{rss >> 20} MiB")
+            loads = {name: ([], []) for name in snaps}
+            for _ in range(runs):
+                for name, (binary, snap, mem, _) in snaps.items():
+                    answered, running, vm = load_once(binary, tmp, f"{name}-load", snap, mem)
+                    vm.kill()
+                    loads[name][0].append(answered)
+                    if running is not None:
+                        loads[name][1].append(running)
+            for name, (answered, running) in loads.items():
+                run = statistics.median(running) if running else None
+                print(f"{name:12} snapshot/load (File) request -> response: "
+                      f"{ms(statistics.median(answered))}; -> guest running: {ms(run)} "
+                      f"(median of {len(answered)})")
+            for name, (binary, snap, mem, rss) in snaps.items():
+                clones = [load_once(binary, tmp, f"{name}-clone{i}", snap, mem)[2]
+                          for i in range(10)]
+                time.sleep(1)
+                total_rss = sum(c.status("VmRSS") for c in clones)
+                total_pss = sum(c.pss() for c in clones)
+                for c in clones:
+                    c.kill()
+                print(f"{name:12} 10 clones: RSS {total_rss >> 20} MiB summed, PSS "
+                      f"{total_pss >> 20} MiB summed; 10 x one booted VM's RSS = "
+                      f"{(10 * rss) >> 20} MiB")
+            print("Diff snapshots and the Uffd backend: not measured (not supported yet)")
+
+
+main()
