@@ -2,7 +2,8 @@
 //! appends each count to a file on its root drive (synced); kiln is paused, snapshotted and
 //! killed; a new kiln loads the snapshot and the count goes on without a reboot (the same boot
 //! token, its uptime going on), and at the end the file on the drive holds every count once, in
-//! order, up to the last one the restored guest printed.
+//! order, up to the last one the restored guest printed. A third kiln loads the snapshot with
+//! its memory served by `kiln-uffd-handler`, on the drive as the snapshot left it.
 
 // Test code reports failures by panicking.
 #![allow(
@@ -74,6 +75,8 @@ echo "SNAP-CREATE=$(api PUT /snapshot/create '{"snapshot_path": "vm.snap", "mem_
 echo "SNAP-LAST-A=$(last a)"
 api GET /vm/config >/dev/null; cp resp.txt config-a.json
 kill -9 $KILN; wait $KILN 2>/dev/null
+# The drive as the snapshot left it, for the load through the page-fault handler below.
+cp snap-rootfs.img rootfs-at-snapshot.img
 
 start_kiln b
 echo "SNAP-LOAD=$(api PUT /snapshot/load '{"snapshot_path": "vm.snap", "mem_backend": {"backend_type": "File", "backend_path": "vm.mem"}, "resume_vm": true}') $(cat resp.txt)"
@@ -89,8 +92,23 @@ i=0; while kill -0 $KILN 2>/dev/null && [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1
 kill $KILN 2>/dev/null
 wait $KILN; rc=$?
 echo "SNAP-FINAL-B=$(last b)"
-# The harness reads the guest's fate from kiln's output: A's boot, then B's run.
-cat kiln-a.out kiln-b.out
+
+# The same snapshot again, its memory served by the page-fault handler, on the drive as the
+# snapshot left it (B's is kept for the check after the run).
+mv snap-rootfs.img rootfs-b.img; mv rootfs-at-snapshot.img snap-rootfs.img
+rm -f /tmp/kiln-uffd.sock
+./kiln-uffd-handler /tmp/kiln-uffd.sock vm.mem &
+HANDLER=$!
+i=0; while [ ! -S /tmp/kiln-uffd.sock ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+start_kiln c
+echo "SNAP-LOAD-UFFD=$(api PUT /snapshot/load '{"snapshot_path": "vm.snap", "mem_backend": {"backend_type": "Uffd", "backend_path": "/tmp/kiln-uffd.sock"}, "resume_vm": true}') $(cat resp.txt)"
+wait_count c 5
+echo "SNAP-FIRST-C=$(counts c | head -n1)"
+echo "SNAP-LAST-C=$(last c)"
+kill -9 $KILN; wait $KILN 2>/dev/null
+kill $HANDLER; wait $HANDLER 2>/dev/null
+# The harness reads the guest's fate from kiln's output: A's boot, then B's and C's runs.
+cat kiln-a.out kiln-b.out kiln-c.out
 return $rc
 }
 drive
@@ -103,8 +121,8 @@ fn scenarios() -> Vec<Scenario> {
         files: vec![("snap-counter.script".into(), script_drive(COUNTER))],
         before: "cp rootfs.ext4 snap-rootfs.img".into(),
         run: DRIVER.into(),
-        after: "echo \"SNAP-DISK=$(debugfs -R 'cat /root/count.log' snap-rootfs.img 2>/dev/null \
-                | tr '\\n' ' ')\"; rm -f snap-rootfs.img vm.snap vm.mem"
+        after: "echo \"SNAP-DISK=$(debugfs -R 'cat /root/count.log' rootfs-b.img 2>/dev/null \
+                | tr '\\n' ' ')\"; rm -f snap-rootfs.img rootfs-b.img vm.snap vm.mem"
             .into(),
         timeout_secs: Some(600),
         ..Default::default()
@@ -167,6 +185,21 @@ fn the_restored_guest_counts_on_without_a_reboot() {
     assert!(up_b >= up_a, "uptime went back: {up_a} then {up_b}");
     assert!(last >= first + 9, "{first}..{last}");
     assert_eq!(value("SNAP-BOOTS-B"), "0", "kiln B's console shows a boot");
+}
+
+#[test]
+fn the_guest_counts_on_with_its_memory_served_by_the_page_fault_handler() {
+    let loaded = value("SNAP-LOAD-UFFD");
+    assert_eq!(loaded, "204", "{}", outcome().tail());
+    let (saved, boot_a, _) = count_line("SNAP-LAST-A");
+    let (first, boot_c, _) = count_line("SNAP-FIRST-C");
+    let (last, _, _) = count_line("SNAP-LAST-C");
+    assert_eq!(boot_c, boot_a, "the guest booted again");
+    assert!(
+        first == saved + 1 || first == saved + 2,
+        "{saved} then {first}"
+    );
+    assert!(last >= first + 4, "{first}..{last}");
 }
 
 #[test]

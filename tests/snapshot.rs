@@ -164,6 +164,79 @@ fn a_restored_guest_counts_on_from_its_snapshot() {
     assert_eq!(state(&sock_c), "Running");
 }
 
+/// Starts `handler SOCKET MEMORY_FILE` and waits for its socket.
+fn start_handler(handler: &Path, socket: &Path, mem: &Path) -> std::process::Child {
+    let child = std::process::Command::new(handler)
+        .arg(socket)
+        .arg(mem)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} made no socket",
+            handler.display()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child
+}
+
+#[test]
+fn a_guest_restored_through_a_page_fault_handler_counts_on() {
+    let dir = TempDir::new("snap-uffd");
+    let sock = dir.path("a.sock");
+    let (snap, mem) = (dir.path("a.snap"), dir.path("a.mem"));
+    let kiln = counting_vm(&dir, &sock);
+    let counted = run_then_snapshot(&sock, &snap, &mem);
+    drop(kiln);
+    let ours = PathBuf::from(env!("CARGO_BIN_EXE_kiln-uffd-handler"));
+    let firecrackers = common::firecracker::anchor(
+        "uffd_on_demand_handler",
+        "a_guest_restored_through_a_page_fault_handler_counts_on (Firecracker's handler)",
+    );
+    for (n, handler) in std::iter::once(ours).chain(firecrackers).enumerate() {
+        let uffd_sock = dir.path(&format!("uffd{n}.sock"));
+        let mut handler_proc = start_handler(&handler, &uffd_sock, &mem);
+        let sock_b = dir.path(&format!("b{n}.sock"));
+        let kiln_b = start_kiln(&sock_b);
+        let body = serde_json::json!({
+            "snapshot_path": snap,
+            "mem_backend": {"backend_type": "Uffd", "backend_path": uffd_sock},
+            "resume_vm": true,
+        });
+        let loaded = put(&sock_b, "/snapshot/load", &body.to_string());
+        assert_eq!(loaded.status, 204, "{}: {loaded:?}", handler.display());
+        let (snap_b, mem_b) = (
+            dir.path(&format!("b{n}.snap")),
+            dir.path(&format!("b{n}.mem")),
+        );
+        let later = run_then_snapshot(&sock_b, &snap_b, &mem_b);
+        assert!(
+            later > counted,
+            "{}: {later} after {counted}",
+            handler.display()
+        );
+        drop(kiln_b);
+        let _ = handler_proc.kill();
+        let _ = handler_proc.wait();
+    }
+    // No handler listening: a clear error, and kiln keeps serving.
+    let sock_c = dir.path("c.sock");
+    let _kiln_c = start_kiln(&sock_c);
+    let body = serde_json::json!({
+        "snapshot_path": snap,
+        "mem_backend": {"backend_type": "Uffd", "backend_path": dir.path("nobody.sock")},
+    });
+    let err = fault(&put(&sock_c, "/snapshot/load", &body.to_string()));
+    assert!(
+        err.contains("Cannot connect to the page-fault handler"),
+        "{err}"
+    );
+    assert_eq!(state(&sock_c), "Not started");
+}
+
 #[test]
 fn bad_snapshot_files_are_refused_and_kiln_keeps_serving() {
     let dir = TempDir::new("snap-bad");

@@ -28,17 +28,25 @@ PAGE = 4096
 
 
 def guest_elf(touch_bytes):
-    """A 64-bit ELF: writes 0x01 bytes over `touch_bytes` from TOUCH_START, then counts in RBX
-    without end, storing each value at COUNTER_ADDR."""
+    """A 64-bit ELF: writes 0x01 bytes over `touch_bytes` from TOUCH_START, then reads a byte
+    of each of those pages, over and over, counting each read in RBX and storing the count at
+    COUNTER_ADDR: a restored clone reads all the memory it was written with."""
+    pages = struct.pack("<I", touch_bytes // PAGE)
     code = (
         b"\xbf" + struct.pack("<I", TOUCH_START)  # mov edi, TOUCH_START
         + b"\xb9" + struct.pack("<I", touch_bytes // 8)  # mov ecx, touch_bytes / 8
         + b"\x48\xb8" + b"\x01" * 8  # mov rax, 0x0101010101010101
         + b"\xf3\x48\xab"  # rep stosq
         + b"\x31\xdb"  # xor ebx, ebx
-        + b"\x48\xff\xc3"  # 1: inc rbx
+        + b"\xbe" + struct.pack("<I", TOUCH_START)  # 1: mov esi, TOUCH_START
+        + b"\xb9" + pages  # mov ecx, pages
+        + b"\x8a\x06"  # 2: mov al, [rsi]
+        + b"\x48\x81\xc6" + struct.pack("<I", PAGE)  # add rsi, PAGE
+        + b"\x48\xff\xc3"  # inc rbx
         + b"\x48\x89\x1c\x25" + struct.pack("<I", COUNTER_ADDR)  # mov [COUNTER_ADDR], rbx
-        + b"\xeb\xf3"  # jmp 1b
+        + b"\xff\xc9"  # dec ecx
+        + b"\x75\xe8"  # jnz 2b
+        + b"\xeb\xdc"  # jmp 1b
     )
     image = code.ljust(PAGE, b"\0")
     ehdr = b"\x7fELF\x02\x01\x01\x00" + b"\0" * 8 + struct.pack(
@@ -85,10 +93,17 @@ class Vmm:
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
-        while not os.path.exists(self.sock):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{binary}: no API socket")
-            time.sleep(0.001)
+        while True:
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(self.sock)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{binary}: no API socket")
+                time.sleep(0.001)
+            finally:
+                probe.close()
 
     def kill(self):
         self.proc.kill()
@@ -133,9 +148,9 @@ def count_in(mem_file):
         return struct.unpack("<Q", f.read(8))[0]
 
 
-def boot_and_snapshot(binary, tmp, name, kernel, mib):
-    """Boots the guest, waits until it counts, and snapshots it; returns the booted VM's RSS
-    and the median create time of three Full snapshots."""
+def boot_and_snapshot(binary, tmp, name, kernel, mib, touch_bytes):
+    """Boots the guest, waits until it has written `touch_bytes` and counts, and snapshots it
+    paused; returns the booted VM's RSS and the median create time of three Full snapshots."""
     vm = Vmm(binary, tmp, name)
     try:
         api(vm.sock, "PUT", "/boot-source", {"kernel_image_path": kernel,
@@ -143,19 +158,23 @@ def boot_and_snapshot(binary, tmp, name, kernel, mib):
         api(vm.sock, "PUT", "/machine-config", {"vcpu_count": 1, "mem_size_mib": mib})
         api(vm.sock, "PUT", "/actions", {"action_type": "InstanceStart"})
         snap, mem = os.path.join(tmp, f"{name}.snap"), os.path.join(tmp, f"{name}.mem")
-        creates = []
-        for _ in range(100):
-            time.sleep(0.2)
+        # The guest has written its pattern once its memory is resident.
+        deadline = time.monotonic() + 600
+        while vm.status("VmRSS") < touch_bytes and time.monotonic() < deadline:
+            time.sleep(0.1)
+        body = {"snapshot_path": snap, "mem_file_path": mem}
+        for _ in range(60):
+            time.sleep(0.5)
             api(vm.sock, "PATCH", "/vm", {"state": "Paused"})
-            creates.append(timed(vm.sock, "PUT", "/snapshot/create",
-                                 {"snapshot_path": snap, "mem_file_path": mem}))
-            if count_in(mem) > 0 and len(creates) >= 3:
+            api(vm.sock, "PUT", "/snapshot/create", body)
+            if count_in(mem) > 0:
                 break
             api(vm.sock, "PATCH", "/vm", {"state": "Resumed"})
         else:
             raise RuntimeError(f"{name}: the guest never counted")
         rss = vm.status("VmRSS")
-        return rss, statistics.median(creates[-3:]), snap, mem
+        creates = [timed(vm.sock, "PUT", "/snapshot/create", body) for _ in range(3)]
+        return rss, statistics.median(creates), snap, mem
     finally:
         vm.kill()
 
@@ -198,7 +217,8 @@ def main():
             snaps = {}
             for name, binary in vmms:
                 try:
-                    rss, create, snap, mem = boot_and_snapshot(binary, tmp, name, kernel, mib)
+                    rss, create, snap, mem = boot_and_snapshot(binary, tmp, name, kernel, mib,
+                                                                  mib << 19)
                 except (RuntimeError, OSError) as e:
                     print(f"{name:12} failed: {e}")
                     continue

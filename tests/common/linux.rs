@@ -179,6 +179,13 @@ const SCENARIO_TIMEOUT_SECS: u32 = 120;
 
 fn write_payload(dir: &Path, artifacts: &Path, scenarios: &[Scenario]) {
     std::fs::copy(super::kiln_bin(), dir.join("kiln")).unwrap();
+    let handler = env!("CARGO_BIN_EXE_kiln-uffd-handler");
+    if scenarios
+        .iter()
+        .any(|s| s.run.contains("kiln-uffd-handler"))
+    {
+        std::fs::copy(handler, dir.join("kiln-uffd-handler")).unwrap();
+    }
     // Only what some scenario names: the rig keeps the payload in RAM.
     let artifact_names = [
         "vmlinux",

@@ -3,7 +3,6 @@
 //! depend on booting a kernel (memory, VM, devices, vCPUs) are functions of their own.
 
 use std::io::Write;
-use std::path::Path;
 use std::sync::Arc;
 
 use devices::boot_timer::Timestamp;
@@ -23,11 +22,12 @@ use crate::device_manager::registry::{DeviceHandle, DeviceRegistry};
 use crate::device_manager::{block, legacy, mmio, net};
 use crate::loader::{self, LoadedKernel};
 use crate::metrics::Metrics;
-use crate::rpc::StartMicrovmError;
+use crate::rpc::{MemBackend, MemBackendType, StartMicrovmError};
 use crate::runtime::{Vmm, VmmParts};
 use crate::seccomp::SeccompFilters;
 use crate::snapshot::memory::{map_private, MemoryFileError};
 use crate::snapshot::state::{DevicesState, MemoryRegionState, MicrovmState};
+use crate::snapshot::uffd;
 use crate::vstate::memory::{create_guest_memory, MemoryError};
 use crate::vstate::vcpu::{install_kick_handler, Vcpu, VcpuConfig, VcpuError, VcpuExitCounters};
 use crate::vstate::vcpu_state::{check_cpuid_offered, VcpuState};
@@ -94,6 +94,7 @@ pub fn build(config: &VmConfig, host: HostOptions) -> Result<Vmm, StartMicrovmEr
     Vmm::new(VmmParts {
         vm,
         mem,
+        uffd: None,
         vcpus,
         stop_evt: devices.stop_evt,
         console_input: host.console_input,
@@ -104,14 +105,14 @@ pub fn build(config: &VmConfig, host: HostOptions) -> Result<Vmm, StartMicrovmEr
 }
 
 /// Builds the VM `snapshot` holds, from its configuration `config` (the snapshot's, with the
-/// load's overrides) and the memory file at `mem_file`, with its vCPUs restored and paused:
-/// the same phases as [`build`] in the same order, so that every device lands where it was,
-/// then each part's saved state. Memory is the file mapped private, in the layout the
-/// configuration gives.
+/// load's overrides) and its memory `backend`, with its vCPUs restored and paused: the same
+/// phases as [`build`] in the same order, so that every device lands where it was, then each
+/// part's saved state. Memory, in the layout the configuration gives, is the memory file
+/// mapped private, or anonymous memory whose pages the backend's page-fault handler serves.
 pub fn restore(
     snapshot: &MicrovmState,
     config: &VmConfig,
-    mem_file: &Path,
+    backend: &MemBackend,
     clock_realtime: bool,
     host: HostOptions,
 ) -> Result<Vmm, StartMicrovmError> {
@@ -129,7 +130,14 @@ pub fn restore(
         }
         .into());
     }
-    let mem = map_private(mem_file, &snapshot.memory)?;
+    let (mem, uffd) = match backend.backend_type {
+        MemBackendType::File => (map_private(&backend.backend_path, &snapshot.memory)?, None),
+        MemBackendType::Uffd => {
+            let mem = create_guest_memory(mem_size)?;
+            let uffd = uffd::serve_with_handler(&backend.backend_path, &mem)?;
+            (mem, Some(uffd))
+        }
+    };
     let template = CpuTemplateType::resolve(machine.cpu_template.as_ref(), &HostCpu::current())?;
     let vm = create_vm(&mem, machine, &template)?;
     // The saved XSAVE areas are 4 KiB; a KVM that wants more for this process would read past
@@ -159,6 +167,7 @@ pub fn restore(
     Vmm::new(VmmParts {
         vm,
         mem,
+        uffd,
         vcpus,
         stop_evt: devices.stop_evt,
         console_input: host.console_input,

@@ -14,7 +14,7 @@ use crate::metrics::Metrics;
 use crate::resources::VmResources;
 use crate::rpc::{
     ActionError, ActionResult, ApiReceiver, DriveUpdate, InstanceInfo, InstanceState,
-    LoadSnapshotParams, MemBackendType, NetworkOverride, StartMicrovmError, VmmAction, VmmData,
+    LoadSnapshotParams, NetworkOverride, StartMicrovmError, VmmAction, VmmData,
     FIRECRACKER_VERSION,
 };
 use crate::runtime::{ApiHandler, RunningVm, Vmm};
@@ -193,14 +193,11 @@ impl Controller {
             return Err(ActionError::LoadSnapshotNotAllowed);
         }
         let started = std::time::Instant::now();
-        if params.mem_backend.backend_type == MemBackendType::Uffd {
-            return Err(ActionError::UffdUnsupported);
-        }
         let snapshot: MicrovmState = file::read(&params.snapshot_path)?;
         let mut config = VmConfig::from_snapshot_json(&snapshot.config)?;
         override_taps(&mut config, &params.network_overrides)?;
         config.machine.track_dirty_pages = params.track_dirty_pages;
-        let backend = &params.mem_backend.backend_path;
+        let backend = &params.mem_backend;
         let vmm = restore(&snapshot, &config, backend, params.clock_realtime, host)
             .map_err(ActionError::Restore)?;
         log::info!(
@@ -288,7 +285,7 @@ mod tests {
 
     use super::*;
     use crate::config::{BootSourceConfig, DriveConfig};
-    use crate::rpc::{CreateSnapshotParams, MemBackend, SnapshotType};
+    use crate::rpc::{CreateSnapshotParams, MemBackend, MemBackendType, SnapshotType};
     use crate::seccomp::SeccompFilters;
 
     /// A running VM that records what it is asked; its one drive is `data`.
@@ -432,15 +429,7 @@ mod tests {
     #[test]
     fn start_without_a_boot_source_is_an_error() {
         let c = controller();
-        let host = HostOptions {
-            serial_out: Box::new(std::io::sink()),
-            console_input: false,
-            boot_timer: false,
-            start: devices::boot_timer::Timestamp::now(),
-            metrics: Arc::new(Metrics::default()),
-            seccomp: Arc::new(SeccompFilters::none()),
-        };
-        let err = c.start(host).unwrap_err();
+        let err = c.start(host()).unwrap_err();
         assert!(
             matches!(
                 err,

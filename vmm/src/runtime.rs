@@ -4,6 +4,7 @@
 //! the [`ApiHandler`] it is given, until the VM stops (a guest reboot or shutdown, or a vCPU
 //! error). It knows neither the builder nor the controller.
 
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -163,6 +164,8 @@ pub trait ApiHandler {
 pub(crate) struct VmmParts {
     pub vm: Vm,
     pub mem: GuestMemoryMmap,
+    /// The userfaultfd of memory a page-fault handler serves (a snapshot loaded with Uffd).
+    pub uffd: Option<OwnedFd>,
     pub vcpus: Vec<Vcpu>,
     pub stop_evt: EventFd,
     pub console_input: bool,
@@ -184,6 +187,7 @@ pub struct Vmm {
     metrics: Arc<Metrics>,
     seccomp: Arc<SeccompFilters>,
     mem: GuestMemoryMmap,
+    _uffd: Option<OwnedFd>,
     vm: Vm,
 }
 
@@ -234,6 +238,7 @@ impl Vmm {
             metrics: parts.metrics,
             seccomp: parts.seccomp,
             mem: parts.mem,
+            _uffd: parts.uffd,
             vm: parts.vm,
         })
     }

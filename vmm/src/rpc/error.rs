@@ -23,6 +23,7 @@ use crate::metrics::MetricsError;
 use crate::seccomp::SeccompError;
 use crate::snapshot::file::SnapshotFileError;
 use crate::snapshot::memory::MemoryFileError;
+use crate::snapshot::uffd::UffdError;
 use crate::vstate::memory::MemoryError;
 use crate::vstate::vcpu::{VcpuError, VcpuResponse};
 use crate::vstate::vcpu_state::VcpuStateError;
@@ -114,9 +115,6 @@ pub enum ActionError {
     /// `network_overrides` names an interface the snapshot does not have.
     #[error("Load snapshot error: the snapshot has no network interface '{0}' to override.")]
     UnknownNetworkOverride(String),
-    /// `mem_backend` is a page-fault handler.
-    #[error("Load snapshot error: the Uffd memory backend is not supported yet.")]
-    UffdUnsupported,
     /// The VM could not be rebuilt from the snapshot.
     #[error("Load snapshot error: Failed to restore from snapshot: {0}")]
     Restore(StartMicrovmError),
@@ -158,6 +156,9 @@ pub enum StartMicrovmError {
     /// The memory file could not be mapped.
     #[error(transparent)]
     MemoryFile(#[from] MemoryFileError),
+    /// The page-fault handler could not be given guest memory.
+    #[error(transparent)]
+    Uffd(#[from] UffdError),
     /// A vCPU did not start running.
     #[error("vCPU {index} did not start: {response:?}")]
     VcpuStart {

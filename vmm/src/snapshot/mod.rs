@@ -1,6 +1,6 @@
 //! Snapshots: the microVM's state as plain data ([`state`]), the versioned and checksummed
 //! file it is written to ([`file`]), and guest memory written to and mapped from the memory
-//! file ([`memory`]). The running VM gathers the state and the builder restores it; this module
+//! file ([`memory`]) or served by a page-fault handler ([`uffd`]). The running VM gathers the state and the builder restores it; this module
 //! knows neither.
 
 pub mod file;
@@ -8,3 +8,4 @@ pub mod file;
 pub mod fuzz;
 pub mod memory;
 pub mod state;
+pub mod uffd;
