@@ -13,3 +13,10 @@ pub mod legacy;
 pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError};
+
+/// Guest memory as every device and the VMM see it: vm-memory's mappings with a dirty bitmap,
+/// which records the pages the VMM itself writes (virtio buffers and rings) so that a Diff
+/// snapshot has them as well as the pages the vCPUs dirtied, which KVM logs.
+pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<vm_memory::bitmap::AtomicBitmap>;
+/// One region of [`GuestMemoryMmap`].
+pub type GuestRegionMmap = vm_memory::GuestRegionMmap<vm_memory::bitmap::AtomicBitmap>;

@@ -1,10 +1,11 @@
 """Snapshot benchmark, for resources/bench/snapshot.sh.
 
 Boots a tiny guest on the host's /dev/kvm that writes a pattern over half of its memory and
-then counts in memory, for each guest size: snapshot/create time (Full), snapshot/load request
-to response, load request to the guest running again (its count moving, read through
-/proc/PID/mem from the memory file's mapping), and the RSS and PSS of 10 clones of one
-snapshot next to one booted VM's. With Firecracker's binary (`--firecracker PATH`), the same
+then reads it back page by page, counting each read in memory, for each guest size:
+snapshot/create time (Full); snapshot/load request to response and load request to the guest
+running again (its count moving, read through /proc/PID/mem), with the File backend and with
+the Uffd one (kiln-uffd-handler beside kiln, Firecracker's uffd_on_demand_handler beside its
+binary); and the RSS and PSS of 10 clones of one snapshot next to one booted VM's. With Firecracker's binary (`--firecracker PATH`), the same
 steps run for it, alternated with kiln's in each round so that the ratio holds on a noisy host.
 
     python3 snapshot.py KILN RUNS [--firecracker PATH]
@@ -108,6 +109,9 @@ class Vmm:
     def kill(self):
         self.proc.kill()
         self.proc.wait()
+        if getattr(self, "handler", None):
+            self.handler.kill()
+            self.handler.wait()
 
     def status(self, field):
         with open(f"/proc/{self.proc.pid}/status") as f:
@@ -124,16 +128,21 @@ class Vmm:
         return 0
 
     def counter_reader(self, mem_file):
-        """A function that reads the guest's count from the mapping of `mem_file`."""
-        real = os.path.realpath(mem_file)
+        """A function that reads the guest's count from the mapping of `mem_file`, or with
+        `None` from the first anonymous mapping of the guest's low memory (the Uffd backend),
+        found as the largest anonymous mapping."""
         with open(f"/proc/{self.proc.pid}/maps") as f:
-            for line in f:
-                fields = line.split()
-                if len(fields) >= 6 and fields[5] == real and int(fields[2], 16) == 0:
-                    start = int(fields[0].split("-")[0], 16)
-                    break
-            else:
-                return None
+            maps = [line.split() for line in f]
+        if mem_file is not None:
+            real = os.path.realpath(mem_file)
+            found = [m for m in maps if len(m) >= 6 and m[5] == real and int(m[2], 16) == 0]
+        else:
+            anon = [m for m in maps if len(m) == 5]
+            found = sorted(anon, key=lambda m: -(int(m[0].split("-")[1], 16)
+                                                 - int(m[0].split("-")[0], 16)))[:1]
+        if not found:
+            return None
+        start = int(found[0][0].split("-")[0], 16)
         mem = open(f"/proc/{self.proc.pid}/mem", "rb", buffering=0)
 
         def read():
@@ -179,17 +188,29 @@ def boot_and_snapshot(binary, tmp, name, kernel, mib, touch_bytes):
         vm.kill()
 
 
-def load_once(binary, tmp, name, snap, mem):
-    """Loads the snapshot in a new process; returns (request to response, request to the
-    count moving) in seconds, and the running VM (the caller kills it)."""
+def load_once(binary, tmp, name, snap, mem, handler=None):
+    """Loads the snapshot in a new process, its memory the file or (with `handler`, a
+    page-fault handler's binary) served by the handler; returns (request to response, request
+    to the count moving) in seconds, and the running VM (the caller kills it, and its
+    handler)."""
     vm = Vmm(binary, tmp, name)
     saved = count_in(mem)
-    body = {"snapshot_path": snap, "resume_vm": True,
-            "mem_backend": {"backend_type": "File", "backend_path": mem}}
+    backend = {"backend_type": "File", "backend_path": mem}
+    vm.handler = None
+    if handler:
+        uffd_sock = os.path.join(tmp, f"{name}.uffd")
+        if os.path.exists(uffd_sock):
+            os.unlink(uffd_sock)
+        vm.handler = subprocess.Popen([handler, uffd_sock, mem], stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL)
+        while not os.path.exists(uffd_sock):
+            time.sleep(0.001)
+        backend = {"backend_type": "Uffd", "backend_path": uffd_sock}
+    body = {"snapshot_path": snap, "resume_vm": True, "mem_backend": backend}
     start = time.monotonic()
     api(vm.sock, "PUT", "/snapshot/load", body)
     answered = time.monotonic() - start
-    read = vm.counter_reader(mem)
+    read = vm.counter_reader(None if handler else mem)
     if read is None:
         return answered, None, vm
     deadline = start + 5
@@ -205,9 +226,12 @@ def ms(seconds):
 
 def main():
     kiln, runs = sys.argv[1], int(sys.argv[2])
+    handlers = {"kiln": os.path.join(os.path.dirname(kiln), "kiln-uffd-handler")}
     vmms = [("kiln", kiln)]
     if "--firecracker" in sys.argv:
-        vmms.append(("firecracker", sys.argv[sys.argv.index("--firecracker") + 1]))
+        fc = sys.argv[sys.argv.index("--firecracker") + 1]
+        vmms.append(("firecracker", fc))
+        handlers["firecracker"] = os.path.join(os.path.dirname(fc), "uffd_on_demand_handler")
     with tempfile.TemporaryDirectory() as tmp:
         for mib in (128, 1024):
             kernel = os.path.join(tmp, f"guest-{mib}")
@@ -225,19 +249,22 @@ def main():
                 snaps[name] = (binary, snap, mem, rss)
                 print(f"{name:12} snapshot/create (Full): {ms(create)}  booted VM RSS "
                       f"{rss >> 20} MiB")
-            loads = {name: ([], []) for name in snaps}
-            for _ in range(runs):
-                for name, (binary, snap, mem, _) in snaps.items():
-                    answered, running, vm = load_once(binary, tmp, f"{name}-load", snap, mem)
-                    vm.kill()
-                    loads[name][0].append(answered)
-                    if running is not None:
-                        loads[name][1].append(running)
-            for name, (answered, running) in loads.items():
-                run = statistics.median(running) if running else None
-                print(f"{name:12} snapshot/load (File) request -> response: "
-                      f"{ms(statistics.median(answered))}; -> guest running: {ms(run)} "
-                      f"(median of {len(answered)})")
+            for backend in ("File", "Uffd"):
+                loads = {name: ([], []) for name in snaps}
+                for _ in range(runs):
+                    for name, (binary, snap, mem, _) in snaps.items():
+                        handler = handlers.get(name) if backend == "Uffd" else None
+                        answered, running, vm = load_once(binary, tmp, f"{name}-load", snap,
+                                                          mem, handler)
+                        vm.kill()
+                        loads[name][0].append(answered)
+                        if running is not None:
+                            loads[name][1].append(running)
+                for name, (answered, running) in loads.items():
+                    run = statistics.median(running) if running else None
+                    print(f"{name:12} snapshot/load ({backend}) request -> response: "
+                          f"{ms(statistics.median(answered))}; -> guest running: {ms(run)} "
+                          f"(median of {len(answered)})")
             for name, (binary, snap, mem, rss) in snaps.items():
                 clones = [load_once(binary, tmp, f"{name}-clone{i}", snap, mem)[2]
                           for i in range(10)]
@@ -249,7 +276,7 @@ def main():
                 print(f"{name:12} 10 clones: RSS {total_rss >> 20} MiB summed, PSS "
                       f"{total_pss >> 20} MiB summed; 10 x one booted VM's RSS = "
                       f"{(10 * rss) >> 20} MiB")
-            print("Diff snapshots and the Uffd backend: not measured (not supported yet)")
+            print("Diff snapshots: not measured (not supported yet)")
 
 
 main()

@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use devices::boot_timer::Timestamp;
 use devices::Bus;
+use devices::GuestMemoryMmap;
 use kvm_bindings::{kvm_xsave, KVM_MAX_CPUID_ENTRIES};
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::arch::x86_64::boot_params::{write_boot_params, BootData};

@@ -12,8 +12,8 @@
 use std::num::Wrapping;
 use std::sync::atomic::Ordering;
 
+use crate::GuestMemoryMmap;
 use virtio_queue::{DescriptorChain, Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 /// Counts guest-triggered errors and logs them rate-limited, per device.

@@ -7,8 +7,8 @@
 
 use std::sync::{Arc, Mutex};
 
+use crate::GuestMemoryMmap;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
 
 use super::ring_layout::find_overlap;
 use super::{Interrupt, VirtioDevice, INTERRUPT_CONFIG};

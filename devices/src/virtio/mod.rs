@@ -20,8 +20,8 @@ pub use queue_state::{QueueStateError, SavedQueue};
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
+use crate::GuestMemoryMmap;
 use virtio_queue::Queue;
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 /// virtio device type of a network device.

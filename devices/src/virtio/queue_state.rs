@@ -2,9 +2,9 @@
 //! could have, checked as activation checks a new one. The state comes from a file, so nothing
 //! in it is trusted.
 
+use crate::GuestMemoryMmap;
 use serde::{Deserialize, Serialize};
 use virtio_queue::{Queue, QueueState, QueueT};
-use vm_memory::GuestMemoryMmap;
 
 /// A queue as a snapshot holds it: virtio-queue's `QueueState`, which has no serde of its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

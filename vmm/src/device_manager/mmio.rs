@@ -5,9 +5,9 @@ use std::sync::{Arc, Mutex};
 
 use devices::virtio::mmio::{MmioTransport, MMIO_WINDOW_SIZE, NOTIFY_REG_OFFSET};
 use devices::virtio::{Interrupt, VirtioDevice};
+use devices::GuestMemoryMmap;
 use devices::{Bus, BusError};
 use kvm_ioctls::{IoEventAddress, VmFd};
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::arch::x86_64::layout::{BOOT_TIMER_START, MMIO_SLOT_SIZE};

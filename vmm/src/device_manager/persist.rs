@@ -10,7 +10,7 @@ use std::sync::Arc;
 use devices::virtio::mmio::{MmioStateError, MmioTransport};
 use devices::virtio::net::NetStateError;
 use devices::virtio::{QueueStateError, VirtioDevice};
-use vm_memory::GuestMemoryMmap;
+use devices::GuestMemoryMmap;
 
 use super::registry::{DeviceHandle, DeviceRegistry, RegisteredDevice, Transport};
 use crate::snapshot::state::{DevicesState, SavedSerial, VirtioDeviceState, VirtioState};

@@ -12,10 +12,10 @@ use devices::legacy::{Serial, I8042};
 use devices::virtio::block::Block;
 use devices::virtio::net::Net;
 use devices::virtio::{Interrupt, VirtioDevice};
+use devices::GuestMemoryMmap;
 use devices::{Bus, BusError};
 use event_manager::MutEventSubscriber;
 use kvm_ioctls::VmFd;
-use vm_memory::GuestMemoryMmap;
 
 use crate::arch::x86_64::layout::{BOOT_TIMER_START, MMIO_SLOT_SIZE};
 use crate::config::DriveConfig;

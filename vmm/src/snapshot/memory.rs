@@ -6,11 +6,10 @@
 use std::fs::{File, OpenOptions};
 use std::path::Path;
 
+use devices::{GuestMemoryMmap, GuestRegionMmap};
+use vm_memory::bitmap::{AtomicBitmap, NewBitmap};
 use vm_memory::mmap::MmapRegionBuilder;
-use vm_memory::{
-    Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
-    GuestRegionMmap,
-};
+use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use super::state::MemoryRegionState;
 
@@ -107,7 +106,7 @@ fn map_region(
     let map_err = |e: &dyn std::fmt::Display| MemoryFileError::Map(e.to_string());
     let size = usize::try_from(region.size).map_err(|e| map_err(&e))?;
     let file = file.try_clone().map_err(|e| map_err(&e))?;
-    let mapping = MmapRegionBuilder::new(size)
+    let mapping = MmapRegionBuilder::new_with_bitmap(size, AtomicBitmap::with_len(size))
         .with_file_offset(FileOffset::new(file, offset))
         .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
         .with_mmap_flags(libc::MAP_NORESERVE | libc::MAP_PRIVATE)

@@ -8,7 +8,8 @@
 //! seconds of kernel time per TiB). A size far above the host's memory would only cost that and
 //! could never be backed, so it is refused before anything is mapped.
 
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use devices::GuestMemoryMmap;
+use vm_memory::GuestAddress;
 
 use crate::arch::x86_64::layout::ram_regions;
 

@@ -28,9 +28,9 @@ use std::time::Duration;
 
 use devices::latency::LatencyAgg;
 use devices::Bus;
+use devices::GuestMemoryMmap;
 use kvm_bindings::{kvm_cpuid_entry2, kvm_msr_entry, CpuId, Msrs};
 use kvm_ioctls::{VcpuExit, VcpuFd};
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 

@@ -377,7 +377,8 @@ mod tests {
     use std::sync::Arc;
 
     use devices::Bus;
-    use vm_memory::{GuestAddress, GuestMemoryMmap};
+    use devices::GuestMemoryMmap;
+    use vm_memory::GuestAddress;
     use vmm_sys_util::eventfd::EventFd;
 
     use super::*;

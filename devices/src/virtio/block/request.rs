@@ -6,12 +6,13 @@
 //! chain comes from guest memory and is hostile until proven otherwise: every address is checked
 //! against guest memory here, so execution only meets buffers that exist.
 
+use crate::GuestMemoryMmap;
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
 };
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::DescriptorChain;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, Le32, Le64};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, Le32, Le64};
 
 /// Size of the request header: type (u32), reserved (u32), sector (u64), little-endian.
 const HEADER_LEN: u32 = 16;

@@ -6,8 +6,8 @@
 
 use std::sync::{Arc, Mutex};
 
+use crate::GuestMemoryMmap;
 use serde::{Deserialize, Serialize};
-use vm_memory::GuestMemoryMmap;
 
 use super::{lock, InvalidQueueValue, MmioTransport, QueueSlot};
 use crate::virtio::queue_state::{queue_from_state, QueueStateError, SavedQueue};

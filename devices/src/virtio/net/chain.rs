@@ -3,9 +3,10 @@
 //! against guest memory here, and every length sum is checked, so the queue loops only meet
 //! buffers that exist.
 
+use crate::GuestMemoryMmap;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::DescriptorChain;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::{MAX_FRAME_LEN, VNET_HDR_LEN};
 

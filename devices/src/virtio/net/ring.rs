@@ -10,8 +10,9 @@
 use std::num::Wrapping;
 use std::sync::atomic::{fence, Ordering};
 
+use crate::GuestMemoryMmap;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, Le32};
+use vm_memory::{Bytes, GuestAddress, Le32};
 
 use super::NetError;
 use crate::virtio::guest_queue::{GuestErrors, QueueCheckError};

@@ -12,8 +12,8 @@
 
 use std::io;
 
+use crate::GuestMemoryMmap;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
 
 use super::chain::RxBuffers;
 use super::ring;

@@ -9,8 +9,8 @@
 
 use std::io;
 
+use crate::GuestMemoryMmap;
 use virtio_queue::Queue;
-use vm_memory::GuestMemoryMmap;
 
 use super::chain;
 use super::ring;

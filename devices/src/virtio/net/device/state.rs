@@ -5,8 +5,8 @@
 
 use std::sync::Arc;
 
+use crate::GuestMemoryMmap;
 use serde::{Deserialize, Serialize};
-use vm_memory::GuestMemoryMmap;
 
 use super::{Net, State, QUEUE_SIZE};
 use crate::virtio::queue_state::{active_queue_from_state, QueueStateError, SavedQueue};
