@@ -54,6 +54,7 @@ struct VmmLatencies {
     pause: LastLatency,
     resume: LastLatency,
     full_create_snapshot: LastLatency,
+    diff_create_snapshot: LastLatency,
     load_snapshot: LastLatency,
 }
 
@@ -69,6 +70,7 @@ impl MetricSource for VmmLatencies {
                 ("vmm_pause_vm", self.pause.us()),
                 ("vmm_resume_vm", self.resume.us()),
                 ("vmm_full_create_snapshot", self.full_create_snapshot.us()),
+                ("vmm_diff_create_snapshot", self.diff_create_snapshot.us()),
                 ("vmm_load_snapshot", self.load_snapshot.us()),
             ],
         )
@@ -166,6 +168,8 @@ pub(crate) struct VmmParts {
     pub mem: GuestMemoryMmap,
     /// The userfaultfd of memory a page-fault handler serves (a snapshot loaded with Uffd).
     pub uffd: Option<OwnedFd>,
+    /// Whether KVM logs the pages the vCPUs dirty (`track_dirty_pages`), for Diff snapshots.
+    pub dirty_tracking: bool,
     pub vcpus: Vec<Vcpu>,
     pub stop_evt: EventFd,
     pub console_input: bool,
@@ -188,6 +192,7 @@ pub struct Vmm {
     seccomp: Arc<SeccompFilters>,
     mem: GuestMemoryMmap,
     _uffd: Option<OwnedFd>,
+    dirty_tracking: bool,
     vm: Vm,
 }
 
@@ -239,6 +244,7 @@ impl Vmm {
             seccomp: parts.seccomp,
             mem: parts.mem,
             _uffd: parts.uffd,
+            dirty_tracking: parts.dirty_tracking,
             vm: parts.vm,
         })
     }
@@ -397,8 +403,8 @@ impl RunningVm for Vmm {
         if !self.paused {
             return Err(ActionError::SnapshotNotPaused);
         }
-        if params.snapshot_type == SnapshotType::Diff {
-            return Err(ActionError::DiffSnapshotUnsupported);
+        if params.snapshot_type == SnapshotType::Diff && !self.dirty_tracking {
+            return Err(ActionError::DiffWithoutDirtyTracking);
         }
         let start = Instant::now();
         // The devices first: nothing they do once saved may be missing from the VM's state.
@@ -413,10 +419,28 @@ impl RunningVm for Vmm {
             devices,
         };
         file::write(&params.snapshot_path, &state)?;
-        memory::write_full(&self.mem, &params.mem_file_path)?;
-        self.latencies.full_create_snapshot.record(start.elapsed());
+        let latency = match params.snapshot_type {
+            SnapshotType::Full => {
+                memory::write_full(&self.mem, &params.mem_file_path)?;
+                if self.dirty_tracking {
+                    // The next Diff snapshot holds what changes from here.
+                    self.vm.take_dirty_pages(&self.mem)?;
+                }
+                &self.latencies.full_create_snapshot
+            }
+            SnapshotType::Diff => {
+                let dirty = self.vm.take_dirty_pages(&self.mem)?;
+                if let Err(e) = memory::write_dirty(&self.mem, &params.mem_file_path, &dirty) {
+                    Vm::keep_dirty_pages(&self.mem, &dirty);
+                    return Err(e.into());
+                }
+                &self.latencies.diff_create_snapshot
+            }
+        };
+        latency.record(start.elapsed());
         log::info!(
-            "Wrote a full snapshot to {} and {}",
+            "Wrote a {:?} snapshot to {} and {}",
+            params.snapshot_type,
             params.snapshot_path.display(),
             params.mem_file_path.display()
         );

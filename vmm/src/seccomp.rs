@@ -350,6 +350,7 @@ mod tests {
         vmm_sys_util::ioctl_io_nr!(KVM_GET_TSC_KHZ, KVMIO, 0xa3);
         vmm_sys_util::ioctl_iowr_nr!(KVM_GET_MSRS, KVMIO, 0x88, kvm_msrs);
         vmm_sys_util::ioctl_ior_nr!(KVM_GET_VCPU_EVENTS, KVMIO, 0x9f, kvm_vcpu_events);
+        vmm_sys_util::ioctl_iow_nr!(KVM_GET_DIRTY_LOG, KVMIO, 0x42, kvm_bindings::kvm_dirty_log);
         let futex = |op: i32| Some(op as u64);
         Some(match name {
             "KVM_RUN" => KVM_RUN(),
@@ -367,6 +368,7 @@ mod tests {
             "KVM_GET_TSC_KHZ" => KVM_GET_TSC_KHZ(),
             "KVM_GET_MSRS" => KVM_GET_MSRS(),
             "KVM_GET_VCPU_EVENTS" => KVM_GET_VCPU_EVENTS(),
+            "KVM_GET_DIRTY_LOG" => KVM_GET_DIRTY_LOG(),
             "TUNSETOFFLOAD" => libc::TUNSETOFFLOAD,
             "TCGETS" => libc::TCGETS,
             "TCSETS" => libc::TCSETS,

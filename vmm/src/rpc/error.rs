@@ -91,9 +91,10 @@ pub enum ActionError {
     /// `PUT /snapshot/create` on a running VM.
     #[error("Create snapshot error: the microVM must be paused first.")]
     SnapshotNotPaused,
-    /// `PUT /snapshot/create` asked for a Diff snapshot.
-    #[error("Create snapshot error: Diff snapshots are not supported yet.")]
-    DiffSnapshotUnsupported,
+    /// `PUT /snapshot/create` asked for a Diff snapshot of a VM whose dirty pages KVM does not
+    /// log.
+    #[error("Create snapshot error: a Diff snapshot needs track_dirty_pages (in machine-config, or in the snapshot/load that restored the microVM).")]
+    DiffWithoutDirtyTracking,
     /// The VM's KVM state could not be saved.
     #[error("Create snapshot error: {0}")]
     SaveVm(#[from] VmStateError),

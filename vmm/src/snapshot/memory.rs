@@ -1,7 +1,10 @@
 //! Guest memory and the memory file: a Full snapshot writes every region one after the other;
-//! a restore maps the file's regions `MAP_PRIVATE`, so nothing is read until the guest touches
-//! a page, pages it only reads stay the page cache's (shared by every clone of one snapshot),
-//! and what it writes is its own copy, never the file.
+//! a Diff snapshot writes only the dirty pages, each at its place in that layout, into the
+//! file as it is (the previous snapshot's memory file, which it brings up to date, or a new
+//! sparse file that holds just those pages). A restore maps the file's regions `MAP_PRIVATE`,
+//! so nothing is read until the guest touches a page, pages it only reads stay the page
+//! cache's (shared by every clone of one snapshot), and what it writes is its own copy, never
+//! the file.
 
 use std::fs::{File, OpenOptions};
 use std::path::Path;
@@ -69,6 +72,89 @@ pub fn write_full(mem: &GuestMemoryMmap, path: &Path) -> Result<(), MemoryFileEr
     file.sync_all().map_err(io("sync", path))
 }
 
+/// The page size dirty bitmaps count in.
+const PAGE: u64 = 4096;
+
+/// Writes the pages of `mem` that `dirty` marks (one bitmap per region, a bit per page, as
+/// KVM's dirty log) to `path` at their places in the Full layout, leaving the file's other
+/// bytes as they are; a shorter file is extended first (sparse). Then syncs it.
+pub fn write_dirty(
+    mem: &GuestMemoryMmap,
+    path: &Path,
+    dirty: &[Vec<u64>],
+) -> Result<(), MemoryFileError> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(io("open", path))?;
+    let total: u64 = mem.iter().map(|r| r.len()).sum();
+    if file.metadata().map_err(io("read", path))?.len() < total {
+        file.set_len(total).map_err(io("extend", path))?;
+    }
+    let mut file_offset = 0u64;
+    for (region, bitmap) in mem.iter().zip(dirty) {
+        let pages = region.len() / PAGE;
+        let mut page = 0u64;
+        while page < pages {
+            if !is_set(bitmap, page) {
+                page += 1;
+                continue;
+            }
+            let first = page;
+            while page < pages && is_set(bitmap, page) {
+                page += 1;
+            }
+            let start = first * PAGE;
+            let len = usize::try_from((page - first) * PAGE)
+                .map_err(|_| MemoryFileError::Map("a run of dirty pages".to_string()))?;
+            let slice = region
+                .get_slice(vm_memory::MemoryRegionAddress(start), len)
+                .map_err(|e| MemoryFileError::Map(e.to_string()))?;
+            let mut at = file_offset + start;
+            let mut written = 0;
+            while written < len {
+                let rest = slice
+                    .subslice(written, len - written)
+                    .map_err(|e| MemoryFileError::Map(e.to_string()))?;
+                let n = write_volatile_at(&file, &rest, at).map_err(io("write", path))?;
+                written += n;
+                at += n as u64;
+            }
+        }
+        file_offset += region.len();
+    }
+    file.sync_all().map_err(io("sync", path))
+}
+
+fn is_set(bitmap: &[u64], page: u64) -> bool {
+    let word = usize::try_from(page / 64).ok().and_then(|w| bitmap.get(w));
+    word.is_some_and(|w| w & (1 << (page % 64)) != 0)
+}
+
+/// One `pwrite` of `slice` at `offset`.
+fn write_volatile_at(
+    file: &File,
+    slice: &vm_memory::VolatileSlice<'_, vm_memory::bitmap::BS<'_, AtomicBitmap>>,
+    offset: u64,
+) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let offset = libc::off_t::try_from(offset)
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EFBIG))?;
+    // SAFETY: the slice is guest memory mapped for as long as `mem` lives, `len` bytes from
+    // its pointer; pwrite only reads them.
+    let n = unsafe {
+        libc::pwrite(
+            file.as_raw_fd(),
+            slice.ptr_guard().as_ptr().cast(),
+            slice.len(),
+            offset,
+        )
+    };
+    usize::try_from(n).map_err(|_| std::io::Error::last_os_error())
+}
+
 /// Maps `regions` from the memory file at `path`, private, as the file holds them.
 pub fn map_private(
     path: &Path,
@@ -119,6 +205,31 @@ fn map_region(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_diff_writes_only_the_dirty_pages_over_the_file() {
+        let mem = GuestMemoryMmap::from_ranges(&[
+            (GuestAddress(0), 0x4000),
+            (GuestAddress(0x10_0000), 0x2000),
+        ])
+        .unwrap();
+        let dir = std::env::temp_dir().join(format!("kiln-memdiff-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("mem");
+        std::fs::write(&path, vec![0xaa; 0x3000]).unwrap();
+        mem.write_obj(1u8, GuestAddress(0x1000)).unwrap();
+        mem.write_obj(2u8, GuestAddress(0x2000)).unwrap();
+        mem.write_obj(3u8, GuestAddress(0x10_1000)).unwrap();
+        // Pages 1 and 2 of the first region, page 1 of the second; not page 0.
+        write_dirty(&mem, &path, &[vec![0b110], vec![0b10]]).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(bytes.len(), 0x6000, "extended to the Full layout");
+        assert_eq!(bytes[0], 0xaa, "a clean page is the file's");
+        assert_eq!((bytes[0x1000], bytes[0x2000]), (1, 2));
+        assert_eq!(bytes[0x5000], 3);
+        assert_eq!(bytes[0x4000], 0, "the extension is a hole");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn memory_written_full_maps_back_private() {

@@ -1,10 +1,15 @@
 //! The VM's own state for a snapshot: the in-kernel PIC pair and IOAPIC, the PIT and the
-//! kvm-clock, as KVM reports them. The devices' and the vCPUs' states are their own.
+//! kvm-clock, as KVM reports them, and the pages dirtied since the last snapshot, for a Diff
+//! one. The devices' and the vCPUs' states are their own.
 
 use kvm_bindings::{
     kvm_clock_data, kvm_irqchip, kvm_pit_state2, KVM_CLOCK_REALTIME, KVM_IRQCHIP_IOAPIC,
     KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
 };
+
+use devices::GuestMemoryMmap;
+use vm_memory::mmap::MmapRegion;
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 use super::vm::Vm;
 
@@ -71,6 +76,40 @@ impl Vm {
         })
     }
 
+    /// The pages of `mem` (registered with dirty logging) written since the last call, one
+    /// bitmap per region, a bit per 4 KiB page: KVM's log of the vCPUs' writes ORed with the
+    /// memory's own bitmap of the VMM's (device) writes. Both are cleared.
+    pub fn take_dirty_pages(&self, mem: &GuestMemoryMmap) -> Result<Vec<Vec<u64>>, VmStateError> {
+        (0u32..)
+            .zip(mem.iter())
+            .map(|(slot, region)| {
+                let size = usize::try_from(region.len()).unwrap_or(usize::MAX);
+                let mut kvm = self
+                    .fd()
+                    .get_dirty_log(slot, size)
+                    .map_err(ioctl("read the dirty log"))?;
+                let vmm = MmapRegion::bitmap(region).get_and_reset();
+                for (word, own) in kvm.iter_mut().zip(vmm) {
+                    *word |= own;
+                }
+                Ok(kvm)
+            })
+            .collect()
+    }
+
+    /// Marks the pages `dirty` holds dirty again, in the memory's own bitmap: a Diff snapshot
+    /// that could not be written leaves them for the next one.
+    pub fn keep_dirty_pages(mem: &GuestMemoryMmap, dirty: &[Vec<u64>]) {
+        for (region, bitmap) in mem.iter().zip(dirty) {
+            let own = MmapRegion::bitmap(region);
+            for (w, word) in bitmap.iter().enumerate() {
+                for bit in (0..64).filter(|b| word & (1 << b) != 0) {
+                    own.set_bit(w * 64 + bit);
+                }
+            }
+        }
+    }
+
     /// Puts a new VM, built as the saved one was, in `state`. The clock goes on from the
     /// saved guest time, or with `clock_realtime` jumps to the host's real time, which the
     /// saved clock must carry (as Firecracker's snapshot load).
@@ -102,6 +141,23 @@ impl Vm {
 mod tests {
     use super::*;
     use crate::cpu_template::CustomCpuTemplate;
+
+    #[test]
+    fn the_vmms_writes_are_dirty_pages_once_and_kept_when_a_diff_fails() {
+        let vm = Vm::new(&CustomCpuTemplate::default()).unwrap();
+        let mem = GuestMemoryMmap::from_ranges(&[(vm_memory::GuestAddress(0), 1 << 20)]).unwrap();
+        vm.register_memory(&mem, true).unwrap();
+        vm.take_dirty_pages(&mem).unwrap();
+        vm_memory::Bytes::write_obj(&mem, 7u64, vm_memory::GuestAddress(0x3008)).unwrap();
+        let dirty = vm.take_dirty_pages(&mem).unwrap();
+        assert_eq!(dirty.len(), 1);
+        assert_eq!(dirty[0][0], 1 << 3, "{:#x}", dirty[0][0]);
+        assert!(vm.take_dirty_pages(&mem).unwrap()[0]
+            .iter()
+            .all(|w| *w == 0));
+        Vm::keep_dirty_pages(&mem, &dirty);
+        assert_eq!(vm.take_dirty_pages(&mem).unwrap()[0][0], 1 << 3);
+    }
 
     #[test]
     fn a_new_vm_takes_the_saved_interrupt_controllers_pit_and_clock() {
