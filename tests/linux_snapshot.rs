@@ -3,7 +3,9 @@
 //! killed; a new kiln loads the snapshot and the count goes on without a reboot (the same boot
 //! token, its uptime going on), and at the end the file on the drive holds every count once, in
 //! order, up to the last one the restored guest printed. A third kiln loads the snapshot with
-//! its memory served by `kiln-uffd-handler`, on the drive as the snapshot left it.
+//! its memory served by `kiln-uffd-handler`, on the drive as the snapshot left it; a fourth
+//! loads a Diff snapshot taken in the second over a copy of the Full one's memory, and goes on
+//! from that later count.
 
 // Test code reports failures by panicking.
 #![allow(
@@ -67,7 +69,7 @@ start_kiln a
 echo "SNAP-BOOT-SOURCE=$(api PUT /boot-source '{"kernel_image_path": "vmlinux", "boot_args": "console=ttyS0 reboot=k panic=1 i8042.noaux kiln.script=/dev/vdb"}')"
 echo "SNAP-ROOTFS=$(api PUT /drives/rootfs '{"drive_id": "rootfs", "path_on_host": "snap-rootfs.img", "is_root_device": true, "is_read_only": false}')"
 echo "SNAP-SCRIPT=$(api PUT /drives/script '{"drive_id": "script", "path_on_host": "snap-counter.script", "is_root_device": false, "is_read_only": true}')"
-echo "SNAP-MACHINE=$(api PUT /machine-config '{"vcpu_count": 1, "mem_size_mib": 128}')"
+echo "SNAP-MACHINE=$(api PUT /machine-config '{"vcpu_count": 1, "mem_size_mib": 128, "track_dirty_pages": true}')"
 echo "SNAP-START=$(api PUT /actions '{"action_type": "InstanceStart"}')"
 wait_count a 5
 echo "SNAP-PAUSE=$(api PATCH /vm '{"state": "Paused"}')"
@@ -79,13 +81,21 @@ kill -9 $KILN; wait $KILN 2>/dev/null
 cp snap-rootfs.img rootfs-at-snapshot.img
 
 start_kiln b
-echo "SNAP-LOAD=$(api PUT /snapshot/load '{"snapshot_path": "vm.snap", "mem_backend": {"backend_type": "File", "backend_path": "vm.mem"}, "resume_vm": true}') $(cat resp.txt)"
+echo "SNAP-LOAD=$(api PUT /snapshot/load '{"snapshot_path": "vm.snap", "mem_backend": {"backend_type": "File", "backend_path": "vm.mem"}, "resume_vm": true, "track_dirty_pages": true}') $(cat resp.txt)"
 api GET / >/dev/null; echo "SNAP-STATE-B=$(sed 's/.*"state":"\([^"]*\)".*/\1/' resp.txt)"
 api GET /vm/config >/dev/null
 cmp -s resp.txt config-a.json && echo "SNAP-CONFIG-SAME=yes" || echo "SNAP-CONFIG-SAME=no"
 wait_count b 10
 echo "SNAP-FIRST-B=$(counts b | head -n1)"
 echo "SNAP-LAST-B=$(last b)"
+# A Diff snapshot over a copy of the Full one's memory, and the drive as it is then.
+api PATCH /vm '{"state": "Paused"}' >/dev/null
+cp vm.mem merged.mem
+echo "SNAP-DIFF=$(api PUT /snapshot/create '{"snapshot_type": "Diff", "snapshot_path": "diff.snap", "mem_file_path": "merged.mem"}') $(cat resp.txt)"
+echo "SNAP-AT-DIFF=$(last b)"
+cp snap-rootfs.img rootfs-at-diff.img
+api PATCH /vm '{"state": "Resumed"}' >/dev/null
+wait_count b 15
 grep -a -c 'Linux version' kiln-b.out | sed 's/^/SNAP-BOOTS-B=/'
 echo "SNAP-CTRL-ALT-DEL=$(api PUT /actions '{"action_type": "SendCtrlAltDel"}')"
 i=0; while kill -0 $KILN 2>/dev/null && [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done
@@ -107,8 +117,16 @@ echo "SNAP-FIRST-C=$(counts c | head -n1)"
 echo "SNAP-LAST-C=$(last c)"
 kill -9 $KILN; wait $KILN 2>/dev/null
 kill $HANDLER; wait $HANDLER 2>/dev/null
-# The harness reads the guest's fate from kiln's output: A's boot, then B's and C's runs.
-cat kiln-a.out kiln-b.out kiln-c.out
+
+# The Diff snapshot, on the drive as it was then: the guest goes on from the later state.
+rm -f snap-rootfs.img; mv rootfs-at-diff.img snap-rootfs.img
+start_kiln d
+echo "SNAP-LOAD-DIFF=$(api PUT /snapshot/load '{"snapshot_path": "diff.snap", "mem_backend": {"backend_type": "File", "backend_path": "merged.mem"}, "resume_vm": true}') $(cat resp.txt)"
+wait_count d 5
+echo "SNAP-FIRST-D=$(counts d | head -n1)"
+kill -9 $KILN; wait $KILN 2>/dev/null
+# The harness reads the guest's fate from kiln's output: A's boot, then B's, C's and D's runs.
+cat kiln-a.out kiln-b.out kiln-c.out kiln-d.out
 return $rc
 }
 drive
@@ -122,7 +140,7 @@ fn scenarios() -> Vec<Scenario> {
         before: "cp rootfs.ext4 snap-rootfs.img".into(),
         run: DRIVER.into(),
         after: "echo \"SNAP-DISK=$(debugfs -R 'cat /root/count.log' rootfs-b.img 2>/dev/null \
-                | tr '\\n' ' ')\"; rm -f snap-rootfs.img rootfs-b.img vm.snap vm.mem"
+                | tr '\\n' ' ')\"; rm -f snap-rootfs.img rootfs-b.img vm.snap vm.mem diff.snap merged.mem"
             .into(),
         timeout_secs: Some(600),
         ..Default::default()
@@ -200,6 +218,20 @@ fn the_guest_counts_on_with_its_memory_served_by_the_page_fault_handler() {
         "{saved} then {first}"
     );
     assert!(last >= first + 4, "{first}..{last}");
+}
+
+#[test]
+fn a_diff_snapshot_restores_the_later_state() {
+    assert_eq!(value("SNAP-DIFF"), "204", "{}", outcome().tail());
+    assert_eq!(value("SNAP-LOAD-DIFF"), "204", "{}", outcome().tail());
+    let (at_diff, boot_b, _) = count_line("SNAP-AT-DIFF");
+    let (first, boot_d, _) = count_line("SNAP-FIRST-D");
+    assert_eq!(boot_d, boot_b, "the guest booted again");
+    assert!(
+        first == at_diff + 1 || first == at_diff + 2,
+        "{at_diff} at the Diff snapshot, {first} first after it:\n{}",
+        outcome().tail()
+    );
 }
 
 #[test]

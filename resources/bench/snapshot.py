@@ -146,8 +146,12 @@ class Vmm:
         mem = open(f"/proc/{self.proc.pid}/mem", "rb", buffering=0)
 
         def read():
-            mem.seek(start + COUNTER_ADDR)
-            return struct.unpack("<Q", mem.read(8))[0]
+            # A page the page-fault handler has not served yet reads as an I/O error.
+            try:
+                mem.seek(start + COUNTER_ADDR)
+                return struct.unpack("<Q", mem.read(8))[0]
+            except OSError:
+                return None
         return read
 
 
@@ -214,10 +218,10 @@ def load_once(binary, tmp, name, snap, mem, handler=None):
     if read is None:
         return answered, None, vm
     deadline = start + 5
-    while read() == saved and time.monotonic() < deadline:
+    while read() in (saved, None) and time.monotonic() < deadline:
         pass
     running = time.monotonic() - start
-    return answered, running if read() != saved else None, vm
+    return answered, running if read() not in (saved, None) else None, vm
 
 
 def ms(seconds):

@@ -41,7 +41,7 @@ use crate::arch::x86_64::regs::{self, EntryPoint, RegsError};
 use crate::cpu_template::{apply_cpuid, apply_msrs, msr_addresses, ApplyError, CustomCpuTemplate};
 use crate::metrics::{Counter, MetricSource};
 use crate::seccomp::{SeccompError, SeccompFilters, ThreadKind};
-use crate::vstate::vcpu_state::{VcpuState, VcpuStateError};
+use crate::vstate::vcpu_state::{VcpuState, VcpuStateError, VcpuStateIo};
 
 /// The kinds of vCPU exit the metrics count.
 const EXIT_KINDS: [&str; 10] = [
@@ -266,26 +266,30 @@ impl Vcpu {
         }
     }
 
-    /// The CPUID Kiln gave the vCPU.
-    pub(super) fn cpuid(&self) -> &[kvm_cpuid_entry2] {
-        &self.cpuid
+    fn state_io(&self) -> VcpuStateIo<'_> {
+        VcpuStateIo {
+            fd: &self.fd,
+            index: self.index,
+        }
     }
 
-    /// Gives the vCPU `cpuid`.
-    pub(super) fn set_cpuid(&mut self, cpuid: CpuId) -> Result<(), kvm_ioctls::Error> {
-        self.fd.set_cpuid2(&cpuid)?;
-        self.cpuid = cpuid.as_slice().to_vec();
+    /// The state, for a snapshot (see [`VcpuStateIo::save`]).
+    pub fn save_state(&self, msr_indices: &[u32]) -> Result<VcpuState, VcpuStateError> {
+        self.state_io().save(&self.cpuid, msr_indices)
+    }
+
+    /// Puts the new vCPU in `state`, before its thread starts.
+    pub fn restore_state(&mut self, state: &VcpuState) -> Result<(), VcpuStateError> {
+        self.state_io().restore(state)?;
+        self.cpuid = state.cpuid.clone();
         Ok(())
     }
 
-    /// The vCPU's index.
-    pub fn index(&self) -> u8 {
-        self.index
-    }
-
-    /// KVM's vCPU.
-    pub(super) fn fd(&self) -> &VcpuFd {
-        &self.fd
+    /// Gives the vCPU `cpuid`.
+    fn set_cpuid(&mut self, cpuid: CpuId) -> Result<(), kvm_ioctls::Error> {
+        self.fd.set_cpuid2(&cpuid)?;
+        self.cpuid = cpuid.as_slice().to_vec();
+        Ok(())
     }
 
     fn ioctl(&self, what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VcpuError + '_ {
@@ -674,7 +678,102 @@ impl Drop for VcpuHandle {
 
 #[cfg(test)]
 mod tests {
+    use devices::GuestMemoryMmap;
+    use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+    use vm_memory::GuestAddress;
+
     use super::*;
+    use crate::arch::x86_64::regs::{BootProtocol, EntryPoint};
+    use crate::snapshot::file;
+    use crate::vstate::vcpu_state::check_cpuid_offered;
+    use crate::vstate::vm::Vm;
+
+    fn msr(index: u32, data: u64) -> kvm_msr_entry {
+        kvm_msr_entry {
+            index,
+            data,
+            ..Default::default()
+        }
+    }
+
+    /// A configured vCPU 0 of a new VM, as boot leaves it, with the VM and its memory.
+    fn booted_vcpu() -> (Vm, GuestMemoryMmap, Vcpu, CpuId) {
+        let template = CustomCpuTemplate::default();
+        let vm = Vm::new(&template).unwrap();
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
+        vm.register_memory(&mem, false).unwrap();
+        let supported = vm.kvm().get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).unwrap();
+        let msrs: Arc<[u32]> = vm.kvm().get_msr_index_list().unwrap().as_slice().into();
+        let buses = (Arc::new(Bus::new()), Arc::new(Bus::new()));
+        let mut vcpu = Vcpu::new(
+            vm.fd().create_vcpu(0).unwrap(),
+            0,
+            buses,
+            EventFd::new(0).unwrap(),
+            Arc::new(VcpuExitCounters::default()),
+            msrs,
+        );
+        let config = VcpuConfig {
+            supported_cpuid: &supported,
+            count: 1,
+            smt: false,
+            entry: EntryPoint {
+                addr: GuestAddress(0x100_0000),
+                protocol: BootProtocol::Linux64,
+            },
+            template: &template,
+        };
+        vcpu.configure(&mem, &config).unwrap();
+        (vm, mem, vcpu, supported)
+    }
+
+    #[test]
+    fn a_vcpus_state_survives_the_file_and_a_new_vm() {
+        let (vm, _mem, vcpu, supported) = booted_vcpu();
+        let indices = vm.kvm().get_msr_index_list().unwrap();
+        let saved = vcpu.save_state(indices.as_slice()).unwrap();
+        assert!(!saved.msrs.is_empty() && !saved.cpuid.is_empty());
+        // What Kiln gives a vCPU is what this host's KVM offers.
+        check_cpuid_offered(&saved.cpuid, &supported).unwrap();
+
+        let bytes = file::encode(&saved).unwrap();
+        let decoded: VcpuState = file::decode(&bytes).unwrap();
+        let (new_vm, _new_mem, mut fresh, _) = booted_vcpu();
+        let mut regs = decoded.regs;
+        regs.rax = 0x1234_5678;
+        let moved = VcpuState { regs, ..decoded };
+        fresh.restore_state(&moved).unwrap();
+        let restored = fresh.save_state(new_vm.kvm().get_msr_index_list().unwrap().as_slice());
+        let restored = restored.unwrap();
+        assert_eq!(restored.regs.rax, 0x1234_5678);
+        assert_eq!(restored.regs.rip, saved.regs.rip);
+        assert_eq!(restored.sregs.cr3, saved.sregs.cr3);
+        assert_eq!(restored.sregs.efer, saved.sregs.efer);
+        assert_eq!(restored.xcrs.nr_xcrs, saved.xcrs.nr_xcrs);
+        assert_eq!(restored.lapic.regs[..0x400], saved.lapic.regs[..0x400]);
+        let value = |state: &VcpuState, index: u32| {
+            state.msrs.iter().find(|m| m.index == index).map(|m| m.data)
+        };
+        // IA32_SYSENTER_CS and EFER come back as saved.
+        for index in [0x174, 0xc000_0080] {
+            assert_eq!(value(&restored, index), value(&saved, index), "{index:#x}");
+        }
+    }
+
+    #[test]
+    fn an_msr_this_kvm_refuses_is_named() {
+        let (vm, _mem, vcpu, _) = booted_vcpu();
+        let indices = vm.kvm().get_msr_index_list().unwrap();
+        let mut saved = vcpu.save_state(indices.as_slice()).unwrap();
+        // An MSR index in no range any CPU defines.
+        saved.msrs.push(msr(0x4fff_0000, 1));
+        let (_vm, _mem, mut fresh, _) = booted_vcpu();
+        let err = fresh.restore_state(&saved).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "This host's KVM does not take MSR 0x4fff0000, which vCPU 0's saved state holds."
+        );
+    }
 
     fn by_name(counters: Vec<Counter>) -> BTreeMap<String, u64> {
         counters.into_iter().map(|c| (c.name, c.total)).collect()

@@ -10,15 +10,12 @@
 //! base), the LAPIC before the MSRs (the TSC deadline needs it), and the TSC deadline after the
 //! TSC, which KVM reads to arm the timer.
 
-#[cfg(test)]
-use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_bindings::{
     kvm_cpuid_entry2, kvm_debugregs, kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_regs,
     kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave, CpuId, Msrs, KVM_MAX_MSR_ENTRIES,
 };
+use kvm_ioctls::VcpuFd;
 use serde::{Deserialize, Serialize};
-
-use super::vcpu::Vcpu;
 
 /// IA32_TSC.
 const MSR_IA32_TSC: u32 = 0x10;
@@ -219,9 +216,18 @@ fn order_tsc_deadline(msrs: &mut Vec<kvm_msr_entry>) {
     msrs.extend(deadline);
 }
 
-impl Vcpu {
+/// A vCPU's fd and index, through which its state is read and written.
+#[derive(Debug, Clone, Copy)]
+pub struct VcpuStateIo<'a> {
+    /// KVM's vCPU.
+    pub fd: &'a VcpuFd,
+    /// Its index, for errors.
+    pub index: u8,
+}
+
+impl VcpuStateIo<'_> {
     fn state_ioctl(&self, what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VcpuStateError {
-        let index = self.index();
+        let index = self.index;
         move |source| VcpuStateError::Ioctl {
             what,
             index,
@@ -244,9 +250,9 @@ impl Vcpu {
                 })
                 .collect();
             let mut msrs =
-                Msrs::from_entries(&entries).map_err(|_| VcpuStateError::TooMany(self.index()))?;
+                Msrs::from_entries(&entries).map_err(|_| VcpuStateError::TooMany(self.index))?;
             let read = self
-                .fd()
+                .fd
                 .get_msrs(&mut msrs)
                 .map_err(self.state_ioctl("read the MSRs"))?;
             saved.extend_from_slice(msrs.as_slice().get(..read).unwrap_or_default());
@@ -255,7 +261,7 @@ impl Vcpu {
                 Some(unreadable) => {
                     log::debug!(
                         "vCPU {}: MSR {unreadable:#x} cannot be read; not saved",
-                        self.index()
+                        self.index
                     );
                     read + 1
                 }
@@ -266,10 +272,15 @@ impl Vcpu {
         Ok(saved)
     }
 
-    /// The state, for a snapshot. `msr_indices` are the MSRs KVM lists for this host. Called
-    /// on the vCPU's thread, with every vCPU out of `KVM_RUN`.
-    pub fn save_state(&self, msr_indices: &[u32]) -> Result<VcpuState, VcpuStateError> {
-        let fd = self.fd();
+    /// The state, for a snapshot, with `cpuid` (what Kiln gave the vCPU). `msr_indices` are
+    /// the MSRs KVM lists for this host. Called on the vCPU's thread, with every vCPU out of
+    /// `KVM_RUN`.
+    pub fn save(
+        &self,
+        cpuid: &[kvm_cpuid_entry2],
+        msr_indices: &[u32],
+    ) -> Result<VcpuState, VcpuStateError> {
+        let fd = self.fd;
         let mp_state = fd
             .get_mp_state()
             .map_err(self.state_ioctl("read the MP state"))?;
@@ -288,7 +299,7 @@ impl Vcpu {
             .map_err(self.state_ioctl("read the debug registers"))?;
         let lapic = fd.get_lapic().map_err(self.state_ioctl("read the LAPIC"))?;
         let tsc_khz = fd.get_tsc_khz().ok();
-        let cpuid = self.cpuid().to_vec();
+        let cpuid = cpuid.to_vec();
         let msrs = self.readable_msrs(msr_indices)?;
         let vcpu_events = fd
             .get_vcpu_events()
@@ -309,13 +320,13 @@ impl Vcpu {
     }
 
     /// Puts a new vCPU in `state`, before its thread starts.
-    pub fn restore_state(&mut self, state: &VcpuState) -> Result<(), VcpuStateError> {
-        let index = self.index();
+    pub fn restore(&self, state: &VcpuState) -> Result<(), VcpuStateError> {
+        let index = self.index;
         let too_many = || VcpuStateError::TooMany(index);
         let cpuid = CpuId::from_entries(&state.cpuid).map_err(|_| too_many())?;
-        self.set_cpuid(cpuid)
+        let fd = self.fd;
+        fd.set_cpuid2(&cpuid)
             .map_err(self.state_ioctl("set the CPUID"))?;
-        let fd = self.fd();
         self.restore_tsc(state.tsc_khz)?;
         fd.set_mp_state(state.mp_state)
             .map_err(self.state_ioctl("set the MP state"))?;
@@ -343,7 +354,7 @@ impl Vcpu {
                 .map_err(self.state_ioctl("set the MSRs"))?;
             if let Some(refused) = chunk.get(set) {
                 return Err(VcpuStateError::Msr {
-                    index: self.index(),
+                    index: self.index,
                     msr: refused.index,
                 });
             }
@@ -355,17 +366,17 @@ impl Vcpu {
 
     /// Runs the vCPU's TSC at the saved frequency when this host's is too far from it.
     fn restore_tsc(&self, saved_khz: Option<u32>) -> Result<(), VcpuStateError> {
-        let (Some(saved_khz), Ok(host_khz)) = (saved_khz, self.fd().get_tsc_khz()) else {
+        let (Some(saved_khz), Ok(host_khz)) = (saved_khz, self.fd.get_tsc_khz()) else {
             return Ok(());
         };
         let diff = u64::from(saved_khz.abs_diff(host_khz));
         if diff * 1_000_000 <= u64::from(saved_khz) * TSC_TOLERANCE_PPM {
             return Ok(());
         }
-        self.fd()
+        self.fd
             .set_tsc_khz(saved_khz)
             .map_err(|source| VcpuStateError::TscScaling {
-                index: self.index(),
+                index: self.index,
                 saved_khz,
                 source,
             })
@@ -374,98 +385,7 @@ impl Vcpu {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use devices::Bus;
-    use devices::GuestMemoryMmap;
-    use vm_memory::GuestAddress;
-    use vmm_sys_util::eventfd::EventFd;
-
     use super::*;
-    use crate::arch::x86_64::regs::{BootProtocol, EntryPoint};
-    use crate::cpu_template::CustomCpuTemplate;
-    use crate::snapshot::file;
-    use crate::vstate::vcpu::{VcpuConfig, VcpuExitCounters};
-    use crate::vstate::vm::Vm;
-
-    /// A configured vCPU 0 of a new VM, as boot leaves it, with the VM and its memory.
-    fn booted_vcpu() -> (Vm, GuestMemoryMmap, Vcpu, CpuId) {
-        let template = CustomCpuTemplate::default();
-        let vm = Vm::new(&template).unwrap();
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
-        vm.register_memory(&mem, false).unwrap();
-        let supported = vm.kvm().get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).unwrap();
-        let msrs: Arc<[u32]> = vm.kvm().get_msr_index_list().unwrap().as_slice().into();
-        let buses = (Arc::new(Bus::new()), Arc::new(Bus::new()));
-        let mut vcpu = Vcpu::new(
-            vm.fd().create_vcpu(0).unwrap(),
-            0,
-            buses,
-            EventFd::new(0).unwrap(),
-            Arc::new(VcpuExitCounters::default()),
-            msrs,
-        );
-        let config = VcpuConfig {
-            supported_cpuid: &supported,
-            count: 1,
-            smt: false,
-            entry: EntryPoint {
-                addr: GuestAddress(0x100_0000),
-                protocol: BootProtocol::Linux64,
-            },
-            template: &template,
-        };
-        vcpu.configure(&mem, &config).unwrap();
-        (vm, mem, vcpu, supported)
-    }
-
-    #[test]
-    fn a_vcpus_state_survives_the_file_and_a_new_vm() {
-        let (vm, _mem, vcpu, supported) = booted_vcpu();
-        let indices = vm.kvm().get_msr_index_list().unwrap();
-        let saved = vcpu.save_state(indices.as_slice()).unwrap();
-        assert!(!saved.msrs.is_empty() && !saved.cpuid.is_empty());
-        // What Kiln gives a vCPU is what this host's KVM offers.
-        check_cpuid_offered(&saved.cpuid, &supported).unwrap();
-
-        let bytes = file::encode(&saved).unwrap();
-        let decoded: VcpuState = file::decode(&bytes).unwrap();
-        let (new_vm, _new_mem, mut fresh, _) = booted_vcpu();
-        let mut regs = decoded.regs;
-        regs.rax = 0x1234_5678;
-        let moved = VcpuState { regs, ..decoded };
-        fresh.restore_state(&moved).unwrap();
-        let restored = fresh.save_state(new_vm.kvm().get_msr_index_list().unwrap().as_slice());
-        let restored = restored.unwrap();
-        assert_eq!(restored.regs.rax, 0x1234_5678);
-        assert_eq!(restored.regs.rip, saved.regs.rip);
-        assert_eq!(restored.sregs.cr3, saved.sregs.cr3);
-        assert_eq!(restored.sregs.efer, saved.sregs.efer);
-        assert_eq!(restored.xcrs.nr_xcrs, saved.xcrs.nr_xcrs);
-        assert_eq!(restored.lapic.regs[..0x400], saved.lapic.regs[..0x400]);
-        let value = |state: &VcpuState, index: u32| {
-            state.msrs.iter().find(|m| m.index == index).map(|m| m.data)
-        };
-        // IA32_SYSENTER_CS and EFER come back as saved.
-        for index in [0x174, 0xc000_0080] {
-            assert_eq!(value(&restored, index), value(&saved, index), "{index:#x}");
-        }
-    }
-
-    #[test]
-    fn an_msr_this_kvm_refuses_is_named() {
-        let (vm, _mem, vcpu, _) = booted_vcpu();
-        let indices = vm.kvm().get_msr_index_list().unwrap();
-        let mut saved = vcpu.save_state(indices.as_slice()).unwrap();
-        // An MSR index in no range any CPU defines.
-        saved.msrs.push(msr(0x4fff_0000, 1));
-        let (_vm, _mem, mut fresh, _) = booted_vcpu();
-        let err = fresh.restore_state(&saved).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "This host's KVM does not take MSR 0x4fff0000, which vCPU 0's saved state holds."
-        );
-    }
 
     fn msr(index: u32, data: u64) -> kvm_msr_entry {
         kvm_msr_entry {
