@@ -12,7 +12,7 @@ use std::path::Path;
 use devices::{GuestMemoryMmap, GuestRegionMmap};
 use vm_memory::bitmap::{AtomicBitmap, NewBitmap};
 use vm_memory::mmap::MmapRegionBuilder;
-use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use super::state::MemoryRegionState;
 
@@ -26,9 +26,6 @@ pub enum MemoryFileError {
         path: String,
         source: std::io::Error,
     },
-    /// Guest memory could not be read.
-    #[error("Cannot read guest memory: {0}")]
-    Guest(vm_memory::GuestMemoryError),
     /// The file is shorter than the regions it should hold.
     #[error("The memory file {path} has {len} bytes; the snapshot's memory is {wanted}.")]
     TooShort { path: String, len: u64, wanted: u64 },
@@ -57,17 +54,16 @@ pub fn regions(mem: &GuestMemoryMmap) -> Vec<MemoryRegionState> {
 
 /// Writes all of `mem` to `path`, region after region, and syncs it.
 pub fn write_full(mem: &GuestMemoryMmap, path: &Path) -> Result<(), MemoryFileError> {
-    let mut file = OpenOptions::new()
+    let file = OpenOptions::new()
         .create(true)
         .write(true)
         .truncate(true)
         .open(path)
         .map_err(io("create", path))?;
+    let mut at = 0u64;
     for region in mem.iter() {
-        let len = usize::try_from(region.len())
-            .map_err(|_| MemoryFileError::Map(format!("a region of {} bytes", region.len())))?;
-        mem.write_all_volatile_to(region.start_addr(), &mut file, len)
-            .map_err(MemoryFileError::Guest)?;
+        write_run(&file, path, region, 0, region.len(), at)?;
+        at += region.len();
     }
     file.sync_all().map_err(io("sync", path))
 }
@@ -107,25 +103,51 @@ pub fn write_dirty(
                 page += 1;
             }
             let start = first * PAGE;
-            let len = usize::try_from((page - first) * PAGE)
-                .map_err(|_| MemoryFileError::Map("a run of dirty pages".to_string()))?;
-            let slice = region
-                .get_slice(vm_memory::MemoryRegionAddress(start), len)
-                .map_err(|e| MemoryFileError::Map(e.to_string()))?;
-            let mut at = file_offset + start;
-            let mut written = 0;
-            while written < len {
-                let rest = slice
-                    .subslice(written, len - written)
-                    .map_err(|e| MemoryFileError::Map(e.to_string()))?;
-                let n = write_volatile_at(&file, &rest, at).map_err(io("write", path))?;
-                written += n;
-                at += n as u64;
-            }
+            write_run(
+                &file,
+                path,
+                region,
+                start,
+                (page - first) * PAGE,
+                file_offset + start,
+            )?;
         }
         file_offset += region.len();
     }
     file.sync_all().map_err(io("sync", path))
+}
+
+/// Writes `len` bytes of `region` from `start` to `file` at `at`, in as few `pwrite`s as the
+/// kernel takes.
+fn write_run(
+    file: &File,
+    path: &Path,
+    region: &GuestRegionMmap,
+    start: u64,
+    len: u64,
+    at: u64,
+) -> Result<(), MemoryFileError> {
+    let len =
+        usize::try_from(len).map_err(|_| MemoryFileError::Map(format!("a run of {len} bytes")))?;
+    let slice = region
+        .get_slice(vm_memory::MemoryRegionAddress(start), len)
+        .map_err(|e| MemoryFileError::Map(e.to_string()))?;
+    let mut written = 0;
+    while written < len {
+        let rest = slice
+            .subslice(written, len - written)
+            .map_err(|e| MemoryFileError::Map(e.to_string()))?;
+        let n = write_volatile_at(file, &rest, at + written as u64).map_err(io("write", path))?;
+        if n == 0 {
+            return Err(MemoryFileError::Io {
+                what: "write",
+                path: path.display().to_string(),
+                source: std::io::ErrorKind::WriteZero.into(),
+            });
+        }
+        written += n;
+    }
+    Ok(())
 }
 
 fn is_set(bitmap: &[u64], page: u64) -> bool {
@@ -204,6 +226,8 @@ fn map_region(
 
 #[cfg(test)]
 mod tests {
+    use vm_memory::Bytes;
+
     use super::*;
 
     #[test]
