@@ -71,7 +71,11 @@ fn serve(
     else {
         fail("fault outside guest memory", format!("{addr:#x}"));
     };
-    let page = region.page_size.max(4096) as u64;
+    // The layout comes from the VMM; a page size that is no power of two would misalign.
+    let page = match region.page_size as u64 {
+        size if size >= 4096 && size.is_power_of_two() => size,
+        _ => 4096,
+    };
     let dst = addr & !(page - 1);
     let offset = region.offset + (dst - region.base_host_virt_addr);
     let zeros = vec![0u8; page as usize];

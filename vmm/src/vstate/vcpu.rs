@@ -686,15 +686,8 @@ mod tests {
     use crate::arch::x86_64::regs::{BootProtocol, EntryPoint};
     use crate::snapshot::file;
     use crate::vstate::vcpu_state::check_cpuid_offered;
+    use crate::vstate::vcpu_state::tests::msr;
     use crate::vstate::vm::Vm;
-
-    fn msr(index: u32, data: u64) -> kvm_msr_entry {
-        kvm_msr_entry {
-            index,
-            data,
-            ..Default::default()
-        }
-    }
 
     /// A configured vCPU 0 of a new VM, as boot leaves it, with the VM and its memory.
     fn booted_vcpu() -> (Vm, GuestMemoryMmap, Vcpu, CpuId) {

@@ -384,10 +384,11 @@ impl VcpuStateIo<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn msr(index: u32, data: u64) -> kvm_msr_entry {
+    /// An MSR entry, for the tests here and in `vcpu.rs`.
+    pub(crate) fn msr(index: u32, data: u64) -> kvm_msr_entry {
         kvm_msr_entry {
             index,
             data,
