@@ -11,6 +11,7 @@ use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::disk::DiskBackend;
+use super::format::ImageFormat;
 use super::execute::{self, CacheType, ExecuteError, Executor, SECTOR_SIZE};
 use super::request::{Rejected, Request};
 use crate::virtio::guest_queue::{drain_queue, rearm, Drain, GuestErrors, QueueCheckError};
@@ -146,6 +147,17 @@ impl Block {
     /// The device's request counters.
     pub fn stats(&self) -> std::sync::Arc<super::BlockStats> {
         self.executor.stats()
+    }
+
+    /// The format of the image it serves.
+    pub fn disk_format(&mut self) -> ImageFormat {
+        self.executor.disk_mut().format()
+    }
+
+    /// Makes every write the guest completed durable in the image, whatever the cache type:
+    /// before a snapshot freezes it.
+    pub fn flush_disk(&mut self) -> std::io::Result<()> {
+        self.executor.disk_mut().flush()
     }
 
     /// Serves `disk` from now on, as `PATCH /drives` asks, and updates the capacity in config

@@ -9,6 +9,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 
+use super::format::ImageFormat;
 use super::lock::{lock_image, Access, ImageLockError};
 use super::qcow::error::QcowError;
 use crate::host_file::open_data_file;
@@ -28,6 +29,11 @@ pub trait DiskBackend: Send {
 
     /// Makes every completed write durable.
     fn flush(&mut self) -> io::Result<()>;
+
+    /// The image's format: only a qcow2 image can be frozen under a new overlay.
+    fn format(&self) -> ImageFormat {
+        ImageFormat::Raw
+    }
 }
 
 /// Why a disk image could not be opened.

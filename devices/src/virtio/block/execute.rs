@@ -174,6 +174,11 @@ impl Executor {
         self.disk = disk;
     }
 
+    /// The disk it serves.
+    pub fn disk_mut(&mut self) -> &mut dyn DiskBackend {
+        self.disk.as_mut()
+    }
+
     fn flush(&mut self) -> Result<u32, ExecuteError> {
         match self.cache {
             // The user traded durability for speed: the host page cache decides.

@@ -11,7 +11,8 @@
 //!                                          │
 //!                            disk.rs       DiskBackend: len, read_at, write_at, flush
 //!                            raw.rs        RawFile: a raw image or host block device
-//!                            qcow/         QcowFile: a qcow2 image and its backing chain
+//!                            qcow/         QcowFile: a qcow2 image and its backing chain;
+//!                                          create_overlay: a new image over a frozen one
 //!                            format.rs     open_disk: picks RawFile or QcowFile
 //!                            lock.rs       QEMU's image locks, on every image either opens
 //!                            probed_raw.rs ProbedRaw: a raw image found by probing, whose
@@ -41,6 +42,6 @@ pub use format::{open_disk, ImageFormat};
 pub use lock::ImageLockError;
 #[cfg(any(test, feature = "test-utils"))]
 pub(crate) use probed_raw::format_magic;
-pub use qcow::{QcowError, QcowFile};
+pub use qcow::{create_overlay, CreateError, QcowError, QcowFile};
 pub use raw::RawFile;
 pub use stats::BlockStats;

@@ -20,11 +20,11 @@ const MAX_L1_BYTES: u64 = 32 << 20;
 /// The largest refcount table QEMU opens or grows (QCOW_MAX_REFTABLE_SIZE).
 pub(super) const MAX_REFCOUNT_TABLE_BYTES: u64 = 8 << 20;
 /// The longest backing file name QEMU writes.
-const MAX_BACKING_NAME: u32 = 1023;
+pub(super) const MAX_BACKING_NAME: u32 = 1023;
 
 /// Header extension types (a u32 in front of each extension).
 const EXT_END: u32 = 0;
-const EXT_BACKING_FORMAT: u32 = 0xe279_2aca;
+pub(super) const EXT_BACKING_FORMAT: u32 = 0xe279_2aca;
 const EXT_FEATURE_NAMES: u32 = 0x6803_f857;
 
 /// Incompatible feature bits.

@@ -20,6 +20,7 @@
 //! | backing.rs     | resolving and opening the backing chain                              |
 //! | io.rs          | the read and write paths                                             |
 //! | overlap.rs     | refusing data writes that would land on metadata; the corrupt bit    |
+//! | create.rs      | writing new overlays, for disk-consistent snapshots                 |
 //!
 //! Memory. Every table sized by a header field is checked against QEMU's limits (32 MiB of L1
 //! table, 8 MiB of refcount table), the virtual size and the file length before it is read. A
@@ -47,6 +48,7 @@
 mod backing;
 mod cache;
 mod compressed;
+mod create;
 pub(super) mod error;
 #[cfg(test)]
 mod fuzz_tests;
@@ -63,10 +65,14 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+pub use create::{create_overlay, CreateError};
+#[cfg(any(test, feature = "test-utils"))]
+pub(crate) use create::layout;
 pub use error::QcowError;
 pub(crate) use header::MAGIC;
 
 use super::disk::{open_locked, DiskBackend, DiskError};
+use super::format::ImageFormat;
 use super::lock::Access;
 use backing::{Chain, FileId};
 use cache::TableCache;
@@ -287,6 +293,10 @@ impl QcowFile {
 impl DiskBackend for QcowFile {
     fn len(&self) -> u64 {
         self.size
+    }
+
+    fn format(&self) -> ImageFormat {
+        ImageFormat::Qcow2
     }
 
     fn read_at(&mut self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {

@@ -46,36 +46,9 @@ pub fn create_qcow2(
     size: u64,
     backing: Option<(&str, &str)>,
 ) -> std::io::Result<()> {
-    let cluster = 1usize << cluster_bits;
-    let l1_entries = size.div_ceil(1 << (2 * cluster_bits - 3));
-    let l1_clusters = (l1_entries * 8).div_ceil(cluster as u64).max(1) as usize;
-    let clusters = 3 + l1_clusters;
-    let mut image = vec![0u8; clusters * cluster];
-    let Some(header) = image.get_mut(..cluster) else {
-        return Err(std::io::Error::other("an image of no cluster"));
-    };
-    put(header, 0, b"QFI\xfb");
-    put(header, 4, &3u32.to_be_bytes());
-    put(header, 20, &cluster_bits.to_be_bytes());
-    put(header, 24, &size.to_be_bytes());
-    put(header, 36, &(l1_entries as u32).to_be_bytes());
-    put(header, 40, &(3 * cluster as u64).to_be_bytes());
-    put(header, 48, &(cluster as u64).to_be_bytes());
-    put(header, 56, &1u32.to_be_bytes());
-    put(header, 96, &4u32.to_be_bytes());
-    put(header, 100, &104u32.to_be_bytes());
-    if let Some((name, format)) = backing {
-        put(header, 104, &0xe279_2acau32.to_be_bytes());
-        put(header, 108, &(format.len() as u32).to_be_bytes());
-        put(header, 112, format.as_bytes());
-        put(header, 8, &256u64.to_be_bytes());
-        put(header, 16, &(name.len() as u32).to_be_bytes());
-        put(header, 256, name.as_bytes());
-    }
-    put(&mut image, cluster, &(2 * cluster as u64).to_be_bytes());
-    for index in 0..clusters {
-        put(&mut image, 2 * cluster + 2 * index, &1u16.to_be_bytes());
-    }
+    let backing = backing.map(|(name, format)| (name.as_bytes(), format));
+    let image = crate::virtio::block::qcow::layout(cluster_bits, size, backing)
+        .ok_or_else(|| std::io::Error::other("no such qcow2 layout"))?;
     std::fs::write(path, image)
 }
 
