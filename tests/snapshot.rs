@@ -2,7 +2,8 @@
 //! memory: `PUT /snapshot/create` on a paused VM, `PUT /snapshot/load` in a new kiln, the
 //! count going on from where it was, and every refusal of both endpoints (a running VM, a
 //! Diff snapshot, paths that cannot be written, a snapshot after configuring, truncated,
-//! corrupted and foreign files), each leaving kiln serving. The Linux guest's snapshots run in
+//! corrupted and foreign files), each leaving kiln serving; a snapshot freezing a qcow2 drive
+//! and three clones of it at once, each on its own overlay. The Linux guest's snapshots run in
 //! the rig (`linux_snapshot.rs`).
 
 // Test code reports failures by panicking.
@@ -87,16 +88,27 @@ fn run_then_snapshot(sock: &Path, snapshot: &Path, mem: &Path) -> u64 {
 
 /// A kiln running the counting guest, and its directory.
 fn counting_vm(dir: &TempDir, sock: &Path) -> ApiProcess {
-    counting_vm_with(dir, sock, r#"{"vcpu_count": 1, "mem_size_mib": 64}"#)
+    counting_vm_with(dir, sock, MACHINE, &[])
 }
 
-/// [`counting_vm`] with the machine configuration `machine`.
-fn counting_vm_with(dir: &TempDir, sock: &Path, machine: &str) -> ApiProcess {
+const MACHINE: &str = r#"{"vcpu_count": 1, "mem_size_mib": 64}"#;
+
+/// [`counting_vm`] with the machine configuration `machine` and the drives `drives`.
+fn counting_vm_with(
+    dir: &TempDir,
+    sock: &Path,
+    machine: &str,
+    drives: &[serde_json::Value],
+) -> ApiProcess {
     let kernel = dir.write("vmlinux", tiny_kernel::build(false, Ending::CountForever));
     let kiln = start_kiln(sock);
     let boot = serde_json::json!({"kernel_image_path": kernel});
     ok(&put(sock, "/boot-source", &boot.to_string()));
     ok(&put(sock, "/machine-config", machine));
+    for drive in drives {
+        let path = format!("/drives/{}", drive["drive_id"].as_str().unwrap());
+        ok(&put(sock, &path, &drive.to_string()));
+    }
     ok(&put(
         sock,
         "/actions",
@@ -117,7 +129,7 @@ fn a_diff_snapshot_brings_the_full_one_up_to_date_with_only_the_dirtied_pages() 
     let dir = TempDir::new("snap-diff");
     let sock = dir.path("a.sock");
     let machine = r#"{"vcpu_count": 1, "mem_size_mib": 64, "track_dirty_pages": true}"#;
-    let kiln = counting_vm_with(&dir, &sock, machine);
+    let kiln = counting_vm_with(&dir, &sock, machine, &[]);
     let (snap_full, mem_full) = (dir.path("full.snap"), dir.path("full.mem"));
     let at_full = run_then_snapshot(&sock, &snap_full, &mem_full);
     // The base, copied, is brought up to date by the Diff; a new file gets only the Diff.
@@ -381,4 +393,157 @@ fn a_snapshot_cannot_be_loaded_after_configuring() {
         "mem_backend": {"backend_type": "Uffd", "backend_path": mem},
     });
     assert!(fault(&put(&sock, "/snapshot/load", &uffd.to_string())).contains("not allowed"));
+}
+
+/// `qemu-img` (the oracle) with `args`; its stdout, after checking it succeeded.
+fn qemu_img(args: &[&str], image: &Path) -> String {
+    let out = std::process::Command::new("qemu-img")
+        .args(args)
+        .arg(image)
+        .output()
+        .expect("qemu-img is required");
+    assert!(
+        out.status.success(),
+        "qemu-img {args:?} {}: {}",
+        image.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The backing file `qemu-img info` names for `image`.
+fn backing_of(image: &Path) -> String {
+    let info: serde_json::Value =
+        serde_json::from_str(&qemu_img(&["info", "-U", "--output=json"], image)).unwrap();
+    info["backing-filename"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn drive_paths(sock: &Path) -> Vec<(String, String)> {
+    let r = request(sock, "GET", "/vm/config", None);
+    let config: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    config["drives"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            let field = |k: &str| d[k].as_str().unwrap().to_string();
+            (field("drive_id"), field("path_on_host"))
+        })
+        .collect()
+}
+
+fn drive(id: &str, path: &Path) -> serde_json::Value {
+    serde_json::json!({
+        "drive_id": id, "path_on_host": path, "is_root_device": false, "is_read_only": false,
+    })
+}
+
+#[test]
+fn a_snapshot_freezes_qcow2_drives_and_each_clone_gets_its_own_overlay() {
+    let dir = TempDir::new("snap-drives");
+    let root = dir.path("root.qcow2");
+    let status = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&root)
+        .arg("16M")
+        .status()
+        .expect("qemu-img is required");
+    assert!(status.success());
+    let data = dir.write("data.raw", vec![0u8; 1 << 20]);
+    let sock = dir.path("a.sock");
+    let drives = [drive("root", &root), drive("data", &data)];
+    let kiln = counting_vm_with(&dir, &sock, MACHINE, &drives);
+    let snap = dir.path("a.snap");
+    let counted = run_then_snapshot(&sock, &snap, &dir.path("a.mem"));
+
+    // The running VM went on on a new overlay over the frozen image; the raw drive is as it was.
+    let overlay = dir.path("a.snap.root.1.qcow2");
+    assert_eq!(
+        drive_paths(&sock),
+        [
+            ("root".into(), overlay.display().to_string()),
+            ("data".into(), data.display().to_string())
+        ]
+    );
+    assert_eq!(backing_of(&overlay), root.display().to_string());
+    // A second snapshot freezes that overlay in turn.
+    ok(&create(&sock, &dir.path("a2.snap"), &dir.path("a2.mem")));
+    let overlay2 = dir.path("a2.snap.root.1.qcow2");
+    assert_eq!(drive_paths(&sock)[0].1, overlay2.display().to_string());
+    assert_eq!(backing_of(&overlay2), overlay.display().to_string());
+    drop(kiln);
+    let frozen = std::fs::read(&root).unwrap();
+
+    // A load must name a new overlay for the frozen drive.
+    let sock_b = dir.path("b.sock");
+    let _kiln_b = start_kiln(&sock_b);
+    let err = fault(&load(&sock_b, &snap, &dir.path("a.mem"), true));
+    assert_eq!(
+        err,
+        "Snapshot error: Drive 'root' is frozen in the snapshot: name the path of its new \
+         overlay in drive_overrides."
+    );
+    assert_eq!(state(&sock_b), "Not started");
+
+    // Three clones of one snapshot at once, each on its own overlay and its own data image.
+    let mut clones = Vec::new();
+    for n in 0..3 {
+        let sock_c = dir.path(&format!("c{n}.sock"));
+        let kiln_c = start_kiln(&sock_c);
+        let clone_root = dir.path(&format!("clone{n}.qcow2"));
+        let clone_data = dir.path(&format!("data{n}.raw"));
+        std::fs::copy(&data, &clone_data).unwrap();
+        let body = serde_json::json!({
+            "snapshot_path": snap,
+            "mem_backend": {"backend_type": "File", "backend_path": dir.path("a.mem")},
+            "resume_vm": true,
+            "drive_overrides": [
+                {"drive_id": "root", "path_on_host": clone_root},
+                {"drive_id": "data", "path_on_host": clone_data},
+            ],
+        });
+        ok(&put(&sock_c, "/snapshot/load", &body.to_string()));
+        assert_eq!(
+            drive_paths(&sock_c),
+            [
+                ("root".into(), clone_root.display().to_string()),
+                ("data".into(), clone_data.display().to_string())
+            ]
+        );
+        assert_eq!(backing_of(&clone_root), root.display().to_string());
+        clones.push((kiln_c, sock_c, n));
+    }
+    for (kiln_c, sock_c, n) in clones {
+        let (snap_c, mem_c) = (
+            dir.path(&format!("c{n}.snap")),
+            dir.path(&format!("c{n}.mem")),
+        );
+        let later = run_then_snapshot(&sock_c, &snap_c, &mem_c);
+        assert!(later > counted, "clone {n}: {later} after {counted}");
+        drop(kiln_c);
+    }
+    assert_eq!(
+        std::fs::read(&root).unwrap(),
+        frozen,
+        "the frozen image changed"
+    );
+    qemu_img(&["check", "-q"], &root);
+
+    // An overlay path that exists is refused, and the file left as it was.
+    let sock_d = dir.path("d.sock");
+    let _kiln_d = start_kiln(&sock_d);
+    let taken = dir.write("taken.qcow2", b"mine");
+    let body = serde_json::json!({
+        "snapshot_path": snap,
+        "mem_backend": {"backend_type": "File", "backend_path": dir.path("a.mem")},
+        "drive_overrides": [{"drive_id": "root", "path_on_host": taken}],
+    });
+    let err = fault(&put(&sock_d, "/snapshot/load", &body.to_string()));
+    assert!(err.contains("Failed to create the qcow2 overlay"), "{err}");
+    assert!(err.contains("File exists"), "{err}");
+    assert_eq!(std::fs::read(&taken).unwrap(), b"mine");
+    assert_eq!(state(&sock_d), "Not started");
 }

@@ -235,6 +235,7 @@ mod tests {
             track_dirty_pages: false,
             resume_vm: false,
             network_overrides: Vec::new(),
+            drive_overrides: Vec::new(),
             clock_realtime: false,
         });
         for (action, ms) in [

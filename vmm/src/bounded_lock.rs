@@ -1,5 +1,7 @@
-//! Taking a lock from a signal handler or the panic hook, which may have interrupted the lock's
-//! holder on their own thread: they try for a bounded time, spinning without syscalls, and give
+//! Taking locks whatever happened to their last holder: [`lock`] waits and takes a poisoned
+//! lock too (a device whose holder panicked is still served, as its state is plain data), and
+//! [`lock_soon`], for a signal handler or the panic hook, which may have interrupted the lock's
+//! holder on their own thread, tries for a bounded time, spinning without syscalls, and gives
 //! up rather than wait forever.
 
 use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
@@ -9,6 +11,11 @@ use std::time::{Duration, Instant};
 /// loaded host), short enough that a handler that interrupted the holder still ends the process
 /// at once.
 const PATIENCE: Duration = Duration::from_millis(200);
+
+/// The guard of `mutex`, poisoned or not.
+pub fn lock<T: ?Sized>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// The guard of `mutex` if it comes free within [`PATIENCE`]; a poisoned lock is taken too.
 pub fn lock_soon<T>(mutex: &Mutex<T>) -> Option<MutexGuard<'_, T>> {

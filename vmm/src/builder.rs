@@ -16,6 +16,7 @@ use crate::arch::x86_64::boot_params::{write_boot_params, BootData};
 use crate::arch::x86_64::layout::ram_regions;
 use crate::arch::x86_64::mptable::setup_mptable;
 use crate::arch::x86_64::regs::EntryPoint;
+use crate::bounded_lock::lock;
 use crate::config::{guest_order, root_cmdline};
 use crate::config::{BootSourceConfig, MachineConfig, VmConfig};
 use crate::cpu_template::{CpuTemplateType, CustomCpuTemplate, HostCpu};
@@ -33,10 +34,6 @@ use crate::vstate::memory::{create_guest_memory, MemoryError};
 use crate::vstate::vcpu::{install_kick_handler, Vcpu, VcpuConfig, VcpuError, VcpuExitCounters};
 use crate::vstate::vcpu_state::{check_cpuid_offered, VcpuState};
 use crate::vstate::vm::{Vm, VmError};
-
-fn lock<T: ?Sized>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 /// How the VM meets the host, beyond its configuration.
 pub struct HostOptions {

@@ -18,8 +18,8 @@ use crate::rpc::{
     FIRECRACKER_VERSION,
 };
 use crate::runtime::{ApiHandler, RunningVm, Vmm};
-use crate::snapshot::file;
 use crate::snapshot::state::MicrovmState;
+use crate::snapshot::{drives, file};
 
 /// Errors that end the VMM thread's service of the API.
 #[derive(Debug, thiserror::Error)]
@@ -196,10 +196,18 @@ impl Controller {
         let snapshot: MicrovmState = file::read(&params.snapshot_path)?;
         let mut config = VmConfig::from_snapshot_json(&snapshot.config)?;
         override_taps(&mut config, &params.network_overrides)?;
+        let overlays = drives::apply_overrides(
+            &mut config,
+            &snapshot.frozen_drives,
+            &params.drive_overrides,
+        )?;
         config.machine.track_dirty_pages = params.track_dirty_pages;
         let backend = &params.mem_backend;
-        let vmm = restore(&snapshot, &config, backend, params.clock_realtime, host)
-            .map_err(ActionError::Restore)?;
+        let vmm =
+            restore(&snapshot, &config, backend, params.clock_realtime, host).map_err(|e| {
+                drives::remove_overlays(&overlays);
+                ActionError::Restore(e)
+            })?;
         log::info!(
             "Restored the microVM from {}",
             params.snapshot_path.display()
@@ -223,7 +231,12 @@ impl Controller {
         }
         match action {
             VmmAction::CreateSnapshot(params) => {
-                vm.create_snapshot(&params, self.resources.to_json().to_string())
+                let created = vm.create_snapshot(&params, self.resources.to_json().to_string());
+                // Frozen drives go on on new overlays, even when a later step failed.
+                for drive in vm.drives() {
+                    self.resources.put_drive(drive)?;
+                }
+                created
             }
             VmmAction::Pause => vm.pause(),
             VmmAction::Resume => vm.resume(),
@@ -295,6 +308,8 @@ mod tests {
         calls: Vec<&'static str>,
         /// The snapshot path and configuration of the last snapshot asked for.
         snapshot_config: Option<(PathBuf, String)>,
+        /// Its drives, which a snapshot moves to `<snapshot_path>.<drive_id>.1.qcow2`.
+        drives: Vec<DriveConfig>,
     }
 
     impl Default for FakeVm {
@@ -303,6 +318,7 @@ mod tests {
                 state: InstanceState::Running,
                 calls: Vec::new(),
                 snapshot_config: None,
+                drives: Vec::new(),
             }
         }
     }
@@ -325,7 +341,20 @@ mod tests {
         ) -> Result<(), ActionError> {
             self.calls.push("create-snapshot");
             self.snapshot_config = Some((params.snapshot_path.clone(), config));
+            for drive in &mut self.drives {
+                let overlay = format!(
+                    "{}.{}.1.qcow2",
+                    params.snapshot_path.display(),
+                    drive.drive_id
+                );
+                std::fs::write(&overlay, b"").unwrap();
+                drive.path_on_host = Some(overlay.into());
+            }
             Ok(())
+        }
+
+        fn drives(&self) -> Vec<DriveConfig> {
+            self.drives.clone()
         }
 
         fn resume(&mut self) -> Result<(), ActionError> {
@@ -530,6 +559,7 @@ mod tests {
             track_dirty_pages: false,
             resume_vm: false,
             network_overrides: Vec::new(),
+            drive_overrides: Vec::new(),
             clock_realtime: false,
         })
     }
@@ -591,22 +621,36 @@ mod tests {
 
     #[test]
     fn after_start_a_snapshot_gets_the_configuration_and_a_load_is_refused() {
+        let dir = std::env::temp_dir().join(format!("kiln-ctl-snap-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let image = dir.join("data.qcow2");
+        std::fs::write(&image, b"").unwrap();
         let (mut c, mut vm) = (controller(), FakeVm::default());
+        c.resources.put_drive(drive(&image)).unwrap();
+        vm.drives = vec![drive(&image)];
+        let before = c.resources.to_json();
+        let snapshot_path = dir.join("s");
         let create = CreateSnapshotParams {
             snapshot_type: SnapshotType::Full,
-            snapshot_path: "/s".into(),
+            snapshot_path: snapshot_path.clone(),
             mem_file_path: "/m".into(),
         };
         c.runtime(VmmAction::CreateSnapshot(create), &mut vm)
             .unwrap();
         let (path, config) = vm.snapshot_config.clone().unwrap();
-        assert_eq!(path, PathBuf::from("/s"));
+        assert_eq!(path, snapshot_path);
+        // The snapshot names the image as it was frozen; the VM goes on on the new overlay.
         let config: serde_json::Value = serde_json::from_str(&config).unwrap();
-        assert_eq!(config, c.resources.to_json());
+        assert_eq!(config, before);
+        assert_eq!(
+            c.resources.to_json()["drives"][0]["path_on_host"],
+            dir.join("s.data.1.qcow2").to_str().unwrap()
+        );
         assert!(matches!(
             c.runtime(load("/s"), &mut vm),
             Err(ActionError::OperationNotSupportedPostBoot)
         ));
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

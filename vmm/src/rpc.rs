@@ -16,8 +16,8 @@ pub use crate::config::{LoggerSettings, MetricsSettings};
 use crate::cpu_template::{CustomCpuTemplate, StaticCpuTemplate};
 pub use error::{ActionError, StartMicrovmError};
 pub use snapshot::{
-    CreateSnapshotParams, LoadSnapshotParams, MemBackend, MemBackendType, NetworkOverride,
-    SnapshotType,
+    CreateSnapshotParams, DriveOverride, LoadSnapshotParams, MemBackend, MemBackendType,
+    NetworkOverride, SnapshotType,
 };
 
 mod error;

@@ -15,6 +15,7 @@ use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
+use crate::bounded_lock::lock;
 use crate::config::DriveConfig;
 use crate::console::ConsoleInput;
 use crate::device_manager::block;
@@ -75,10 +76,6 @@ impl MetricSource for VmmLatencies {
             ],
         )
     }
-}
-
-fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Wakes the loop for an eventfd and remembers that it fired: the VM stop, or an API request.
@@ -144,8 +141,11 @@ pub trait RunningVm {
         drive_id: &str,
         path: Option<PathBuf>,
     ) -> Result<Option<DriveConfig>, ActionError>;
-    /// Writes a snapshot of the paused VM: its state, with `config` (the configuration in the
-    /// config-file format), to the snapshot file, and its memory to the memory file.
+    /// The drives' configurations as they run now (a snapshot moves frozen drives to overlays).
+    fn drives(&self) -> Vec<DriveConfig>;
+    /// Writes a snapshot of the paused VM: freezes its writable qcow2 drives, then writes its
+    /// state, with `config` (the configuration in the config-file format, naming the frozen
+    /// images), to the snapshot file, and its memory to the memory file.
     fn create_snapshot(
         &mut self,
         params: &CreateSnapshotParams,
@@ -407,6 +407,13 @@ impl RunningVm for Vmm {
             return Err(ActionError::DiffWithoutDirtyTracking);
         }
         let start = Instant::now();
+        let drives = self.devices.freeze_drives(&params.snapshot_path)?;
+        for id in &drives.not_covered {
+            log::warn!(
+                "Drive '{id}' is not covered by the snapshot: its image is not qcow2, so it \
+                 cannot be frozen, and it goes on changing"
+            );
+        }
         // The devices first: nothing they do once saved may be missing from the VM's state.
         let devices = self.devices.save();
         let vm = self.vm.save_state()?;
@@ -417,6 +424,7 @@ impl RunningVm for Vmm {
             vm,
             vcpus,
             devices,
+            frozen_drives: drives.frozen,
         };
         file::write(&params.snapshot_path, &state)?;
         let latency = match params.snapshot_type {
@@ -445,6 +453,16 @@ impl RunningVm for Vmm {
             params.mem_file_path.display()
         );
         Ok(())
+    }
+
+    fn drives(&self) -> Vec<DriveConfig> {
+        self.devices
+            .iter()
+            .filter_map(|d| match &d.handle {
+                DeviceHandle::Block { config, .. } => Some(config.clone()),
+                _ => None,
+            })
+            .collect()
     }
 
     fn patch_drive(

@@ -7,13 +7,17 @@
 //! `enable_diff_snapshots` (ORed into `track_dirty_pages`), and their deprecation warning;
 //! Firecracker's two messages for a body that names neither or both of `mem_backend` and
 //! `mem_file_path`; and the refusal of `vsock_override`, since Kiln has no vsock device. What
-//! the files hold and whether the VM can be saved or restored is the VMM's to check.
+//! the files hold and whether the VM can be saved or restored is the VMM's to check. Kiln's
+//! extension `drive_overrides` (new images for drives, and the overlays of frozen ones) comes
+//! after Firecracker's fields.
 
 use std::path::PathBuf;
 
 use dbs_uhttp::Method;
 use serde::Deserialize;
-use vmm::rpc::{LoadSnapshotParams, MemBackend, MemBackendType, NetworkOverride, VmmAction};
+use vmm::rpc::{
+    DriveOverride, LoadSnapshotParams, MemBackend, MemBackendType, NetworkOverride, VmmAction,
+};
 
 use super::{from_json, json_error, Parsed, RequestError};
 
@@ -56,6 +60,9 @@ struct LoadBody {
     vsock_override: Option<VsockOverride>,
     #[serde(default)]
     clock_realtime: bool,
+    /// Kiln's extension, after Firecracker's fields.
+    #[serde(default)]
+    drive_overrides: Vec<DriveOverride>,
 }
 
 /// Parses `PUT /snapshot/create`: `snapshot_path` and `mem_file_path` are required,
@@ -88,6 +95,7 @@ pub(super) fn parse_put_load(body: &[u8]) -> Result<Parsed, RequestError> {
             track_dirty_pages: body.track_dirty_pages || body.enable_diff_snapshots,
             resume_vm: body.resume_vm,
             network_overrides: body.network_overrides,
+            drive_overrides: body.drive_overrides,
             clock_realtime: body.clock_realtime,
         }),
         deprecation: deprecated.then_some(LOAD_DEPRECATION),
@@ -142,6 +150,7 @@ mod tests {
             track_dirty_pages: false,
             resume_vm: false,
             network_overrides: Vec::new(),
+            drive_overrides: Vec::new(),
             clock_realtime: false,
         }
     }
@@ -212,7 +221,9 @@ mod tests {
         let body = r#"{"snapshot_path": "s", "mem_backend": {"backend_path": "uffd.sock",
                        "backend_type": "Uffd"}, "track_dirty_pages": true, "resume_vm": true,
                        "clock_realtime": true, "vsock_override": null, "mem_file_path": null,
-                       "network_overrides": [{"iface_id": "eth0", "host_dev_name": "vmtap2"}]}"#;
+                       "network_overrides": [{"iface_id": "eth0", "host_dev_name": "vmtap2"}],
+                       "drive_overrides": [{"drive_id": "rootfs",
+                                            "path_on_host": "clone1.qcow2"}]}"#;
         assert_eq!(
             load(body),
             (
@@ -223,6 +234,10 @@ mod tests {
                     network_overrides: vec![NetworkOverride {
                         iface_id: "eth0".into(),
                         host_dev_name: "vmtap2".into(),
+                    }],
+                    drive_overrides: vec![DriveOverride {
+                        drive_id: "rootfs".into(),
+                        path_on_host: "clone1.qcow2".into(),
                     }],
                     clock_realtime: true,
                     ..plain_load()
@@ -345,12 +360,23 @@ mod tests {
                 r#"{"snapshot_path": "s", "mem_file_path": "m", "network_overrides": {}}"#,
                 "invalid type: map, expected a sequence",
             ),
+            (
+                r#"{"snapshot_path": "s", "mem_file_path": "m",
+                    "drive_overrides": [{"drive_id": "rootfs"}]}"#,
+                "missing field `path_on_host`",
+            ),
+            (
+                r#"{"snapshot_path": "s", "mem_file_path": "m",
+                    "drive_overrides": [{"drive_id": "rootfs", "path_on_host": "c",
+                                         "is_read_only": true}]}"#,
+                "unknown field `is_read_only`, expected `drive_id` or `path_on_host`",
+            ),
             // Firecracker 1.16.1 has no `huge_pages` in this body (1.17 adds it).
             (
                 r#"{"snapshot_path": "s", "mem_file_path": "m", "huge_pages": "None"}"#,
                 "unknown field `huge_pages`, expected one of `snapshot_path`, `mem_file_path`, \
                  `mem_backend`, `enable_diff_snapshots`, `track_dirty_pages`, `resume_vm`, \
-                 `network_overrides`, `vsock_override`, `clock_realtime`",
+                 `network_overrides`, `vsock_override`, `clock_realtime`, `drive_overrides`",
             ),
             ("[]", "invalid type: sequence"),
         ] {

@@ -2,6 +2,7 @@
 //! virtio devices (`registry`).
 
 pub mod block;
+pub mod freeze;
 pub mod legacy;
 pub mod mmio;
 pub mod net;

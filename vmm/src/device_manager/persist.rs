@@ -13,6 +13,7 @@ use devices::virtio::{QueueStateError, VirtioDevice};
 use devices::GuestMemoryMmap;
 
 use super::registry::{DeviceHandle, DeviceRegistry, RegisteredDevice, Transport};
+use crate::bounded_lock::lock;
 use crate::snapshot::state::{DevicesState, SavedSerial, VirtioDeviceState, VirtioState};
 
 /// Why the devices' states could not be restored.
@@ -38,10 +39,6 @@ pub enum DeviceStateError {
     /// A transport's state cannot be restored.
     #[error("The virtio-mmio transport of '{id}': {source}")]
     Transport { id: String, source: MmioStateError },
-}
-
-fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl DeviceRegistry {

@@ -217,6 +217,11 @@ impl DeviceRegistry {
         self.devices.iter()
     }
 
+    /// The devices, to change.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut RegisteredDevice> + '_ {
+        self.devices.iter_mut()
+    }
+
     /// The device of `kind` with ID `id`.
     pub fn get_mut(&mut self, kind: DeviceKind, id: &str) -> Option<&mut RegisteredDevice> {
         self.devices

@@ -21,6 +21,7 @@ use crate::loader::LoaderError;
 use crate::logger::LoggerError;
 use crate::metrics::MetricsError;
 use crate::seccomp::SeccompError;
+use crate::snapshot::drives::SnapshotDriveError;
 use crate::snapshot::file::SnapshotFileError;
 use crate::snapshot::memory::MemoryFileError;
 use crate::snapshot::uffd::UffdError;
@@ -116,6 +117,9 @@ pub enum ActionError {
     /// `network_overrides` names an interface the snapshot does not have.
     #[error("Load snapshot error: the snapshot has no network interface '{0}' to override.")]
     UnknownNetworkOverride(String),
+    /// A drive could not be frozen at a snapshot, or put on its new image at a load.
+    #[error("Snapshot error: {0}")]
+    SnapshotDrive(#[from] SnapshotDriveError),
     /// The VM could not be rebuilt from the snapshot.
     #[error("Load snapshot error: Failed to restore from snapshot: {0}")]
     Restore(StartMicrovmError),

@@ -60,6 +60,18 @@ pub struct NetworkOverride {
     pub host_dev_name: String,
 }
 
+/// One of `drive_overrides` (a Kiln extension): a restored drive's new image. For a drive the
+/// snapshot froze, Kiln creates a new qcow2 overlay at the path, over the frozen image; any
+/// other drive uses the image at the path as it is.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriveOverride {
+    /// The drive, by the ID it had when the snapshot was taken.
+    pub drive_id: String,
+    /// Its image from now on (for a frozen drive: the overlay to create, which must not exist).
+    pub path_on_host: PathBuf,
+}
+
 /// `PUT /snapshot/load`, once the API has resolved the body's deprecated fields.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LoadSnapshotParams {
@@ -73,6 +85,8 @@ pub struct LoadSnapshotParams {
     pub resume_vm: bool,
     /// New taps for interfaces.
     pub network_overrides: Vec<NetworkOverride>,
+    /// New images for drives: every frozen drive needs one.
+    pub drive_overrides: Vec<DriveOverride>,
     /// Whether the guest clock jumps to the host's real time rather than going on from the
     /// saved guest time.
     pub clock_realtime: bool,

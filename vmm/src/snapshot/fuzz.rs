@@ -73,6 +73,7 @@ mod tests {
                 }),
                 virtio: Vec::new(),
             },
+            frozen_drives: vec!["rootfs".into()],
         }
     }
 
@@ -103,6 +104,9 @@ mod tests {
         for _ in 0..3000 {
             let mut input = body.clone();
             for _ in 0..=rng.below(4) {
+                if input.is_empty() {
+                    break;
+                }
                 let at = rng.below(input.len());
                 match rng.below(3) {
                     0 => input[at] ^= 1 << rng.below(8),

@@ -26,6 +26,9 @@ pub struct MicrovmState {
     pub vcpus: Vec<VcpuState>,
     /// The devices'.
     pub devices: DevicesState,
+    /// The drives the snapshot froze: their images (`config` names them) are as they were at
+    /// the snapshot, and a load puts each on a new overlay over its image.
+    pub frozen_drives: Vec<String>,
 }
 
 /// One region of guest memory; the memory file holds the regions one after the other.

@@ -11,7 +11,6 @@ use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::disk::DiskBackend;
-use super::format::ImageFormat;
 use super::execute::{self, CacheType, ExecuteError, Executor, SECTOR_SIZE};
 use super::request::{Rejected, Request};
 use crate::virtio::guest_queue::{drain_queue, rearm, Drain, GuestErrors, QueueCheckError};
@@ -149,15 +148,9 @@ impl Block {
         self.executor.stats()
     }
 
-    /// The format of the image it serves.
-    pub fn disk_format(&mut self) -> ImageFormat {
-        self.executor.disk_mut().format()
-    }
-
-    /// Makes every write the guest completed durable in the image, whatever the cache type:
-    /// before a snapshot freezes it.
-    pub fn flush_disk(&mut self) -> std::io::Result<()> {
-        self.executor.disk_mut().flush()
+    /// The disk it serves: a snapshot flushes it, whatever the cache type, before freezing it.
+    pub fn disk_mut(&mut self) -> &mut dyn DiskBackend {
+        self.executor.disk_mut()
     }
 
     /// Serves `disk` from now on, as `PATCH /drives` asks, and updates the capacity in config

@@ -10,6 +10,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Component, Path, PathBuf};
 
 use super::header::{EXT_BACKING_FORMAT, MAGIC, MAX_BACKING_NAME};
+use crate::virtio::block::ImageFormat;
 
 /// The cluster size of the overlays Kiln writes: qemu-img's default, 64 KiB.
 const OVERLAY_CLUSTER_BITS: u32 = 16;
@@ -38,8 +39,14 @@ pub enum CreateError {
 }
 
 /// Creates a new qcow2 image at `path`, which must not exist, of the size `size`, whose
-/// backing file is the qcow2 image at `backing`; the file is synced before this returns.
-pub fn create_overlay(path: &Path, backing: &Path, size: u64) -> Result<(), CreateError> {
+/// backing file is the `backing_format` image at `backing`; the file is synced before this
+/// returns.
+pub fn create_overlay(
+    path: &Path,
+    backing: &Path,
+    backing_format: ImageFormat,
+    size: u64,
+) -> Result<(), CreateError> {
     let name = backing_name(path, backing)?;
     let name_bytes = name.as_os_str().as_bytes();
     let write_error = |source| CreateError::Write {
@@ -47,7 +54,11 @@ pub fn create_overlay(path: &Path, backing: &Path, size: u64) -> Result<(), Crea
         source,
     };
     // Checked before the file exists, so a refusal leaves nothing behind.
-    let image = layout(OVERLAY_CLUSTER_BITS, size, Some((name_bytes, "qcow2")))
+    let format = match backing_format {
+        ImageFormat::Raw => "raw",
+        ImageFormat::Qcow2 => "qcow2",
+    };
+    let image = layout(OVERLAY_CLUSTER_BITS, size, Some((name_bytes, format)))
         .ok_or(CreateError::Size(size))?;
     let file = OpenOptions::new()
         .write(true)
@@ -124,7 +135,11 @@ pub(crate) fn layout(
             return None;
         }
         put(header, 104, &EXT_BACKING_FORMAT.to_be_bytes());
-        put(header, 108, &u32::try_from(format.len()).ok()?.to_be_bytes());
+        put(
+            header,
+            108,
+            &u32::try_from(format.len()).ok()?.to_be_bytes(),
+        );
         put(header, 112, format.as_bytes());
         put(header, 8, &(BACKING_NAME_OFFSET as u64).to_be_bytes());
         put(header, 16, &u32::try_from(name.len()).ok()?.to_be_bytes());
@@ -170,7 +185,7 @@ mod tests {
         let base_bytes = std::fs::read(&base).unwrap();
 
         let top = dir.join("top.qcow2");
-        create_overlay(&top, &base, size).unwrap();
+        create_overlay(&top, &base, ImageFormat::Qcow2, size).unwrap();
         let mut overlay = open(&top, false);
         assert_eq!(overlay.len(), size);
         let mut buf = [0u8; 4096];
@@ -183,7 +198,7 @@ mod tests {
         assert_eq!(std::fs::read(&base).unwrap(), base_bytes);
 
         // Never over an existing file.
-        let err = create_overlay(&top, &base, size).unwrap_err();
+        let err = create_overlay(&top, &base, ImageFormat::Qcow2, size).unwrap_err();
         assert!(matches!(err, CreateError::Write { .. }), "{err}");
         std::fs::remove_dir_all(dir).unwrap();
     }
@@ -214,14 +229,18 @@ mod tests {
         let base = dir.join("base.qcow2");
         std::fs::write(&base, layout(16, 1 << 30, None).unwrap()).unwrap();
         let top = dir.join("top.qcow2");
-        create_overlay(&top, &base, 1 << 30).unwrap();
+        create_overlay(&top, &base, ImageFormat::Qcow2, 1 << 30).unwrap();
         // qemu-img is the oracle (resources/test.sh installs it).
         let out = std::process::Command::new("qemu-img")
             .arg("check")
             .arg(&top)
             .output()
             .expect("qemu-img is required");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let info = std::process::Command::new("qemu-img")
             .args(["info", "-U"])
             .arg(&top)
@@ -229,7 +248,10 @@ mod tests {
             .unwrap();
         let info = String::from_utf8_lossy(&info.stdout);
         let lines: Vec<&str> = info.lines().collect();
-        assert!(lines.contains(&"virtual size: 1 GiB (1073741824 bytes)"), "{info}");
+        assert!(
+            lines.contains(&"virtual size: 1 GiB (1073741824 bytes)"),
+            "{info}"
+        );
         let backing = format!("backing file: {}", base.display());
         assert!(lines.contains(&backing.as_str()), "{info}");
         assert!(lines.contains(&"backing file format: qcow2"), "{info}");

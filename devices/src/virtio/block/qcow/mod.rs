@@ -65,9 +65,9 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-pub use create::{create_overlay, CreateError};
 #[cfg(any(test, feature = "test-utils"))]
 pub(crate) use create::layout;
+pub use create::{create_overlay, CreateError};
 pub use error::QcowError;
 pub(crate) use header::MAGIC;
 
