@@ -5,7 +5,8 @@
 //! order, up to the last one the restored guest printed. A third kiln loads the snapshot with
 //! its memory served by `kiln-uffd-handler`, on the drive as the snapshot left it; a fourth
 //! loads a Diff snapshot taken in the second over a copy of the Full one's memory, and goes on
-//! from that later count.
+//! from that later count. `clones.rs` freezes a qcow2 root at a snapshot and runs three clones
+//! of it at once.
 
 // Test code reports failures by panicking.
 #![allow(
@@ -15,6 +16,8 @@
     clippy::indexing_slicing
 )]
 
+#[path = "linux_snapshot/clones.rs"]
+mod clones;
 mod common;
 
 use std::sync::OnceLock;
@@ -133,7 +136,8 @@ drive
 "#;
 
 fn scenarios() -> Vec<Scenario> {
-    vec![Scenario {
+    vec![
+        Scenario {
         name: "snapshot-file",
         config: String::new(),
         files: vec![("snap-counter.script".into(), script_drive(COUNTER))],
@@ -144,12 +148,19 @@ fn scenarios() -> Vec<Scenario> {
             .into(),
         timeout_secs: Some(600),
         ..Default::default()
-    }]
+        },
+        clones::scenario(),
+    ]
+}
+
+/// The outcome of the scenario `name`: both run in one rig.
+fn outcome_of_scenario(name: &str) -> &'static Outcome {
+    static OUTCOMES: Outcomes = OnceLock::new();
+    outcome_of(&OUTCOMES, scenarios, name)
 }
 
 fn outcome() -> &'static Outcome {
-    static OUTCOMES: Outcomes = OnceLock::new();
-    outcome_of(&OUTCOMES, scenarios, "snapshot-file")
+    outcome_of_scenario("snapshot-file")
 }
 
 fn value(key: &str) -> String {

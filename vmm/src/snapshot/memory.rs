@@ -52,14 +52,21 @@ pub fn regions(mem: &GuestMemoryMmap) -> Vec<MemoryRegionState> {
         .collect()
 }
 
-/// Writes all of `mem` to `path`, region after region, and syncs it.
+/// Writes all of `mem` to `path`, region after region, and syncs it. A file of the memory's
+/// size is written over in place, never truncated: it may be the very file this VM's memory
+/// is mapped from (restored with the File backend), whose pages the guest has not touched yet
+/// would be lost (and read as SIGBUS) by a truncation.
 pub fn write_full(mem: &GuestMemoryMmap, path: &Path) -> Result<(), MemoryFileError> {
     let file = OpenOptions::new()
         .create(true)
+        .truncate(false)
         .write(true)
-        .truncate(true)
         .open(path)
         .map_err(io("create", path))?;
+    let total: u64 = mem.iter().map(|r| r.len()).sum();
+    if file.metadata().map_err(io("read", path))?.len() != total {
+        file.set_len(0).map_err(io("truncate", path))?;
+    }
     let mut at = 0u64;
     for region in mem.iter() {
         write_run(&file, path, region, 0, region.len(), at)?;
@@ -288,6 +295,22 @@ mod tests {
             again.read_obj::<u32>(GuestAddress(0x1000)).unwrap(),
             0xdead_beef
         );
+        // A Full snapshot of the restored memory into the file it is mapped from: written over
+        // in place, so that the pages it has not touched still read from the file.
+        write_full(&restored, &path).unwrap();
+        assert_eq!(
+            restored.read_obj::<u16>(GuestAddress(0x10_1ffe)).unwrap(),
+            0x1234
+        );
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(
+            (bytes.len(), bytes[0x1000], bytes[0x5ffe]),
+            (0x6000, 7, 0x34)
+        );
+        // A longer file is cut to the memory's size.
+        std::fs::write(&path, vec![1u8; 0x9000]).unwrap();
+        write_full(&mem, &path).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0x6000);
 
         let more = [MemoryRegionState {
             guest_addr: 0,
