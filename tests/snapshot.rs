@@ -547,3 +547,27 @@ fn a_snapshot_freezes_qcow2_drives_and_each_clone_gets_its_own_overlay() {
     assert_eq!(std::fs::read(&taken).unwrap(), b"mine");
     assert_eq!(state(&sock_d), "Not started");
 }
+
+#[test]
+fn a_restored_guest_snapshots_into_the_memory_file_it_was_loaded_from() {
+    let dir = TempDir::new("snap-same-mem");
+    let sock = dir.path("a.sock");
+    let (snap, mem) = (dir.path("a.snap"), dir.path("a.mem"));
+    let kiln = counting_vm(&dir, &sock);
+    let counted = run_then_snapshot(&sock, &snap, &mem);
+    drop(kiln);
+    // B runs on a.mem mapped private, then writes a Full snapshot over that very file: pages
+    // B never touched are read from it while it is written.
+    let sock_b = dir.path("b.sock");
+    let kiln_b = start_kiln(&sock_b);
+    ok(&load(&sock_b, &snap, &mem, true));
+    let later = run_then_snapshot(&sock_b, &snap, &mem);
+    assert!(later > counted, "{later} after {counted}");
+    assert_eq!(state(&sock_b), "Paused");
+    drop(kiln_b);
+    let sock_c = dir.path("c.sock");
+    let _kiln_c = start_kiln(&sock_c);
+    ok(&load(&sock_c, &snap, &mem, true));
+    let last = run_then_snapshot(&sock_c, &dir.path("c.snap"), &dir.path("c.mem"));
+    assert!(last > later, "{last} after {later}");
+}
