@@ -26,8 +26,12 @@ use common::linux::{outcome_of, script_drive, Outcome, Outcomes, Scenario};
 
 /// Counts on the console with a token drawn when the script starts (this boot's identity: a
 /// reboot would run the script again with another) and the uptime, appending each count to a
-/// file on the root drive and syncing it, until Ctrl-Alt-Del reboots the guest.
-const COUNTER: &str = r#"
+/// file on the root drive and syncing it, until Ctrl-Alt-Del reboots the guest. `setup` runs
+/// first; `probe` runs after each count and sets `$status`, printed at the end of its line.
+fn counter(setup: &str, probe: &str) -> String {
+    format!(
+        r#"
+{setup}
 boot=$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' 
 ')
 rm -f /root/count.log
@@ -36,10 +40,14 @@ while [ $i -lt 3000 ]; do
     i=$((i + 1))
     echo $i >> /root/count.log
     sync
-    echo "COUNT $i BOOT $boot UP $(cut -d' ' -f1 /proc/uptime)"
+    status=
+    {probe}
+    echo "COUNT $i BOOT $boot UP $(cut -d' ' -f1 /proc/uptime)$status"
     sleep 0.2
 done
-"#;
+"#
+    )
+}
 
 /// Boots the counter in kiln A through the API, snapshots it paused, kills A; loads the
 /// snapshot in kiln B, lets it count, and shuts it down with Ctrl-Alt-Del.
@@ -140,7 +148,7 @@ fn scenarios() -> Vec<Scenario> {
         Scenario {
         name: "snapshot-file",
         config: String::new(),
-        files: vec![("snap-counter.script".into(), script_drive(COUNTER))],
+        files: vec![("snap-counter.script".into(), script_drive(&counter("", "")))],
         before: "cp rootfs.ext4 snap-rootfs.img".into(),
         run: DRIVER.into(),
         after: "echo \"SNAP-DISK=$(debugfs -R 'cat /root/count.log' rootfs-b.img 2>/dev/null \

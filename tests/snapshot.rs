@@ -571,3 +571,55 @@ fn a_restored_guest_snapshots_into_the_memory_file_it_was_loaded_from() {
     let last = run_then_snapshot(&sock_c, &dir.path("c.snap"), &dir.path("c.mem"));
     assert!(last > later, "{last} after {later}");
 }
+
+#[test]
+fn a_relative_image_is_frozen_under_an_overlay_in_another_directory() {
+    let dir = TempDir::new("snap-relative");
+    let status = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(dir.path("root.qcow2"))
+        .arg("16M")
+        .status()
+        .expect("qemu-img is required");
+    assert!(status.success());
+    std::fs::create_dir(dir.path("snaps")).unwrap();
+    let sock = dir.path("a.sock");
+    let kernel = dir.write("vmlinux", tiny_kernel::build(false, Ending::CountForever));
+    // Relative paths, from kiln's working directory: the overlay in snaps/ must name its
+    // backing file so that it resolves from there.
+    let mut command = std::process::Command::new(kiln_bin());
+    command
+        .args(["--api-sock", sock.to_str().unwrap()])
+        .current_dir(dir.path(""))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let _kiln = ApiProcess::spawn(command, &sock);
+    let boot = serde_json::json!({"kernel_image_path": kernel});
+    ok(&put(&sock, "/boot-source", &boot.to_string()));
+    ok(&put(&sock, "/machine-config", MACHINE));
+    ok(&put(
+        &sock,
+        "/drives/root",
+        &drive("root", Path::new("root.qcow2")).to_string(),
+    ));
+    ok(&put(
+        &sock,
+        "/actions",
+        r#"{"action_type": "InstanceStart"}"#,
+    ));
+    set_state(&sock, "Paused");
+    ok(&create(
+        &sock,
+        Path::new("snaps/a.snap"),
+        Path::new("snaps/a.mem"),
+    ));
+    assert_eq!(drive_paths(&sock)[0].1, "snaps/a.snap.root.1.qcow2");
+    let overlay = dir.path("snaps/a.snap.root.1.qcow2");
+    assert_eq!(
+        backing_of(&overlay),
+        dir.path("root.qcow2").display().to_string()
+    );
+    // qemu-img opens the whole chain from elsewhere.
+    qemu_img(&["check", "-q", "-U"], &overlay);
+}

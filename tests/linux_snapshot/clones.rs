@@ -8,25 +8,14 @@
 //! and the frozen image is unchanged, passes `qemu-img check`, and holds the counts up to the
 //! snapshot.
 
-/// [`super::COUNTER`], on eth0 (172.16.3.2) and pinging the host end (172.16.3.1) after each
-/// count: `NET up` once it answers.
-const COUNTER: &str = r#"
-ip link set eth0 up
-ip addr add 172.16.3.2/24 dev eth0
-boot=$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' 
-')
-rm -f /root/count.log
-i=0
-while [ $i -lt 3000 ]; do
-    i=$((i + 1))
-    echo $i >> /root/count.log
-    sync
-    net=down
-    ping -c 1 -W 1 172.16.3.1 >/dev/null 2>&1 && net=up
-    echo "COUNT $i BOOT $boot UP $(cut -d' ' -f1 /proc/uptime) NET $net"
-    sleep 0.2
-done
-"#;
+/// The counter, on eth0 (172.16.3.2), pinging the host end (172.16.3.1) after each count:
+/// `NET up` once it answers.
+fn counter() -> String {
+    super::counter(
+        "ip link set eth0 up\nip addr add 172.16.3.2/24 dev eth0",
+        "ping -c 1 -W 1 172.16.3.1 >/dev/null 2>&1 && status=' NET up' || status=' NET down'",
+    )
+}
 
 /// Kiln A boots and snapshots the guest, then goes on; kilns c1 to c3 load the snapshot at
 /// once. Taps in the netns `kc`: tapa for A, tapb (with the host address), tapc and tapd for
@@ -119,7 +108,7 @@ pub fn scenario() -> super::Scenario {
         config: String::new(),
         files: vec![(
             "clone-counter.script".into(),
-            super::script_drive(COUNTER),
+            super::script_drive(&counter()),
         )],
         before: "qemu-img create -q -f qcow2 -F raw -b rootfs.ext4 clone-root.qcow2".into(),
         run: DRIVER.into(),
