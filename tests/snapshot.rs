@@ -411,6 +411,17 @@ fn qemu_img(args: &[&str], image: &Path) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A new 16 MiB qcow2 image at `path`, made by the oracle.
+fn new_qcow2(path: &Path) {
+    let status = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(path)
+        .arg("16M")
+        .status()
+        .expect("qemu-img is required");
+    assert!(status.success());
+}
+
 /// The backing file `qemu-img info` names for `image`.
 fn backing_of(image: &Path) -> String {
     let info: serde_json::Value =
@@ -445,13 +456,7 @@ fn drive(id: &str, path: &Path) -> serde_json::Value {
 fn a_snapshot_freezes_qcow2_drives_and_each_clone_gets_its_own_overlay() {
     let dir = TempDir::new("snap-drives");
     let root = dir.path("root.qcow2");
-    let status = std::process::Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&root)
-        .arg("16M")
-        .status()
-        .expect("qemu-img is required");
-    assert!(status.success());
+    new_qcow2(&root);
     let data = dir.write("data.raw", vec![0u8; 1 << 20]);
     let sock = dir.path("a.sock");
     let drives = [drive("root", &root), drive("data", &data)];
@@ -575,13 +580,7 @@ fn a_restored_guest_snapshots_into_the_memory_file_it_was_loaded_from() {
 #[test]
 fn a_relative_image_is_frozen_under_an_overlay_in_another_directory() {
     let dir = TempDir::new("snap-relative");
-    let status = std::process::Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(dir.path("root.qcow2"))
-        .arg("16M")
-        .status()
-        .expect("qemu-img is required");
-    assert!(status.success());
+    new_qcow2(&dir.path("root.qcow2"));
     std::fs::create_dir(dir.path("snaps")).unwrap();
     let sock = dir.path("a.sock");
     let kernel = dir.write("vmlinux", tiny_kernel::build(false, Ending::CountForever));

@@ -9,7 +9,6 @@ use devices::virtio::block::{open_disk, ImageFormat};
 
 use super::registry::{DeviceHandle, DeviceRegistry};
 use crate::bounded_lock::lock;
-use crate::config::DriveConfig;
 use crate::snapshot::drives::{self, SnapshotDriveError};
 
 /// What a freeze did with each drive.
@@ -59,30 +58,20 @@ impl DeviceRegistry {
             // The drive's own open holds the write lock that the overlay's read-only open of
             // its backing image would meet: it closes first, and comes back if the overlay
             // cannot be opened.
-            let open = |drive: &DriveConfig| {
-                let path = drive.path_on_host.as_deref().unwrap_or(Path::new(""));
-                open_disk(path, false, Some(ImageFormat::Qcow2))
-            };
+            let (frozen, new) = (drives::image(config)?, drives::image(&overlay)?);
+            let open = |path: &Path| open_disk(path, false, Some(ImageFormat::Qcow2));
             block
-                .reopen_disk(|| open(&overlay), || open(config))
+                .reopen_disk(|| open(new), || open(frozen))
                 .map_err(open_error)?;
             log::info!(
                 "Drive '{}': {} is frozen for the snapshot; the drive goes on on {}",
                 config.drive_id,
-                path(config),
-                path(&overlay)
+                frozen.display(),
+                new.display()
             );
             report.frozen.push(config.drive_id.clone());
             *config = overlay;
         }
         Ok(report)
     }
-}
-
-fn path(drive: &DriveConfig) -> String {
-    drive
-        .path_on_host
-        .as_deref()
-        .map(|p| p.display().to_string())
-        .unwrap_or_default()
 }

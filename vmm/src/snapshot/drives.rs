@@ -99,6 +99,8 @@ pub fn apply_overrides(
     frozen: &[String],
     overrides: &[DriveOverride],
 ) -> Result<Vec<PathBuf>, SnapshotDriveError> {
+    // Checked before anything is created or changed, so that a refused load leaves `config`
+    // as it was.
     if let Some(unknown) = overrides
         .iter()
         .find(|o| !config.drives.iter().any(|d| d.drive_id == o.drive_id))
@@ -164,7 +166,8 @@ fn clone_overlay(drive: &mut DriveConfig, path: &Path) -> Result<(), SnapshotDri
     Ok(())
 }
 
-fn image(drive: &DriveConfig) -> Result<&Path, SnapshotDriveError> {
+/// The image `drive` is served from.
+pub fn image(drive: &DriveConfig) -> Result<&Path, SnapshotDriveError> {
     drive
         .path_on_host
         .as_deref()

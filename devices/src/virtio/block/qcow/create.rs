@@ -9,7 +9,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Component, Path, PathBuf};
 
-use super::header::{EXT_BACKING_FORMAT, MAGIC, MAX_BACKING_NAME};
+use super::header::{EXT_BACKING_FORMAT, MAGIC, MAX_BACKING_NAME, MAX_L1_BYTES};
 use crate::virtio::block::ImageFormat;
 
 /// The cluster size of the overlays Kiln writes: qemu-img's default, 64 KiB.
@@ -102,7 +102,8 @@ fn put(buf: &mut [u8], at: usize, bytes: &[u8]) {
 
 /// The bytes of a fresh image of `size` bytes in clusters of `1 << cluster_bits` bytes, with
 /// `backing` as its backing file's name and format; `None` if the backing name does not fit in
-/// the header cluster or the image's clusters do not fit in its one refcount block.
+/// the header cluster, the L1 table would pass QEMU's 32 MiB, or the image's clusters do not
+/// fit in its one refcount block.
 pub(crate) fn layout(
     cluster_bits: u32,
     size: u64,
@@ -110,6 +111,9 @@ pub(crate) fn layout(
 ) -> Option<Vec<u8>> {
     let cluster = 1usize << cluster_bits;
     let l1_entries = size.div_ceil(1 << (2 * cluster_bits - 3));
+    if l1_entries * 8 > MAX_L1_BYTES {
+        return None;
+    }
     let l1_clusters = usize::try_from((l1_entries * 8).div_ceil(cluster as u64).max(1)).ok()?;
     // Header, refcount table, refcount block, L1 table: one block counts them all.
     let clusters = 3 + l1_clusters;

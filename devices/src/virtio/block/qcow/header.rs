@@ -16,7 +16,7 @@ const V3_MIN_HEADER_LENGTH: u32 = 104;
 /// Bytes the fixed fields need, compression_type included.
 pub(super) const FIXED_HEADER_BYTES: usize = 112;
 /// The largest L1 table QEMU opens (QCOW_MAX_L1_SIZE).
-const MAX_L1_BYTES: u64 = 32 << 20;
+pub(super) const MAX_L1_BYTES: u64 = 32 << 20;
 /// The largest refcount table QEMU opens or grows (QCOW_MAX_REFTABLE_SIZE).
 pub(super) const MAX_REFCOUNT_TABLE_BYTES: u64 = 8 << 20;
 /// The longest backing file name QEMU writes.
