@@ -10,6 +10,8 @@ pub mod bus;
 pub mod host_file;
 pub mod latency;
 pub mod legacy;
+#[cfg(test)]
+mod test_dir;
 pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError};

@@ -8,6 +8,7 @@
 //! subscriber that calls it when a queue event fires.
 
 pub mod block;
+mod chain;
 mod guest_queue;
 pub mod mmio;
 #[cfg(any(test, feature = "test-utils"))]
@@ -15,6 +16,7 @@ pub mod mmio_fuzz;
 pub mod net;
 mod queue_state;
 mod ring_layout;
+pub mod vsock;
 
 pub use queue_state::{QueueStateError, SavedQueue};
 
@@ -28,6 +30,8 @@ use vmm_sys_util::eventfd::EventFd;
 pub const TYPE_NET: u32 = 1;
 /// virtio device type of a block device.
 pub const TYPE_BLOCK: u32 = 2;
+/// virtio device type of a socket (vsock) device.
+pub const TYPE_VSOCK: u32 = 19;
 
 /// `VIRTIO_F_VERSION_1`: the device speaks virtio 1.x, the only version Kiln offers.
 pub const FEATURE_VERSION_1: u64 = 1 << 32;

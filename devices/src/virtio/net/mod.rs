@@ -6,7 +6,6 @@
 //!  tx queue (frames)  ──> tx.rs  ──────────────────────> tap.rs  Tap (FrameIo) ──> tap fd
 //!                          │
 //!   device.rs  Net: features, config space, activation, the event-loop subscriber
-//!   chain.rs   descriptor chains checked against guest memory (gather / scatter buffers)
 //!   ring.rs    used-ring publication, interrupt suppression, the guest-error log
 //! ```
 //!
@@ -17,7 +16,6 @@
 //! The guest is not trusted: a malformed chain costs it the frame and is returned with used
 //! length 0, never a host panic.
 
-mod chain;
 mod device;
 mod ring;
 mod rx;

@@ -15,9 +15,9 @@ use std::io;
 use crate::GuestMemoryMmap;
 use virtio_queue::{Queue, QueueT};
 
-use super::chain::RxBuffers;
 use super::ring;
 use super::{FrameIo, NetError, NetStats, MAX_FRAME_LEN, VNET_HDR_LEN};
+use crate::virtio::chain::RxBuffers;
 use crate::virtio::guest_queue::{check_avail_index, work_budget, Drain, GuestErrors};
 
 /// Offset of `num_buffers` in `virtio_net_hdr_v1`.
@@ -181,7 +181,7 @@ fn deliver(
             return Ok(Outcome::Deferred);
         };
         let head = chain.head_index();
-        match RxBuffers::parse(mem, chain) {
+        match RxBuffers::parse(mem, chain, VNET_HDR_LEN) {
             Ok(bufs) if !mergeable && bufs.capacity < needed => {
                 guest_errors.record(&NetError::FrameTooLarge {
                     frame: needed,

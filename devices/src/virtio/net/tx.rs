@@ -12,10 +12,13 @@ use std::io;
 use crate::GuestMemoryMmap;
 use virtio_queue::Queue;
 
-use super::chain;
 use super::ring;
-use super::{FrameIo, NetError, NetStats, VNET_HDR_LEN};
+use super::{FrameIo, NetError, NetStats, MAX_FRAME_LEN, VNET_HDR_LEN};
+use crate::virtio::chain;
 use crate::virtio::guest_queue::{drain_queue, Drain, GuestErrors};
+
+/// A transmit chain holds the virtio-net header and at most the largest frame.
+const GATHER_LIMITS: (usize, usize) = (VNET_HDR_LEN, VNET_HDR_LEN + MAX_FRAME_LEN);
 
 /// The transmit side: the buffer a frame is gathered into, the guest's MAC when frames from
 /// another one are counted, and the tap write failures so far.
@@ -51,7 +54,7 @@ impl Tx {
         drain_queue(queue, mem, |queue, chain, behind| {
             let head = chain.head_index();
             stats.took_tx_chain(behind);
-            match chain::gather(mem, chain, &mut self.frame) {
+            match chain::gather(mem, chain, GATHER_LIMITS, &mut self.frame) {
                 Ok(()) => {
                     self.check_source(stats);
                     self.send(io, stats);

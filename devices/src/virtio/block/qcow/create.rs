@@ -163,10 +163,7 @@ mod tests {
     use crate::virtio::block::{DiskBackend, DiskError, QcowFile};
 
     fn scratch(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("kiln-create-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+        crate::test_dir::scratch(&format!("create-{name}"))
     }
 
     fn open(path: &Path, read_only: bool) -> QcowFile {

@@ -69,10 +69,7 @@ impl Craft {
 }
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("kiln-qcow-limits-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    crate::test_dir::scratch(&format!("qcow-limits-{name}"))
 }
 
 fn refusal(image: &Path, read_only: bool) -> String {

@@ -1,14 +1,12 @@
-//! Reading descriptor chains for virtio-net: the device-readable bytes of a TX chain gathered
-//! into one frame, and the device-writable buffers of an RX chain. Every buffer is checked
-//! against guest memory here, and every length sum is checked, so the queue loops only meet
-//! buffers that exist.
+//! Reading descriptor chains for the devices that move byte streams (virtio-net, virtio-vsock):
+//! the device-readable bytes of a transmit chain gathered into one buffer, and the
+//! device-writable buffers of a receive chain. Every buffer is checked against guest memory
+//! here, and every length sum is checked, so the queue loops only meet buffers that exist.
 
 use crate::GuestMemoryMmap;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::DescriptorChain;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
-
-use super::{MAX_FRAME_LEN, VNET_HDR_LEN};
 
 /// Why a descriptor chain cannot carry a frame.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -26,12 +24,12 @@ pub enum ChainError {
     /// A buffer lies outside guest memory.
     #[error("The buffer of {len} bytes at {addr:#x} is outside guest memory.")]
     OutOfMemory { addr: u64, len: u32 },
-    /// The chain cannot hold the virtio-net header.
-    #[error("The chain has {0} bytes, fewer than the {VNET_HDR_LEN}-byte virtio-net header.")]
-    TooShort(u64),
-    /// A transmit chain is longer than the largest frame.
-    #[error("The transmit chain has {0} bytes, more than the largest frame.")]
-    TooLong(u64),
+    /// The chain cannot hold the device's header.
+    #[error("The chain has {len} bytes, fewer than the {min}-byte header.")]
+    TooShort { len: u64, min: usize },
+    /// A transmit chain is longer than the largest packet.
+    #[error("The transmit chain has {len} bytes, more than the largest packet of {max}.")]
+    TooLong { len: u64, max: usize },
 }
 
 /// The descriptors of `chain`, all of one direction (device-writable when `rx`), every buffer
@@ -69,22 +67,23 @@ fn total_len(descs: &[Descriptor]) -> u64 {
     descs.iter().map(|d| u64::from(d.len())).sum()
 }
 
-/// Gathers a transmit chain into `frame` (virtio-net header first), replacing its contents.
+/// Gathers a transmit chain of `min..=max` bytes into `frame` (the device's header first),
+/// replacing its contents.
 pub fn gather(
     mem: &GuestMemoryMmap,
     chain: DescriptorChain<&GuestMemoryMmap>,
+    (min, max): (usize, usize),
     frame: &mut Vec<u8>,
 ) -> Result<(), ChainError> {
     let descs = descriptors(mem, chain, false)?;
     let total = total_len(&descs);
-    if total < VNET_HDR_LEN as u64 {
-        return Err(ChainError::TooShort(total));
+    if total < min as u64 {
+        return Err(ChainError::TooShort { len: total, min });
     }
-    let max = VNET_HDR_LEN.saturating_add(MAX_FRAME_LEN);
     let len = usize::try_from(total)
         .ok()
         .filter(|len| *len <= max)
-        .ok_or(ChainError::TooLong(total))?;
+        .ok_or(ChainError::TooLong { len: total, max })?;
     frame.clear();
     frame.resize(len, 0);
     let mut rest = frame.as_mut_slice();
@@ -108,26 +107,29 @@ pub fn gather(
 pub struct RxBuffers {
     /// Guest address and length of each buffer.
     pub bufs: Vec<(GuestAddress, u32)>,
-    /// Their total length: at least the virtio-net header.
+    /// Their total length: at least the device's header.
     pub capacity: u64,
 }
 
 impl RxBuffers {
-    /// Checks a receive chain: device-writable throughout, in guest memory, room for a header.
+    /// Checks a receive chain: device-writable throughout, in guest memory, room for a header
+    /// of `min` bytes.
     pub fn parse(
         mem: &GuestMemoryMmap,
         chain: DescriptorChain<&GuestMemoryMmap>,
+        min: usize,
     ) -> Result<RxBuffers, ChainError> {
         let descs = descriptors(mem, chain, true)?;
         let capacity = total_len(&descs);
-        if capacity < VNET_HDR_LEN as u64 {
-            return Err(ChainError::TooShort(capacity));
+        if capacity < min as u64 {
+            return Err(ChainError::TooShort { len: capacity, min });
         }
         let bufs = descs.iter().map(|d| (d.addr(), d.len())).collect();
         Ok(RxBuffers { bufs, capacity })
     }
 
-    /// Writes the start of `data` into the buffers; returns how many bytes went in.
+    /// Writes the start of `data` into the buffers; returns how many bytes went in (at most one
+    /// packet, far below 4 GiB).
     pub fn write(&self, mem: &GuestMemoryMmap, data: &[u8]) -> Result<u32, ChainError> {
         let mut rest = data;
         for &(addr, len) in &self.bufs {
@@ -141,7 +143,6 @@ impl RxBuffers {
             rest = tail;
         }
         let written = data.len().saturating_sub(rest.len());
-        // At most one frame, far below 4 GiB.
         Ok(u32::try_from(written).unwrap_or(u32::MAX))
     }
 }
